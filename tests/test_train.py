@@ -1,0 +1,170 @@
+"""The trainer end to end on the bundled data, resuming, and the training guide's examples."""
+
+import json
+import math
+
+import pytest
+
+from tests.conftest import BUNDLED_DATA
+from tune_dialsum import DialogueDataLoader, DialogueSummarizationTrainer, train_model_from_dataframes
+from tune_dialsum.train import RECIPE_FILE
+
+FAST = dict(learning_rate=2e-3, warmup_steps=10, batch_size=16, logging_steps=10, generation_num_beams=1)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_models, bundled_splits, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("bart-run")
+    trainer = DialogueSummarizationTrainer(
+        str(tiny_models["bart"]),
+        str(output_dir),
+        max_input_length=256,
+        max_target_length=64,
+        dialogue_format="standard",
+    )
+    dataset_dict = trainer.load_and_prepare_data(bundled_splits["train"], val_df=bundled_splits["validation"].head(64))
+    args = trainer.get_training_arguments(max_steps=240, eval_steps=120, save_steps=120, **FAST)
+    hf_trainer = trainer.train(train_dataset=dataset_dict, training_args=args)
+    return trainer, hf_trainer, output_dir
+
+
+def test_training_lowers_the_loss_and_reports_rouge(trained):
+    _, hf_trainer, _ = trained
+    losses = [entry["loss"] for entry in hf_trainer.state.log_history if "loss" in entry]
+    assert losses[-1] < losses[0] / 2
+    scores = hf_trainer.evaluate()
+    for key in ("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_gen_len"):
+        assert key in scores and math.isfinite(scores[key])
+    assert 0.15 < scores["eval_rougeL"] <= 1.0  # far above an untrained model's near-zero
+
+
+def test_final_model_is_saved_with_its_recipe_and_summarises(trained):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    trainer, _, output_dir = trained
+    final = output_dir / "final_model"
+    assert {"config.json", "tokenizer_config.json", "training_args.json", RECIPE_FILE} <= {
+        p.name for p in final.iterdir()
+    }
+    assert json.loads((final / RECIPE_FILE).read_text())["dialogue_format"] == "standard"
+    assert json.loads((final / "training_args.json").read_text())["max_steps"] == 240
+    model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(final), AutoTokenizer.from_pretrained(final)
+    ids = model.generate(
+        **tokenizer(["Anna: Can I borrow your bike?\nTom: Sure, I will bring it Friday."], return_tensors="pt"),
+        max_new_tokens=32,
+    )
+    assert tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+
+
+def test_every_checkpoint_carries_the_recipe(trained):
+    _, _, output_dir = trained
+    checkpoints = sorted(output_dir.glob("checkpoint-*"))
+    assert [c.name for c in checkpoints] == ["checkpoint-120", "checkpoint-240"]
+    assert all((c / RECIPE_FILE).is_file() for c in checkpoints)
+
+
+def test_tensorboard_logs_go_to_output_dir_logs(trained):
+    pytest.importorskip("tensorboard")
+    _, _, output_dir = trained
+    assert list((output_dir / "logs").glob("events.out.tfevents.*"))
+
+
+def test_training_resumes_from_a_checkpoint(trained, tiny_models, bundled_splits, tmp_path):
+    _, _, first_dir = trained
+    trainer = DialogueSummarizationTrainer(
+        str(tiny_models["bart"]), str(tmp_path), max_input_length=256, max_target_length=64
+    )
+    dataset_dict = trainer.load_and_prepare_data(bundled_splits["train"], val_df=bundled_splits["validation"].head(16))
+    args = trainer.get_training_arguments(max_steps=240, eval_steps=120, save_steps=120, **FAST)
+    from transformers import TrainerCallback
+
+    class CountSteps(TrainerCallback):
+        steps = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            CountSteps.steps += 1
+
+    hf_trainer = trainer.train(
+        dataset_dict,
+        training_args=args,
+        callbacks=[CountSteps()],
+        resume_from_checkpoint=str(first_dir / "checkpoint-120"),
+    )
+    assert hf_trainer.state.global_step == 240
+    assert CountSteps.steps == 120  # only the steps after the checkpoint were trained
+
+
+def test_training_arguments_map_names_transformers_5_removed(tiny_models, tmp_path):
+    trainer = DialogueSummarizationTrainer(str(tiny_models["t5"]), str(tmp_path))
+    args = trainer.get_training_arguments(evaluation_strategy="no", no_cuda=True, group_by_length=True)
+    assert args.eval_strategy == "no" and args.use_cpu and args.train_sampling_strategy == "group_by_length"
+    assert args.learning_rate == 1e-4 and args.per_device_train_batch_size == 4  # T5's defaults
+    assert not args.fp16 and not args.bf16  # no CUDA here
+    assert trainer.prefix == "summarize: "
+
+
+def test_guide_quick_start_runs_as_written(tiny_models, tmp_path):
+    # The guide's Quick Start with a tiny local model in place of the hub name and fewer steps.
+    loader = DialogueDataLoader(data_dir=str(BUNDLED_DATA))
+    train_df, test_df = loader.load_train_test_data()
+    trainer = DialogueSummarizationTrainer(model_name=str(tiny_models["bart"]), output_dir=str(tmp_path / "my-model"))
+    dataset_dict = trainer.load_and_prepare_data(train_df=train_df.head(200), val_split=0.1)
+    assert (len(dataset_dict["train"]), len(dataset_dict["validation"])) == (180, 20)
+    trained_trainer = trainer.train(
+        dataset_dict,
+        training_args=trainer.get_training_arguments(
+            num_train_epochs=1, batch_size=16, eval_steps=12, save_steps=12, generation_num_beams=1
+        ),
+    )
+    assert (tmp_path / "my-model" / "final_model" / "config.json").is_file()
+    assert "eval_rougeL" in trained_trainer.evaluate()
+
+    one_line = train_model_from_dataframes(
+        train_df=train_df.head(64),
+        model_name=str(tiny_models["bart"]),
+        output_dir=str(tmp_path / "one-line"),
+        num_epochs=1,
+        batch_size=16,
+        generation_num_beams=1,
+    )
+    assert one_line.state.global_step > 0 and (tmp_path / "one-line" / "final_model").is_dir()
+
+
+def test_guide_complete_pipeline_example_runs_as_written(tiny_models, tmp_path):
+    loader = DialogueDataLoader(data_dir=str(BUNDLED_DATA))
+    train_df, test_df = loader.load_train_test_data()
+    train_df = train_df.head(160)
+    trainer = DialogueSummarizationTrainer(
+        model_name=str(tiny_models["bart"]),
+        output_dir=str(tmp_path / "dialogue-bart"),
+        max_input_length=512,
+        max_target_length=128,
+        dialogue_format="turns",
+    )
+    dataset_dict = trainer.load_and_prepare_data(
+        train_df=train_df, val_df=None, val_split=0.1, dialogue_col="dialogue", summary_col="summary"
+    )
+    training_args = trainer.get_training_arguments(
+        learning_rate=2e-5,
+        num_train_epochs=1,
+        batch_size=4,
+        gradient_accumulation_steps=2,
+        warmup_steps=5,
+        eval_steps=9,
+        save_steps=9,
+        logging_steps=5,
+        generation_num_beams=4,
+        generation_max_length=16,
+    )
+    trained_trainer = trainer.train(train_dataset=dataset_dict, training_args=training_args)
+    eval_results = trained_trainer.evaluate()
+    print(f"ROUGE-1: {eval_results['eval_rouge1']:.4f}")
+    print(f"ROUGE-2: {eval_results['eval_rouge2']:.4f}")
+    print(f"ROUGE-L: {eval_results['eval_rougeL']:.4f}")
+    assert trained_trainer.state.global_step == 18
+
+
+def test_guide_custom_metrics_recipe_works_with_trainer_metric(tiny_models, tmp_path):
+    trainer = DialogueSummarizationTrainer(str(tiny_models["bart"]), str(tmp_path))
+    result = trainer.metric.compute(predictions=["Anna meets Tom."], references=["Anna meets Tom."], use_stemmer=True)
+    assert result["rougeL"] == 1.0

@@ -1,0 +1,130 @@
+"""``python -m tune_dialsum``: a thin dispatcher over the package's commands.
+
+Each command is a small function that returns an exit code. Errors that are
+the user's to fix (:class:`TuneDialsumError`) print as one line on stderr with
+no traceback; everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tune_dialsum.errors import TuneDialsumError, UsageError
+
+
+def _cmd_tiny_model(args) -> int:
+    from tune_dialsum.models import build_tiny_model
+
+    out = build_tiny_model(args.family, args.out, data_dir=args.data, seed=args.seed)
+    print(f"tiny {args.family} model written to {out}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from tune_dialsum.data import DialogueDataLoader
+    from tune_dialsum.train import DialogueSummarizationTrainer
+
+    train_df, val_df, test_df = DialogueDataLoader(args.data).load_train_test_data(with_validation=True)
+    if args.max_train_samples:
+        train_df = train_df.head(args.max_train_samples)
+    if val_df is not None and args.max_eval_samples:
+        val_df = val_df.head(args.max_eval_samples)
+    trainer = DialogueSummarizationTrainer(
+        model_name=args.model,
+        output_dir=args.output_dir,
+        max_input_length=args.max_input_length,
+        max_target_length=args.max_target_length,
+        dialogue_format=args.dialogue_format,
+    )
+    dataset_dict = trainer.load_and_prepare_data(train_df, val_df=val_df, val_split=args.val_split)
+    training_args = trainer.get_training_arguments(
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.epochs,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        warmup_steps=args.warmup_steps,
+        eval_steps=args.eval_steps,
+        save_steps=args.eval_steps,
+        logging_steps=args.logging_steps,
+        generation_num_beams=args.num_beams,
+        max_steps=args.max_steps,
+        seed=args.seed,
+    )
+    trained = trainer.train(train_dataset=dataset_dict, training_args=training_args)
+    scores = trained.evaluate()
+    print(json.dumps({k: round(v, 4) for k, v in scores.items() if k.startswith("eval_")}, indent=2))
+    print(f"final model: {Path(args.output_dir) / 'final_model'}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 but got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tune_dialsum.data.formats import DIALOGUE_FORMATS
+    from tune_dialsum.models import FAMILIES
+
+    parser = argparse.ArgumentParser(
+        prog="tune_dialsum", description="Hyperparameter search for dialogue summarization."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tiny = commands.add_parser("tiny-model", help="build a tiny randomly initialised model for offline use")
+    tiny.add_argument("--family", choices=sorted(FAMILIES), required=True)
+    tiny.add_argument("--out", required=True, help="directory to write the model to")
+    tiny.add_argument("--data", default=None, help="data directory whose train split trains the tokenizer")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(run=_cmd_tiny_model)
+
+    train = commands.add_parser("train", help="fine-tune one model (the training guide's command line)")
+    train.add_argument("--model", required=True, help="hub name, local directory, or tiny:bart|tiny:t5|tiny:pegasus")
+    train.add_argument("--data", default="data", help="directory with train/validation/test files")
+    train.add_argument("--output-dir", required=True)
+    train.add_argument("--dialogue-format", choices=DIALOGUE_FORMATS, default="standard")
+    train.add_argument("--max-input-length", type=_positive_int, default=512)
+    train.add_argument("--max-target-length", type=_positive_int, default=128)
+    train.add_argument("--learning-rate", type=float, default=None, help="default: the model family's")
+    train.add_argument("--batch-size", type=_positive_int, default=None, help="default: the model family's")
+    train.add_argument("--gradient-accumulation-steps", type=_positive_int, default=1)
+    train.add_argument("--epochs", type=float, default=3)
+    train.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
+    train.add_argument("--warmup-steps", type=int, default=500)
+    train.add_argument("--eval-steps", type=_positive_int, default=500)
+    train.add_argument("--logging-steps", type=_positive_int, default=100)
+    train.add_argument("--num-beams", type=_positive_int, default=4)
+    train.add_argument(
+        "--val-split", type=float, default=0.1, help="held out of train when there is no validation split"
+    )
+    train.add_argument("--max-train-samples", type=_positive_int, default=None)
+    train.add_argument("--max-eval-samples", type=_positive_int, default=None)
+    train.add_argument("--seed", type=int, default=42)
+    train.set_defaults(run=_cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.run(args)
+    except TuneDialsumError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["main", "build_parser", "UsageError"]

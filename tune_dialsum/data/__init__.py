@@ -1,0 +1,7 @@
+"""Loading, cleaning and formatting dialogue-summarization data."""
+
+from tune_dialsum.data.cleaning import clean_text
+from tune_dialsum.data.formats import DIALOGUE_FORMATS, format_dialogue, parse_turns
+from tune_dialsum.data.loading import DialogueDataLoader
+
+__all__ = ["DIALOGUE_FORMATS", "DialogueDataLoader", "clean_text", "format_dialogue", "parse_turns"]

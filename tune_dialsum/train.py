@@ -1,0 +1,339 @@
+"""Fine-tuning seq2seq models on dialogue summarization (the training guide's API).
+
+Nothing here knows about Ray: the search drives this trainer through
+transformers callbacks. Preprocessing and metric computation live at module
+level so they can be unit-tested and pickled.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tune_dialsum.data.formats import check_dialogue_format, format_dialogue
+from tune_dialsum.metrics import RougeMetric, compute_rouge
+from tune_dialsum.models import family_of, load_model_and_tokenizer
+
+logger = logging.getLogger(__name__)
+
+# Written beside every checkpoint and final model: how inputs were built.
+RECIPE_FILE = "tune_dialsum.json"
+# Argument names that transformers 5 removed or renamed, as the guide still uses them.
+RENAMED_TRAINING_ARGUMENTS = {
+    "evaluation_strategy": "eval_strategy",
+    "no_cuda": "use_cpu",
+    "per_device_train_batch_size": "batch_size",
+}
+
+
+def preprocess_batch(batch, tokenizer, dialogue_format, prefix, max_input_length, max_target_length):
+    """Tokenize a batch of dialogues and summaries; no padding (the collator pads per batch)."""
+    inputs = [prefix + format_dialogue(d, dialogue_format) for d in batch["dialogue"]]
+    return tokenizer(
+        inputs,
+        text_target=batch["summary"],
+        max_length=max_input_length,
+        max_target_length=max_target_length,
+        truncation=True,
+    )
+
+
+def decode_for_rouge(tokenizer, predictions, labels):
+    """Decode generated ids and label ids into stripped strings.
+
+    ``-100`` marks padding in labels (and in predictions padded across batches);
+    it is turned back into the pad id before decoding.
+    """
+    predictions = np.where(predictions != -100, predictions, tokenizer.pad_token_id)
+    labels = np.where(labels != -100, labels, tokenizer.pad_token_id)
+    decoded_preds = [p.strip() for p in tokenizer.batch_decode(predictions, skip_special_tokens=True)]
+    decoded_labels = [t.strip() for t in tokenizer.batch_decode(labels, skip_special_tokens=True)]
+    return decoded_preds, decoded_labels
+
+
+def rouge_metrics(eval_pred, tokenizer) -> dict[str, float]:
+    """``compute_metrics`` for Seq2SeqTrainer: ROUGE-1/2/L/Lsum and mean generated length."""
+    predictions, labels = eval_pred.predictions, eval_pred.label_ids
+    if isinstance(predictions, tuple):
+        predictions = predictions[0]
+    decoded_preds, decoded_labels = decode_for_rouge(tokenizer, predictions, labels)
+    result = compute_rouge(decoded_preds, decoded_labels)
+    pad = tokenizer.pad_token_id
+    result["gen_len"] = float(np.mean([np.count_nonzero((row != pad) & (row != -100)) for row in predictions]))
+    return result
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def mixed_precision() -> dict[str, bool]:
+    """bf16 where the GPU has it, else fp16 on CUDA; full precision on CPU."""
+    import torch
+
+    if not _cuda_available():
+        return {"fp16": False, "bf16": False}
+    bf16 = torch.cuda.is_bf16_supported()
+    return {"fp16": not bf16, "bf16": bf16}
+
+
+class _SaveRecipe:
+    """Writes the input recipe into every checkpoint the transformers trainer saves."""
+
+    def __new__(cls, recipe: dict):
+        from transformers import TrainerCallback
+
+        class SaveRecipe(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if checkpoint.is_dir():
+                    (checkpoint / RECIPE_FILE).write_text(json.dumps(recipe, indent=2))
+
+        return SaveRecipe()
+
+
+class DialogueSummarizationTrainer:
+    """Fine-tune a BART, T5, PEGASUS (or other seq2seq) model on dialogues.
+
+    ``model_name`` is a hub name, a local directory, or ``tiny:FAMILY``.
+    ``prefix`` defaults to the family's (``summarize: `` for T5).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "facebook/bart-base",
+        output_dir: str = "models/dialogue-summarizer",
+        max_input_length: int = 512,
+        max_target_length: int = 128,
+        dialogue_format: str = "standard",
+        prefix: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        self.model_name = model_name
+        self.output_dir = str(output_dir)
+        self.max_input_length = int(max_input_length)
+        self.max_target_length = int(max_target_length)
+        self.dialogue_format = check_dialogue_format(dialogue_format)
+        self.family = family_of(model_name)
+        self.prefix = self.family.prefix if prefix is None else prefix
+        self.model, self.tokenizer = load_model_and_tokenizer(model_name, trust_remote_code=trust_remote_code)
+        self.metric = RougeMetric()
+
+    @property
+    def recipe(self) -> dict:
+        """How inputs are built for this model: saved with every checkpoint and export."""
+        return {
+            "model_name": self.model_name,
+            "family": self.family.name,
+            "dialogue_format": self.dialogue_format,
+            "prefix": self.prefix,
+            "max_input_length": self.max_input_length,
+            "max_target_length": self.max_target_length,
+        }
+
+    # -- data -----------------------------------------------------------------------
+    def tokenize(self, frame: pd.DataFrame, dialogue_col: str = "dialogue", summary_col: str = "summary"):
+        """A tokenized ``datasets.Dataset`` from a frame of dialogues and summaries."""
+        from datasets import Dataset
+
+        frame = frame[[dialogue_col, summary_col]].rename(columns={dialogue_col: "dialogue", summary_col: "summary"})
+        dataset = Dataset.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+        preprocess = functools.partial(
+            preprocess_batch,
+            tokenizer=self.tokenizer,
+            dialogue_format=self.dialogue_format,
+            prefix=self.prefix,
+            max_input_length=self.max_input_length,
+            max_target_length=self.max_target_length,
+        )
+        return dataset.map(preprocess, batched=True, remove_columns=dataset.column_names)
+
+    def load_and_prepare_data(
+        self,
+        train_df: pd.DataFrame,
+        val_df: pd.DataFrame | None = None,
+        test_df: pd.DataFrame | None = None,
+        val_split: float = 0.1,
+        dialogue_col: str = "dialogue",
+        summary_col: str = "summary",
+        seed: int = 42,
+    ):
+        """Tokenize the splits into a DatasetDict (``train``, ``validation``, and ``test`` if given).
+
+        With no ``val_df``, ``val_split`` of ``train_df`` is held out (at least one row).
+        """
+        from datasets import DatasetDict
+
+        if val_df is None:
+            if not 0.0 < val_split < 1.0:
+                raise ValueError(f"val_split must be between 0 and 1 (exclusive) but got {val_split}")
+            val_df = train_df.sample(n=max(1, round(len(train_df) * val_split)), random_state=seed)
+            train_df = train_df.drop(val_df.index)
+        splits = {"train": train_df, "validation": val_df}
+        if test_df is not None:
+            splits["test"] = test_df
+        return DatasetDict({name: self.tokenize(frame, dialogue_col, summary_col) for name, frame in splits.items()})
+
+    # -- training -------------------------------------------------------------------
+    def get_training_arguments(
+        self,
+        learning_rate: float | None = None,
+        num_train_epochs: float = 3,
+        warmup_steps: int = 500,
+        weight_decay: float = 0.01,
+        batch_size: int | None = None,
+        gradient_accumulation_steps: int = 1,
+        eval_steps: int = 500,
+        save_steps: int = 500,
+        save_total_limit: int | None = 3,
+        logging_steps: int = 100,
+        generation_max_length: int | None = None,
+        generation_num_beams: int = 4,
+        gradient_checkpointing: bool = False,
+        label_smoothing_factor: float = 0.0,
+        **overrides,
+    ):
+        """Seq2SeqTrainingArguments with the guide's defaults and the family's learning rate and batch size.
+
+        Any other Seq2SeqTrainingArguments field may be passed as a keyword;
+        names transformers 5 removed (``evaluation_strategy``, ``no_cuda``) are
+        mapped to today's. Mixed precision is on only where CUDA is available.
+        """
+        from transformers import Seq2SeqTrainingArguments
+
+        for old, new in RENAMED_TRAINING_ARGUMENTS.items():
+            if old in overrides:
+                value = overrides.pop(old)
+                if new == "batch_size":
+                    batch_size = value
+                else:
+                    overrides[new] = value
+        if overrides.pop("group_by_length", False):
+            overrides["train_sampling_strategy"] = "group_by_length"
+        overrides.pop("logging_dir", None)  # logs always go to output_dir/logs (see train())
+        batch_size = int(batch_size or self.family.batch_size)
+        arguments = dict(
+            output_dir=self.output_dir,
+            learning_rate=float(learning_rate or self.family.learning_rate),
+            num_train_epochs=float(num_train_epochs),
+            warmup_steps=int(warmup_steps),
+            weight_decay=float(weight_decay),
+            per_device_train_batch_size=batch_size,
+            per_device_eval_batch_size=batch_size * 2,
+            gradient_accumulation_steps=int(gradient_accumulation_steps),
+            eval_strategy="steps",
+            eval_steps=int(eval_steps),
+            save_strategy="steps",
+            save_steps=int(save_steps),
+            save_total_limit=save_total_limit,
+            logging_steps=int(logging_steps),
+            predict_with_generate=True,
+            generation_max_length=int(generation_max_length or self.max_target_length),
+            generation_num_beams=int(generation_num_beams),
+            gradient_checkpointing=bool(gradient_checkpointing),
+            label_smoothing_factor=float(label_smoothing_factor),
+            # Batches of similar length waste less compute on padding.
+            train_sampling_strategy="group_by_length",
+            report_to="none",  # TensorBoard is attached in train() with our own log directory
+            disable_tqdm=True,
+            dataloader_pin_memory=_cuda_available(),
+            **mixed_precision(),
+        )
+        arguments.update(overrides)
+        return Seq2SeqTrainingArguments(**arguments)
+
+    def compute_metrics(self, eval_pred) -> dict[str, float]:
+        return rouge_metrics(eval_pred, self.tokenizer)
+
+    def build_trainer(self, dataset_dict, training_args=None, callbacks=None):
+        """The transformers Seq2SeqTrainer that ``train`` runs, for callers that drive it themselves."""
+        from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
+
+        training_args = training_args or self.get_training_arguments()
+        collator = DataCollatorForSeq2Seq(
+            self.tokenizer,
+            model=self.model,
+            padding=True,
+            pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None,
+        )
+        callbacks = [_SaveRecipe(self.recipe), *(callbacks or []), *self._tensorboard()]
+        return Seq2SeqTrainer(
+            model=self.model,
+            args=training_args,
+            train_dataset=dataset_dict["train"],
+            eval_dataset=dataset_dict.get("validation"),
+            processing_class=self.tokenizer,
+            data_collator=collator,
+            compute_metrics=self.compute_metrics,
+            callbacks=callbacks,
+        )
+
+    def _tensorboard(self) -> list:
+        if importlib.util.find_spec("tensorboard") is None:
+            return []
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(Path(self.output_dir) / "logs")))]
+
+    def train(self, train_dataset=None, training_args=None, resume_from_checkpoint=None, callbacks=None, **legacy):
+        """Train on ``train_dataset`` (the DatasetDict of ``load_and_prepare_data``).
+
+        Saves the final model with its tokenizer, ``training_args.json`` and the
+        input recipe to ``output_dir/final_model`` and returns the transformers
+        Seq2SeqTrainer, whose ``evaluate()`` reports ``eval_rouge1`` ... ``eval_gen_len``.
+        """
+        dataset_dict = train_dataset if train_dataset is not None else legacy.pop("dataset_dict", None)
+        if dataset_dict is None:
+            raise ValueError("train() needs train_dataset: the DatasetDict from load_and_prepare_data()")
+        trainer = self.build_trainer(dataset_dict, training_args, callbacks)
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        self.save_final_model(trainer)
+        return trainer
+
+    def save_final_model(self, trainer) -> Path:
+        final_dir = Path(self.output_dir) / "final_model"
+        trainer.save_model(str(final_dir))
+        self.tokenizer.save_pretrained(str(final_dir))
+        (final_dir / "training_args.json").write_text(trainer.args.to_json_string())
+        (final_dir / RECIPE_FILE).write_text(json.dumps(self.recipe, indent=2))
+        logger.info("final model saved to %s", final_dir)
+        return final_dir
+
+
+def train_model_from_dataframes(
+    train_df: pd.DataFrame,
+    model_name: str = "facebook/bart-base",
+    output_dir: str = "models/dialogue-summarizer",
+    val_df: pd.DataFrame | None = None,
+    test_df: pd.DataFrame | None = None,
+    num_epochs: float = 3,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    max_input_length: int = 512,
+    max_target_length: int = 128,
+    dialogue_format: str = "standard",
+    val_split: float = 0.1,
+    **training_kwargs,
+):
+    """Train in one call: load the model, tokenize the frames, train, save; returns the trainer."""
+    trainer = DialogueSummarizationTrainer(
+        model_name=model_name,
+        output_dir=output_dir,
+        max_input_length=max_input_length,
+        max_target_length=max_target_length,
+        dialogue_format=dialogue_format,
+    )
+    dataset_dict = trainer.load_and_prepare_data(train_df, val_df=val_df, test_df=test_df, val_split=val_split)
+    training_args = trainer.get_training_arguments(
+        learning_rate=learning_rate, num_train_epochs=num_epochs, batch_size=batch_size, **training_kwargs
+    )
+    return trainer.train(train_dataset=dataset_dict, training_args=training_args)
