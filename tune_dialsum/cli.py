@@ -61,6 +61,28 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_search(args) -> int:
+    from tune_dialsum.search import format_summary, run_search
+    from tune_dialsum.space import load_space
+
+    overrides = list(args.set)
+    for flag, key in (
+        ("num_samples", "trials.num_samples"),
+        ("max_concurrent", "trials.max_concurrent"),
+        ("gpus_per_trial", "resources.gpus_per_trial"),
+        ("cpus_per_trial", "resources.cpus_per_trial"),
+        ("storage_path", "storage_path"),
+        ("name", "name"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    space = load_space(args.space, overrides)
+    outcome = run_search(space, resume=args.resume, address=args.address)
+    print(format_summary(outcome))
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -108,6 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-eval-samples", type=_positive_int, default=None)
     train.add_argument("--seed", type=int, default=42)
     train.set_defaults(run=_cmd_train)
+
+    search = commands.add_parser("search", help="run a hyperparameter search described by a space file")
+    search.add_argument("--space", required=True, help="YAML search space, e.g. search_spaces/tiny.yaml")
+    search.add_argument("--name", default=None, help="experiment name (default: the space's)")
+    search.add_argument("--num-samples", type=_positive_int, default=None, help="number of trials")
+    search.add_argument("--max-concurrent", type=_positive_int, default=None, help="trials running at once")
+    search.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial; fractions share a GPU")
+    search.add_argument("--cpus-per-trial", type=float, default=None)
+    search.add_argument("--address", default=None, help="Ray cluster to use (auto or HOST:PORT); default: local")
+    search.add_argument("--storage-path", default=None, help="where experiments are kept (default: ray_results)")
+    search.add_argument("--resume", action="store_true", help="continue the experiment of this name")
+    search.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a space setting, e.g. --set scheduler.max_budget=300 (repeatable)",
+    )
+    search.set_defaults(run=_cmd_search)
     return parser
 
 

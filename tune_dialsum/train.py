@@ -29,6 +29,7 @@ RENAMED_TRAINING_ARGUMENTS = {
     "evaluation_strategy": "eval_strategy",
     "no_cuda": "use_cpu",
     "per_device_train_batch_size": "batch_size",
+    "warmup_ratio": "warmup_steps",  # transformers 5 reads warmup_steps < 1 as a ratio
 }
 
 
@@ -187,7 +188,7 @@ class DialogueSummarizationTrainer:
         self,
         learning_rate: float | None = None,
         num_train_epochs: float = 3,
-        warmup_steps: int = 500,
+        warmup_steps: float = 500,
         weight_decay: float = 0.01,
         batch_size: int | None = None,
         gradient_accumulation_steps: int = 1,
@@ -214,6 +215,8 @@ class DialogueSummarizationTrainer:
                 value = overrides.pop(old)
                 if new == "batch_size":
                     batch_size = value
+                elif new == "warmup_steps":
+                    warmup_steps = value
                 else:
                     overrides[new] = value
         if overrides.pop("group_by_length", False):
@@ -224,7 +227,7 @@ class DialogueSummarizationTrainer:
             output_dir=self.output_dir,
             learning_rate=float(learning_rate or self.family.learning_rate),
             num_train_epochs=float(num_train_epochs),
-            warmup_steps=int(warmup_steps),
+            warmup_steps=warmup_steps,  # a float below 1 is a ratio of all steps
             weight_decay=float(weight_decay),
             per_device_train_batch_size=batch_size,
             per_device_eval_batch_size=batch_size * 2,

@@ -1,0 +1,169 @@
+"""Search-space files: a contract over every shipped file, and one test per bad input."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import REPO
+from tune_dialsum.errors import SpaceError
+from tune_dialsum.models import family_of
+from tune_dialsum.space import SETTINGS, load_space, parse_space
+
+SPACE_FILES = sorted((REPO / "search_spaces").glob("*.yaml"))
+MINIMAL = "search:\n  learning_rate: {loguniform: [1.0e-5, 1.0e-4]}\nfixed:\n  model: tiny:bart\nscheduler:\n  max_budget: 100\n"
+
+
+def test_the_shipped_spaces_are_all_there():
+    assert {p.stem for p in SPACE_FILES} >= {"bart", "t5", "pegasus", "multi_model", "tiny"}
+
+
+@pytest.mark.parametrize("path", SPACE_FILES, ids=lambda p: p.stem)
+def test_every_space_file_loads_validates_and_samples(path):
+    space = load_space(path)
+    study = optuna.create_study(direction=space.mode + "imize", sampler=optuna.samplers.TPESampler(seed=1))
+    for _ in range(5):
+        config = space.define_by_run(study.ask())
+        assert set(config) <= set(SETTINGS)
+        assert "model" in config and config.get("learning_rate", 1) > 0
+        family_ranges = space.per_family.get(family_of(config["model"]).name, {})
+        for name, distribution in {**space.search, **family_ranges}.items():
+            if distribution.kind == "choice":
+                assert config[name] in distribution.args
+            else:
+                low, high = distribution.bounds
+                assert low <= config[name] <= high
+    assert space.scheduler["grace_period"] <= space.scheduler["max_budget"]
+
+
+def test_multi_model_ranges_follow_the_sampled_family():
+    space = load_space(REPO / "search_spaces" / "multi_model.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        config = space.define_by_run(trial)
+        family = "pegasus" if "pegasus" in config["model"] else "t5" if "t5" in config["model"] else "bart"
+        low, high = space.per_family[family]["learning_rate"].bounds
+        assert low <= config["learning_rate"] <= high
+        assert trial.params[f"learning_rate@{family}"] == config["learning_rate"]  # its own name in Optuna
+        seen.add(family)
+    assert seen == {"bart", "t5", "pegasus"}
+
+
+def test_yaml_numbers_without_a_dot_are_coerced(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(MINIMAL.replace("1.0e-5", "1e-5").replace("1.0e-4", "1e-4"))  # YAML 1.1 reads these as str
+    assert load_space(path).search["learning_rate"].args == (1e-5, 1e-4)
+
+
+def test_overrides_reach_nested_keys(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(MINIMAL)
+    space = load_space(path, ["trials.num_samples=3", "scheduler.max_budget=50", "name=other"])
+    assert (space.trials["num_samples"], space.scheduler["max_budget"], space.name) == (3, 50, "other")
+
+
+BAD_SPACES = {
+    "syntax error": ("search: {learning_rate: [1, 2\n", r"YAML syntax error at line \d+"),
+    "unknown top-level key": (MINIMAL + "serach: {}\n", r"serach: unknown key; valid keys: name, .*search"),
+    "unknown setting": (MINIMAL + "  colour: red\n", r"scheduler.colour: unknown key; valid keys:"),
+    "unknown searched setting": (
+        MINIMAL.replace("learning_rate:", "learnig_rate:"),
+        r"search.learnig_rate: unknown key; valid keys: .*learning_rate",
+    ),
+    "wrong type": (
+        MINIMAL.replace("max_budget: 100", "max_budget: lots"),
+        r"scheduler.max_budget: expected an integer but got 'lots'",
+    ),
+    "reversed range": (
+        MINIMAL.replace("[1.0e-5, 1.0e-4]", "[1.0e-4, 1.0e-5]"),
+        r"low must be below high but got low=0.0001",
+    ),
+    "empty range": (MINIMAL.replace("[1.0e-5, 1.0e-4]", "[1.0e-4, 1.0e-4]"), "low must be below high"),
+    "log range at zero": (
+        MINIMAL.replace("[1.0e-5, 1.0e-4]", "[0, 1.0e-4]"),
+        r"a log range must be above 0 but got low=0",
+    ),
+    "empty choice": (MINIMAL + "  dialogue_format: {choice: []}\n".replace("  d", "d"), None),
+    "unknown dialogue format": (
+        MINIMAL.replace("fixed:\n", "fixed:\n  dialogue_format: chatty\n"),
+        r"fixed.dialogue_format: unknown dialogue format 'chatty'; use one of standard, turns, compact",
+    ),
+    "unknown model family": (MINIMAL.replace("tiny:bart", "tiny:gpt"), r"unknown model family 'gpt'"),
+    "unknown distribution": (
+        MINIMAL.replace("loguniform", "lognormal"),
+        r"unknown distribution 'lognormal'; use one of",
+    ),
+    "num_samples of zero": (
+        MINIMAL + "trials: {num_samples: 0}\n",
+        r"trials.num_samples: must be at least 1 but got 0",
+    ),
+    "grace above budget": (
+        MINIMAL.replace("max_budget: 100", "max_budget: 100\n  grace_period: 200"),
+        "exceeds max_budget",
+    ),
+    "no model": (MINIMAL.replace("  model: tiny:bart\n", ""), "no model: set fixed.model"),
+    "empty file": ("", "the file is empty"),
+    "not a mapping": ("- a\n- b\n", "the top level must be a mapping"),
+    "unknown objective": (MINIMAL + "objective: {metric: bleu}\n", r"objective.metric: unknown metric 'bleu'"),
+    "uniform on an integer setting": (MINIMAL + "  batch_size: {uniform: [2, 8]}\n".replace("  b", "b"), None),
+    "per-family for an unknown family": (
+        MINIMAL + "per_family: {gpt: {}}\n",
+        r"per_family.gpt: unknown key; valid keys: bart, pegasus, t5",
+    ),
+    "negative cpus": (
+        MINIMAL + "resources: {cpus_per_trial: -1}\n",
+        r"resources.cpus_per_trial: must be greater than 0",
+    ),
+    "bad name": (MINIMAL + "name: ../escape\n", r"name: '../escape' must be letters"),
+    "trust_remote_code not a bool": (
+        MINIMAL + "trust_remote_code: 'yes'\n",
+        r"trust_remote_code: expected true or false",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPACES))
+def test_bad_space_is_one_line_naming_the_file(tmp_path, case):
+    text, pattern = BAD_SPACES[case]
+    if pattern is None:  # these append a line under search:
+        text = MINIMAL.replace("search:\n", "search:\n  " + text[len(MINIMAL) :])
+        pattern = r"choice: the list of choices is empty" if "choice" in text else r"batch_size takes whole numbers"
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError, match=pattern) as err:
+        load_space(path)
+    message = str(err.value)
+    assert message.startswith(str(path)) and "\n" not in message
+
+
+def test_missing_space_file_names_it(tmp_path):
+    with pytest.raises(SpaceError, match="no such space file"):
+        load_space(tmp_path / "nope.yaml")
+
+
+def test_bad_override_is_explained(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(MINIMAL)
+    with pytest.raises(SpaceError, match="expected KEY=VALUE"):
+        load_space(path, ["trials.num_samples"])
+
+
+def test_space_module_imports_neither_ray_nor_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, tune_dialsum.space; print(any(m in sys.modules for m in ('ray', 'torch')))"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
+
+
+def test_parse_space_accepts_a_dict():
+    import yaml
+
+    space = parse_space(yaml.safe_load(MINIMAL), source="inline")
+    assert space.name == "search" and space.metric == "rougeL" and space.mode == "max"
+    assert Path(space.storage_path) == Path("ray_results")

@@ -1,0 +1,177 @@
+"""Best checkpoint -> a self-contained model directory.
+
+Checkpoints are found on disk, not through Ray: every checkpoint the trainable
+reports holds ``trial_config.json`` (the trial's resolved config) and
+``trainer_state.json`` (every evaluation so far), so an experiment directory,
+finished or still running, is enough to pick the best checkpoint over all
+trials and all their reports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from tune_dialsum.errors import ExportError, UsageError
+from tune_dialsum.trainable import TRIAL_CONFIG_FILE
+
+# Training state that a model directory does not need.
+TRAINING_ONLY = {
+    "optimizer.pt",
+    "scheduler.pt",
+    "scaler.pt",
+    "trainer_state.json",
+    "training_args.bin",
+    "rng_state.pth",
+    TRIAL_CONFIG_FILE,
+}
+TUNING_FILE = "tuning.json"
+SCORE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len", "loss")
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    path: Path
+    trial_id: str
+    step: int
+    scores: dict[str, float]
+    snapshot: dict  # the trial_config.json written by the trainable
+
+
+def read_checkpoint(path: Path) -> CheckpointRecord | None:
+    """The record of one reported checkpoint, or None when it is incomplete (still being written)."""
+    try:
+        snapshot = json.loads((path / TRIAL_CONFIG_FILE).read_text())
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    step = state["global_step"]
+    evaluations = [e for e in state["log_history"] if e.get("step") == step and "eval_loss" in e]
+    if not evaluations:
+        return None
+    scores = {k: evaluations[-1][f"eval_{k}"] for k in SCORE_KEYS if f"eval_{k}" in evaluations[-1]}
+    return CheckpointRecord(path, snapshot.get("trial_id", path.parent.name), step, scores, snapshot)
+
+
+def find_checkpoints(experiment_dir: str | Path) -> list[CheckpointRecord]:
+    """Every complete checkpoint of every trial under ``experiment_dir``."""
+    experiment_dir = Path(experiment_dir)
+    if not experiment_dir.is_dir():
+        raise UsageError(f"{experiment_dir}: no such experiment directory; pass <storage-path>/<name>")
+    records = (read_checkpoint(p) for p in sorted(experiment_dir.glob("*/checkpoint_*")) if p.is_dir())
+    return [r for r in records if r is not None]
+
+
+def best_checkpoint(records: list[CheckpointRecord], metric: str, mode: str, trial_id: str | None = None):
+    key = "loss" if metric == "eval_loss" else metric
+    candidates = [
+        r
+        for r in records
+        if (trial_id is None or r.trial_id == trial_id) and math.isfinite(r.scores.get(key, math.nan))
+    ]
+    if not candidates:
+        which = f"trial {trial_id}" if trial_id else "any trial"
+        raise ExportError(f"no checkpoint of {which} has a {metric} score; nothing to export")
+    sign = 1 if mode == "max" else -1
+    return max(candidates, key=lambda r: (sign * r.scores[key], -r.step))
+
+
+def _library_versions() -> dict[str, str]:
+    names = ("tune_dialsum", "transformers", "torch", "ray", "optuna", "datasets", "rouge-score")
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _model_card(tuning: dict) -> str:
+    scores = "\n".join(f"| {k} | {v:.4f} |" for k, v in tuning["scores"].items())
+    settings = "\n".join(f"| {k} | {v} |" for k, v in sorted(tuning["config"].items()))
+    return f"""# {tuning["experiment"]}: best model
+
+Fine-tuned by tune_dialsum: trial `{tuning["trial_id"]}`, step {tuning["step"]}, chosen by `{tuning["metric"]}` ({tuning["mode"]}).
+Inputs are written in the `{tuning["recipe"]["dialogue_format"]}` dialogue format with the prefix
+`{tuning["recipe"]["prefix"]!r}`; `python -m tune_dialsum summarize --model DIR` applies both.
+
+## Scores (validation, {tuning["fidelity"]})
+
+| metric | value |
+|---|---|
+{scores}
+
+## Settings
+
+| setting | value |
+|---|---|
+{settings}
+"""
+
+
+def export_checkpoint(
+    record: CheckpointRecord, out_dir: str | Path, metric: str, mode: str, force: bool = False
+) -> Path:
+    """Write ``record``'s model as a self-contained directory at ``out_dir``, atomically."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise ExportError(f"{out_dir} already exists; pass --force to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    config = record.snapshot.get("config", {})
+    tuning = {
+        "experiment": record.snapshot.get("experiment"),
+        "trial_id": record.trial_id,
+        "step": record.step,
+        "metric": metric,
+        "mode": mode,
+        "scores": record.scores,
+        "config": config,
+        "recipe": record.snapshot.get("recipe", {}),
+        "settings": record.snapshot.get("settings", {}),
+        "fidelity": _fidelity(record.snapshot),
+        "checkpoint": str(record.path),
+        "versions": _library_versions(),
+    }
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        for item in record.path.iterdir():
+            if item.is_file() and item.name not in TRAINING_ONLY and not item.name.startswith("rng_state"):
+                shutil.copy2(item, staging / item.name)
+        _set_generation_defaults(staging, config)
+        (staging / TUNING_FILE).write_text(json.dumps(tuning, indent=2, default=str))
+        (staging / "README.md").write_text(_model_card(tuning))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def _fidelity(snapshot: dict) -> str:
+    settings = snapshot.get("settings", {})
+    subset = settings.get("max_eval_samples")
+    beams = snapshot.get("config", {}).get("generation_num_beams")
+    return f"{'first ' + str(subset) if subset else 'all'} validation examples, {beams} beam(s)"
+
+
+def _set_generation_defaults(model_dir: Path, config: dict) -> None:
+    """Decode with the settings the trial was scored with (pipeline() and generate() read these)."""
+    from transformers import GenerationConfig
+
+    generation = (
+        GenerationConfig.from_pretrained(model_dir)
+        if (model_dir / "generation_config.json").exists()
+        else GenerationConfig()
+    )
+    generation.num_beams = int(config.get("generation_num_beams", generation.num_beams or 1))
+    max_length = config.get("generation_max_length") or config.get("max_target_length")
+    if max_length:
+        generation.max_length = int(max_length)
+    generation.save_pretrained(model_dir)

@@ -1,0 +1,333 @@
+"""The search: Ray Tune's Tuner with OptunaSearch (TPE) and ASHA on one objective.
+
+Three roles are kept apart: the trainable (trainable.py) trains and reports,
+Optuna decides what to try, ASHA decides what to stop, and this module wires
+them together, starts or resumes the experiment, and exports the best model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tune_dialsum.errors import SearchError, SpaceError, UsageError
+from tune_dialsum.export import best_checkpoint, export_checkpoint, find_checkpoints
+from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
+from tune_dialsum.space import SearchSpace, parse_space
+from tune_dialsum.trainable import ExperimentSettings, train_dialsum
+
+logger = logging.getLogger(__name__)
+
+SPACE_SNAPSHOT = "space.yaml"
+OPTUNA_DB = "optuna.db"
+BEST_MODEL_DIR = "best_model"
+
+
+def _optuna_searcher_class():
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    class PrunedAwareOptunaSearch(OptunaSearch):
+        """OptunaSearch that tells Optuna the truth about trials the scheduler stopped.
+
+        Ray's OptunaSearch marks a trial ASHA stopped as COMPLETE with its last,
+        low-fidelity score, and TPE then learns from it as if it were a full
+        run. Here such a trial is PRUNED, with its intermediate values keyed by
+        training step, which is how Optuna's own pruners record it.
+        """
+
+        def __init__(self, *args, time_attr: str, full_budget: int, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._time_attr = time_attr
+            self._full_budget = full_budget
+
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            if isinstance(config, dict):  # drop the family-qualified names (learning_rate@t5)
+                config = {key: value for key, value in config.items() if "@" not in key}
+            return config
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if trial_id in self._completed_trials or self.metric not in result:
+                return
+            # Keyed by training step, not by Tune's report count, so curves line up across trials.
+            self._ot_trials[trial_id].report(result[self.metric], int(result[self._time_attr]))
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id in self._completed_trials:
+                return
+            if result and not error and self.metric in result:
+                # Tune hands the last result to on_trial_complete only; keep it as an intermediate value too.
+                self.on_trial_result(trial_id, result)
+                if result.get(self._time_attr, self._full_budget) < self._full_budget:
+                    self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+                    self._completed_trials.add(trial_id)
+                    return
+            super().on_trial_complete(trial_id, result, error)
+
+    return PrunedAwareOptunaSearch
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    status: str  # TERMINATED, STOPPED (by the scheduler) or ERROR
+    budget_used: float
+    best_score: float | None
+    config: dict
+    error: str | None = None
+
+
+@dataclass
+class SearchOutcome:
+    experiment_dir: Path
+    metric: str
+    mode: str
+    max_budget: int
+    budget_unit: str
+    trials: list[TrialSummary] = field(default_factory=list)
+    best: object | None = None  # export.CheckpointRecord
+    best_model_dir: Path | None = None
+
+    @property
+    def stopped(self) -> list[TrialSummary]:
+        return [t for t in self.trials if t.status == "STOPPED"]
+
+    @property
+    def failed(self) -> list[TrialSummary]:
+        return [t for t in self.trials if t.status == "ERROR"]
+
+    @property
+    def budget_saved(self) -> float:
+        return sum(self.max_budget - t.budget_used for t in self.stopped)
+
+
+def experiment_settings(space: SearchSpace) -> ExperimentSettings:
+    data = space.data
+    return ExperimentSettings(
+        data_path=str(Path(data["path"]).expanduser().resolve()),
+        dialogue_column=data["dialogue_column"],
+        summary_column=data["summary_column"],
+        id_column=data["id_column"],
+        validation_split=data["validation_split"],
+        max_train_samples=data["max_train_samples"],
+        max_eval_samples=data["max_eval_samples"],
+        metric=space.metric,
+        mode=space.mode,
+        budget_unit=space.scheduler["budget_unit"],
+        max_budget=space.scheduler["max_budget"],
+        eval_interval=space.scheduler["eval_interval"],
+        seed=space.seed,
+        trust_remote_code=space.trust_remote_code,
+    )
+
+
+def preflight(space: SearchSpace, settings: ExperimentSettings) -> None:
+    """Everything that can fail before a trial starts: the data, every model."""
+    from tune_dialsum.data import DialogueDataLoader
+
+    DialogueDataLoader(
+        settings.data_path, settings.dialogue_column, settings.summary_column, settings.id_column
+    ).load_splits()
+    for model in space.models:
+        check_model_available(model)
+        if model.startswith(TINY_PREFIX):
+            resolve_model_path(model)  # build it once here rather than in every trial at once
+
+
+def _start_ray(address: str | None) -> bool:
+    """Connect to ``address`` or start a local Ray on loopback; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # On Linux, a local Ray binds the machine's address unless this is 0: keep it on 127.0.0.1.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    return True
+
+
+def _check_resources(space: SearchSpace) -> None:
+    import ray
+
+    available = ray.cluster_resources()
+    for resource, wanted in (("CPU", space.resources["cpus_per_trial"]), ("GPU", space.resources["gpus_per_trial"])):
+        if wanted and available.get(resource, 0) < wanted:
+            raise SpaceError(
+                f"{space.source}: resources.{resource.lower()}s_per_trial: a trial asks for {wanted:g} {resource} "
+                f"but the cluster has {available.get(resource, 0):g}; lower it (or --{resource.lower()}s-per-trial)"
+            )
+
+
+def _trial_name(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _trainable(space: SearchSpace, settings: ExperimentSettings):
+    from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(train_dialsum, settings=settings),
+        {"cpu": space.resources["cpus_per_trial"], "gpu": space.resources["gpus_per_trial"]},
+    )
+
+
+def _build_tuner(space: SearchSpace, settings: ExperimentSettings, experiment_dir: Path):
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    searcher = _optuna_searcher_class()(
+        space=space.define_by_run,
+        metric=space.metric,
+        mode=space.mode,
+        sampler=optuna.samplers.TPESampler(seed=space.seed),
+        storage=optuna.storages.RDBStorage(f"sqlite:///{experiment_dir / OPTUNA_DB}"),
+        study_name=space.name,
+        time_attr=settings.time_attr,
+        full_budget=settings.max_budget,
+    )
+    if space.scheduler["type"] == "asha":
+        scheduler = ASHAScheduler(
+            time_attr=settings.time_attr,
+            metric=space.metric,
+            mode=space.mode,
+            max_t=settings.max_budget,
+            grace_period=space.scheduler["grace_period"],
+            reduction_factor=space.scheduler["reduction_factor"],
+        )
+    else:
+        scheduler = FIFOScheduler()
+    reporter = tune.CLIReporter(
+        metric_columns={settings.time_attr: settings.time_attr, space.metric: space.metric},
+        parameter_columns=space.searched_settings[:6],
+        metric=space.metric,
+        mode=space.mode,
+        max_report_frequency=20,
+        sort_by_metric=True,
+    )
+    return tune.Tuner(
+        _trainable(space, settings),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=space.trials["num_samples"],
+            max_concurrent_trials=space.trials["max_concurrent"],
+            time_budget_s=space.trials["time_budget_s"],
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=space.name,
+            storage_path=str(experiment_dir.parent),
+            progress_reporter=reporter,
+            verbose=1,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=space.keep_checkpoints,
+                checkpoint_score_attribute=space.metric,
+                checkpoint_score_order=space.mode,
+            ),
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )
+
+
+def run_search(space: SearchSpace, resume: bool = False, address: str | None = None) -> SearchOutcome:
+    """Run (or resume) the experiment ``space`` describes, export its best model, return a summary."""
+    from ray import tune
+
+    experiment_dir = Path(space.storage_path).expanduser().resolve() / space.name
+    if resume:
+        snapshot = experiment_dir / SPACE_SNAPSHOT
+        if not snapshot.is_file():
+            raise UsageError(f"--resume: nothing to resume at {experiment_dir}; run without --resume to start it")
+        space = parse_space(yaml.safe_load(snapshot.read_text()), source=str(snapshot), default_name=space.name)
+        space.storage_path = str(experiment_dir.parent)
+    elif experiment_dir.exists() and any(experiment_dir.iterdir()):
+        raise UsageError(
+            f"experiment {space.name!r} already exists at {experiment_dir}; pass --resume to continue it "
+            "or --name to start a new one"
+        )
+    settings = experiment_settings(space)
+    preflight(space, settings)
+    started_ray = _start_ray(address)
+    try:
+        _check_resources(space)
+        experiment_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (experiment_dir / SPACE_SNAPSHOT).write_text(yaml.safe_dump({**space.raw, "name": space.name}))
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table shows every trial's state and score
+        if resume and tune.Tuner.can_restore(str(experiment_dir)):
+            tuner = tune.Tuner.restore(
+                str(experiment_dir), trainable=_trainable(space, settings), resume_unfinished=True, resume_errored=True
+            )
+        else:
+            tuner = _build_tuner(space, settings, experiment_dir)
+        results = tuner.fit()
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return summarize(results, space, settings, experiment_dir)
+
+
+def summarize(results, space: SearchSpace, settings: ExperimentSettings, experiment_dir: Path) -> SearchOutcome:
+    """Classify every trial, then export the best checkpoint over all trials and reports."""
+    outcome = SearchOutcome(experiment_dir, space.metric, space.mode, settings.max_budget, settings.budget_unit)
+    for result in results:
+        metrics = result.metrics or {}
+        used = float(metrics.get(settings.time_attr, 0) or 0)
+        if result.error is not None:
+            status, error = "ERROR", str(result.error).strip().splitlines()[-1]
+        else:
+            status, error = ("STOPPED" if used < settings.max_budget else "TERMINATED"), None
+        scores = [
+            m[space.metric]
+            for m in (result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else [])
+            if space.metric in m and not math.isnan(m[space.metric])
+        ]
+        best = (max if space.mode == "max" else min)(scores) if scores else None
+        outcome.trials.append(TrialSummary(metrics.get("trial_id", "?"), status, used, best, result.config, error))
+    records = find_checkpoints(experiment_dir)
+    if not records:
+        raise SearchError(
+            f"no trial of {space.name!r} finished an evaluation, so there is nothing to export; "
+            f"see the trial errors above and the logs under {experiment_dir}"
+        )
+    outcome.best = best_checkpoint(records, space.metric, space.mode)
+    outcome.best_model_dir = export_checkpoint(
+        outcome.best, experiment_dir / BEST_MODEL_DIR, space.metric, space.mode, force=True
+    )
+    return outcome
+
+
+def format_summary(outcome: SearchOutcome) -> str:
+    best = outcome.best
+    unit = outcome.budget_unit
+    lines = [
+        "",
+        f"Search finished: {len(outcome.trials)} trials, {len(outcome.stopped)} stopped early by the scheduler, "
+        f"{len(outcome.failed)} failed.",
+        f"Best trial: {best.trial_id} at {unit[:-1]} {best.step}: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in best.scores.items() if k.startswith("rouge")),
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(best.snapshot.get("config", {}).items())),
+    ]
+    if outcome.stopped:
+        full = outcome.max_budget * len(outcome.trials)
+        lines.append(
+            f"Early stopping saved {outcome.budget_saved:g} of {full:g} training {unit} "
+            f"({outcome.budget_saved / full:.0%})."
+        )
+    for trial in outcome.failed:
+        lines.append(f"Failed trial {trial.trial_id}: {trial.error}")
+    lines += [f"Best model: {outcome.best_model_dir}", f"Experiment: {outcome.experiment_dir}"]
+    return "\n".join(lines)

@@ -1,0 +1,444 @@
+"""Search-space files: YAML -> a validated :class:`SearchSpace` -> Optuna distributions.
+
+This module imports neither Ray nor torch: a space is checked completely, with
+one-line errors that name the file and key, before anything starts.
+
+A space file has these sections (all but ``search`` optional)::
+
+    name: demo                    # experiment name (default: the file's stem)
+    data: {path, dialogue_column, summary_column, id_column, validation_split,
+           max_train_samples, max_eval_samples}
+    objective: {metric: rougeL, mode: max}
+    fixed: {SETTING: value}       # held fixed for every trial
+    search: {SETTING: DISTRIBUTION}
+    per_family: {bart|t5|pegasus: {SETTING: DISTRIBUTION}}   # overrides once the model is known
+    scheduler: {type: asha|fifo, budget_unit: steps|epochs, max_budget, grace_period,
+                reduction_factor, eval_interval}
+    trials: {num_samples, max_concurrent, time_budget_s}
+    resources: {cpus_per_trial, gpus_per_trial}
+    checkpoints: {keep}
+    storage_path: ray_results
+    seed: 0
+    trust_remote_code: false
+
+A DISTRIBUTION is one of ``{choice: [..]}``, ``{uniform: [low, high]}``,
+``{loguniform: [low, high]}``, ``{quniform: [low, high, step]}``,
+``{int: [low, high]}``, ``{logint: [low, high]}``, ``{qint: [low, high, step]}``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tune_dialsum.data.formats import DIALOGUE_FORMATS
+from tune_dialsum.errors import SpaceError
+from tune_dialsum.models import FAMILIES, family_of
+
+OBJECTIVES = ("rougeL", "rougeLsum", "rouge1", "rouge2", "eval_loss")
+# Every setting a trial takes, with its type. ``fixed`` and ``search`` draw from these.
+SETTINGS: dict[str, type] = {
+    "model": str,
+    "learning_rate": float,
+    "dialogue_format": str,
+    "max_input_length": int,
+    "max_target_length": int,
+    "batch_size": int,
+    "gradient_accumulation_steps": int,
+    "num_train_epochs": float,
+    "warmup_steps": int,
+    "warmup_ratio": float,
+    "weight_decay": float,
+    "label_smoothing": float,
+    "generation_num_beams": int,
+    "generation_max_length": int,
+    "lr_scheduler_type": str,
+}
+DEFAULT_SETTINGS = {
+    "max_input_length": 512,
+    "max_target_length": 128,
+    "dialogue_format": "standard",
+    "gradient_accumulation_steps": 1,
+    "num_train_epochs": 3.0,
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+    "label_smoothing": 0.0,
+    "generation_num_beams": 4,
+    "lr_scheduler_type": "linear",
+}
+DISTRIBUTIONS = {"choice", "uniform", "loguniform", "quniform", "int", "logint", "qint"}
+SECTIONS = {
+    "name": None,
+    "description": None,
+    "data": {
+        "path",
+        "dialogue_column",
+        "summary_column",
+        "id_column",
+        "validation_split",
+        "max_train_samples",
+        "max_eval_samples",
+    },
+    "objective": {"metric", "mode"},
+    "fixed": set(SETTINGS),
+    "search": set(SETTINGS),
+    "per_family": set(FAMILIES),
+    "scheduler": {"type", "budget_unit", "max_budget", "grace_period", "reduction_factor", "eval_interval"},
+    "trials": {"num_samples", "max_concurrent", "time_budget_s"},
+    "resources": {"cpus_per_trial", "gpus_per_trial"},
+    "checkpoints": {"keep"},
+    "storage_path": None,
+    "seed": None,
+    "trust_remote_code": None,
+}
+
+
+@dataclass(frozen=True)
+class Distribution:
+    kind: str
+    args: tuple
+
+    def suggest(self, trial, name: str):
+        """Ask an Optuna trial (or Ray's captor of one) for a value."""
+        low, high, *rest = self.args if self.kind != "choice" else (None, None)
+        if self.kind == "choice":
+            return trial.suggest_categorical(name, list(self.args))
+        if self.kind in ("uniform", "loguniform", "quniform"):
+            return trial.suggest_float(name, low, high, log=self.kind == "loguniform", step=rest[0] if rest else None)
+        return trial.suggest_int(name, low, high, log=self.kind == "logint", step=rest[0] if rest else 1)
+
+    @property
+    def bounds(self) -> tuple | None:
+        return None if self.kind == "choice" else self.args[:2]
+
+
+@dataclass
+class SearchSpace:
+    """A validated search space; see the module docstring for the file format."""
+
+    name: str
+    source: str
+    data: dict[str, Any]
+    metric: str
+    mode: str
+    fixed: dict[str, Any]
+    search: dict[str, Distribution]
+    per_family: dict[str, dict[str, Distribution]]
+    scheduler: dict[str, Any]
+    trials: dict[str, Any]
+    resources: dict[str, float]
+    keep_checkpoints: int
+    storage_path: str
+    seed: int
+    trust_remote_code: bool = False
+    raw: dict = field(default_factory=dict, repr=False)
+
+    # -- sampling -------------------------------------------------------------------
+    def define_by_run(self, trial) -> dict[str, Any]:
+        """Optuna define-by-run: sample one trial's settings, family-specific ranges included.
+
+        A family's ranges are sampled under their own names (``learning_rate@t5``)
+        because their bounds differ; the returned dict maps them back to the setting.
+        """
+        config = dict(self.fixed)
+        if "model" in self.search:
+            config["model"] = self.search["model"].suggest(trial, "model")
+        family = family_of(config["model"]).name
+        family_ranges = self.per_family.get(family, {})
+        for name, distribution in self.search.items():
+            if name != "model" and name not in family_ranges:
+                config[name] = distribution.suggest(trial, name)
+        for name, distribution in family_ranges.items():
+            config[name] = distribution.suggest(trial, f"{name}@{family}")
+        return config
+
+    @property
+    def searched_settings(self) -> list[str]:
+        names = list(self.search)
+        names += [n for family in self.per_family.values() for n in family if n not in names]
+        return names
+
+    @property
+    def models(self) -> list[str]:
+        if "model" in self.search:
+            return list(self.search["model"].args)
+        return [self.fixed["model"]]
+
+
+# -- loading and validation --------------------------------------------------------------
+
+
+def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSpace:
+    """Read, override (``key.sub=value``) and validate a space file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpaceError(f"{path}: no such space file; see search_spaces/ for examples")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpaceError(f"{path}: YAML syntax error{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise SpaceError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+    if raw is None:
+        raise SpaceError(f"{path}: the file is empty; it needs at least a 'search' section")
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path}: the top level must be a mapping of sections, not a {type(raw).__name__}")
+    for override in overrides or []:
+        _apply_override(raw, override, path)
+    return parse_space(raw, source=str(path), default_name=path.stem)
+
+
+def _apply_override(raw: dict, override: str, path: Path) -> None:
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise SpaceError(f"--set {override!r}: expected KEY=VALUE, e.g. --set trials.num_samples=4")
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpaceError(f"--set {override!r}: {part!r} in {path} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+class _Checker:
+    """Reads typed values out of the raw mapping, naming the file and key in every error."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str):
+        raise SpaceError(f"{self.source}: {key}: {message}")
+
+    def section(self, raw: dict, key: str, allowed: set[str] | None) -> dict:
+        value = raw.get(key) or {}
+        if not isinstance(value, dict):
+            self.fail(key, f"must be a mapping, not {type(value).__name__}")
+        if allowed is not None:
+            for name in value:
+                if name not in allowed:
+                    self.fail(f"{key}.{name}", f"unknown key; valid keys: {', '.join(sorted(allowed))}")
+        return value
+
+    def number(self, key: str, value, kind: type, minimum=None, strict: bool = False):
+        # YAML 1.1 reads 1e-5 (no dot) as a string: coerce explicitly.
+        if isinstance(value, bool):
+            self.fail(key, f"expected a number but got {value!r}")
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            self.fail(key, f"expected {'an integer' if kind is int else 'a number'} but got {value!r}")
+        if kind is int and float(value) != number:
+            self.fail(key, f"expected an integer but got {value!r}")
+        if kind is float and not math.isfinite(number):
+            self.fail(key, f"expected a finite number but got {value!r}")
+        if minimum is not None and (number <= minimum if strict else number < minimum):
+            self.fail(key, f"must be {'greater than' if strict else 'at least'} {minimum} but got {value!r}")
+        return number
+
+    def setting(self, key: str, name: str, value):
+        kind = SETTINGS[name]
+        if kind is str:
+            if not isinstance(value, str) or not value:
+                self.fail(key, f"expected a non-empty string but got {value!r}")
+            if name == "dialogue_format" and value not in DIALOGUE_FORMATS:
+                self.fail(key, f"unknown dialogue format {value!r}; use one of {', '.join(DIALOGUE_FORMATS)}")
+            if name == "model" and value.startswith("tiny:") and value[5:] not in FAMILIES:
+                self.fail(key, f"unknown model family {value[5:]!r} in {value!r}; use tiny:{'|tiny:'.join(FAMILIES)}")
+            return value
+        positive = name in (
+            "learning_rate",
+            "max_input_length",
+            "max_target_length",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "num_train_epochs",
+            "generation_num_beams",
+            "generation_max_length",
+        )
+        return self.number(key, value, kind, minimum=0, strict=positive)
+
+    def distribution(self, key: str, name: str, spec) -> Distribution:
+        if not isinstance(spec, dict) or len(spec) != 1:
+            self.fail(
+                key, f"expected one distribution such as {{choice: [...]}} or {{loguniform: [low, high]}}, got {spec!r}"
+            )
+        kind, args = next(iter(spec.items()))
+        if kind not in DISTRIBUTIONS:
+            self.fail(key, f"unknown distribution {kind!r}; use one of {', '.join(sorted(DISTRIBUTIONS))}")
+        if not isinstance(args, list):
+            self.fail(f"{key}.{kind}", f"expected a list but got {args!r}")
+        if kind == "choice":
+            if not args:
+                self.fail(f"{key}.choice", "the list of choices is empty; give at least one value")
+            return Distribution(kind, tuple(self.setting(f"{key}.choice[{i}]", name, v) for i, v in enumerate(args)))
+        if SETTINGS[name] is str:
+            self.fail(key, f"{name} takes text values; use {{choice: [...]}}")
+        stepped = kind in ("quniform", "qint")
+        if len(args) != (3 if stepped else 2):
+            self.fail(f"{key}.{kind}", f"expected [low, high{', step' if stepped else ''}] but got {args!r}")
+        number_kind = int if kind in ("int", "logint", "qint") else float
+        if SETTINGS[name] is int and number_kind is float:
+            self.fail(key, f"{name} takes whole numbers; use int, logint or qint instead of {kind}")
+        values = [self.number(f"{key}.{kind}", v, number_kind) for v in args]
+        low, high = values[0], values[1]
+        if low >= high:
+            self.fail(f"{key}.{kind}", f"low must be below high but got low={args[0]!r}, high={args[1]!r}")
+        if kind.startswith("log") and low <= 0:
+            self.fail(
+                f"{key}.{kind}", f"a log range must be above 0 but got low={args[0]!r}; use uniform, or a positive low"
+            )
+        if stepped and values[2] <= 0:
+            self.fail(f"{key}.{kind}", f"step must be positive but got {args[2]!r}")
+        self.setting(f"{key}.{kind}", name, low)
+        self.setting(f"{key}.{kind}", name, high)
+        return Distribution(kind, tuple(values))
+
+
+def parse_space(raw: dict, source: str = "<space>", default_name: str = "search") -> SearchSpace:
+    check = _Checker(source)
+    for key in raw:
+        if key not in SECTIONS:
+            check.fail(key, f"unknown key; valid keys: {', '.join(SECTIONS)}")
+
+    data = check.section(raw, "data", SECTIONS["data"])
+    data = {
+        "path": "data",
+        "dialogue_column": "dialogue",
+        "summary_column": "summary",
+        "id_column": "id",
+        "validation_split": 0.1,
+        "max_train_samples": None,
+        "max_eval_samples": None,
+        **data,
+    }
+    if not isinstance(data["path"], str) or not data["path"]:
+        check.fail("data.path", f"expected a directory path but got {data['path']!r}")
+    for key in ("max_train_samples", "max_eval_samples"):
+        if data[key] is not None:
+            data[key] = check.number(f"data.{key}", data[key], int, minimum=1)
+    data["validation_split"] = check.number(
+        "data.validation_split", data["validation_split"], float, minimum=0, strict=True
+    )
+    if data["validation_split"] >= 1:
+        check.fail("data.validation_split", f"must be below 1 but got {data['validation_split']!r}")
+
+    objective = check.section(raw, "objective", SECTIONS["objective"])
+    metric = objective.get("metric", "rougeL")
+    if metric not in OBJECTIVES:
+        check.fail("objective.metric", f"unknown metric {metric!r}; use one of {', '.join(OBJECTIVES)}")
+    mode = objective.get("mode", "min" if metric == "eval_loss" else "max")
+    if mode not in ("min", "max"):
+        check.fail("objective.mode", f"must be 'min' or 'max' but got {mode!r}")
+
+    fixed = {**DEFAULT_SETTINGS}
+    for name, value in check.section(raw, "fixed", SECTIONS["fixed"]).items():
+        fixed[name] = check.setting(f"fixed.{name}", name, value)
+    search_raw = check.section(raw, "search", SECTIONS["search"])
+    search = {name: check.distribution(f"search.{name}", name, spec) for name, spec in search_raw.items()}
+    for name in search:
+        fixed.pop(name, None)
+    if not search:
+        check.fail("search", "no setting is searched; add at least one, e.g. learning_rate: {loguniform: [1e-5, 1e-4]}")
+    per_family = {}
+    for family, settings in check.section(raw, "per_family", SECTIONS["per_family"]).items():
+        block = check.section({family: settings}, family, SECTIONS["search"])
+        per_family[family] = {n: check.distribution(f"per_family.{family}.{n}", n, s) for n, s in block.items()}
+        for name in per_family[family]:
+            if name == "model":
+                check.fail(f"per_family.{family}.model", "the model decides the family; search it under 'search'")
+    if "model" not in search and "model" not in fixed:
+        check.fail("search", "no model: set fixed.model or search model: {choice: [...]}")
+
+    scheduler = check.section(raw, "scheduler", SECTIONS["scheduler"])
+    scheduler = {
+        "type": "asha",
+        "budget_unit": "steps",
+        "max_budget": None,
+        "grace_period": None,
+        "reduction_factor": 3,
+        "eval_interval": None,
+        **scheduler,
+    }
+    if scheduler["type"] not in ("asha", "fifo"):
+        check.fail("scheduler.type", f"must be 'asha' or 'fifo' but got {scheduler['type']!r}")
+    if scheduler["budget_unit"] not in ("steps", "epochs"):
+        check.fail("scheduler.budget_unit", f"must be 'steps' or 'epochs' but got {scheduler['budget_unit']!r}")
+    if scheduler["max_budget"] is None:
+        check.fail("scheduler.max_budget", "missing: the most steps (or epochs) a trial may train")
+    scheduler["max_budget"] = check.number("scheduler.max_budget", scheduler["max_budget"], int, minimum=1)
+    for key, default in (("eval_interval", max(1, scheduler["max_budget"] // 4)), ("grace_period", None)):
+        value = scheduler[key] if scheduler[key] is not None else (default or scheduler["eval_interval"])
+        scheduler[key] = check.number(f"scheduler.{key}", value, int, minimum=1)
+    scheduler["reduction_factor"] = check.number(
+        "scheduler.reduction_factor", scheduler["reduction_factor"], float, minimum=1, strict=True
+    )
+    if scheduler["grace_period"] > scheduler["max_budget"]:
+        check.fail(
+            "scheduler.grace_period", f"{scheduler['grace_period']} exceeds max_budget {scheduler['max_budget']}"
+        )
+    if scheduler["budget_unit"] == "epochs" and "num_train_epochs" in search:
+        check.fail("search.num_train_epochs", "the scheduler's budget is in epochs; set scheduler.max_budget instead")
+
+    trials = check.section(raw, "trials", SECTIONS["trials"])
+    trials = {"num_samples": 8, "max_concurrent": 1, "time_budget_s": None, **trials}
+    trials["num_samples"] = check.number("trials.num_samples", trials["num_samples"], int, minimum=1)
+    trials["max_concurrent"] = check.number("trials.max_concurrent", trials["max_concurrent"], int, minimum=1)
+    if trials["time_budget_s"] is not None:
+        trials["time_budget_s"] = check.number(
+            "trials.time_budget_s", trials["time_budget_s"], float, minimum=0, strict=True
+        )
+
+    resources = check.section(raw, "resources", SECTIONS["resources"])
+    resources = {
+        "cpus_per_trial": check.number(
+            "resources.cpus_per_trial", resources.get("cpus_per_trial", 1), float, minimum=0, strict=True
+        ),
+        "gpus_per_trial": check.number(
+            "resources.gpus_per_trial", resources.get("gpus_per_trial", 0), float, minimum=0
+        ),
+    }
+    if resources["gpus_per_trial"] > 1 and resources["gpus_per_trial"] != int(resources["gpus_per_trial"]):
+        check.fail(
+            "resources.gpus_per_trial", f"above 1 must be a whole number but got {resources['gpus_per_trial']!r}"
+        )
+
+    keep = check.number(
+        "checkpoints.keep", check.section(raw, "checkpoints", SECTIONS["checkpoints"]).get("keep", 2), int, minimum=1
+    )
+    storage_path = raw.get("storage_path", "ray_results")
+    if not isinstance(storage_path, str) or not storage_path:
+        check.fail("storage_path", f"expected a path but got {storage_path!r}")
+    name = str(raw.get("name") or default_name)
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name.startswith("."):
+        check.fail("name", f"{name!r} must be letters, digits, '-', '_' or '.' (it names a directory)")
+    trust = raw.get("trust_remote_code", False)
+    if not isinstance(trust, bool):
+        check.fail("trust_remote_code", f"expected true or false but got {trust!r}")
+
+    return SearchSpace(
+        name=name,
+        source=source,
+        data=data,
+        metric=metric,
+        mode=mode,
+        fixed=fixed,
+        search=search,
+        per_family=per_family,
+        scheduler=scheduler,
+        trials=trials,
+        resources=resources,
+        keep_checkpoints=keep,
+        storage_path=storage_path,
+        seed=check.number("seed", raw.get("seed", 0), int),
+        trust_remote_code=trust,
+        raw=copy.deepcopy(raw),
+    )
