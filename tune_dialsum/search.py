@@ -46,6 +46,21 @@ def _optuna_searcher_class():
             self._time_attr = time_attr
             self._full_budget = full_budget
 
+        def restore(self, checkpoint_path: str) -> None:
+            """Restore, then close Optuna trials asked for after the last saved state.
+
+            A driver killed between asking Optuna for a trial and saving the
+            experiment leaves that trial RUNNING in the study forever; Tune never
+            heard of it, so it is marked FAIL (and says why) rather than left open.
+            """
+            super().restore(checkpoint_path)
+            known = {trial.number for trial in self._ot_trials.values()}
+            storage = self._ot_study._storage
+            for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if trial.number not in known:
+                    storage.set_trial_user_attr(trial._trial_id, "abandoned", "asked before the driver died; never ran")
+                    self._ot_study.tell(trial.number, state=TrialState.FAIL)
+
         def suggest(self, trial_id: str):
             config = super().suggest(trial_id)
             if isinstance(config, dict):  # drop the family-qualified names (learning_rate@t5)

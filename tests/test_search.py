@@ -1,0 +1,228 @@
+"""The real search, end to end, with real Ray processes (slow: minutes in all)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+TINY = REPO / "search_spaces" / "tiny.yaml"
+
+
+def _search(*args: str, storage: Path, timeout: int = 600, **popen) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "tune_dialsum",
+        "search",
+        "--space",
+        str(TINY),
+        "--storage-path",
+        str(storage),
+        *args,
+    ]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def _trial_results(experiment_dir: Path) -> dict[str, list[dict]]:
+    results = {}
+    for trial_dir in sorted(experiment_dir.glob("trial_*")):
+        lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").exists() else []
+        results[trial_dir.name] = [json.loads(line) for line in lines]
+    return results
+
+
+@pytest.fixture(scope="module")
+def tiny_search(tmp_path_factory):
+    storage = tmp_path_factory.mktemp("ray_results")
+    completed = _search(storage=storage)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed, storage / "tiny-demo"
+
+
+def test_tiny_search_runs_to_the_end_and_prints_its_summary(tiny_search):
+    completed, experiment_dir = tiny_search
+    assert "Search finished: 8 trials" in completed.stdout
+    assert "Best trial:" in completed.stdout and f"Best model: {experiment_dir / 'best_model'}" in completed.stdout
+    assert "RUNNING" in completed.stdout and "rougeL" in completed.stdout  # the live table
+
+
+def test_asha_stops_some_trials_early(tiny_search):
+    _, experiment_dir = tiny_search
+    last_steps = [rows[-1]["step"] for rows in _trial_results(experiment_dir).values()]
+    assert len(last_steps) == 8
+    assert any(step < 600 for step in last_steps) and any(step == 600 for step in last_steps)
+
+
+def test_stopped_trials_reach_optuna_as_pruned_with_their_curves(tiny_search):
+    _, experiment_dir = tiny_search
+    study = optuna.load_study(study_name="tiny-demo", storage=f"sqlite:///{experiment_dir / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert len(states) == 8
+    assert states.count(optuna.trial.TrialState.PRUNED) >= 3
+    for trial in study.trials:
+        assert trial.intermediate_values, trial  # keyed by training step
+        assert set(trial.intermediate_values) <= {100, 200, 300, 400, 500, 600}
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert max(trial.intermediate_values) == 600
+
+
+def test_best_model_is_exported_loadable_and_summarises(tiny_search):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    _, experiment_dir = tiny_search
+    best = experiment_dir / "best_model"
+    tuning = json.loads((best / "tuning.json").read_text())
+    all_scores = [row["rougeL"] for rows in _trial_results(experiment_dir).values() for row in rows]
+    assert tuning["scores"]["rougeL"] == pytest.approx(max(all_scores))
+    assert not (best / "optimizer.pt").exists()
+    model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(best), AutoTokenizer.from_pretrained(best)
+    prefix = tuning["recipe"]["prefix"]
+    ids = model.generate(
+        **tokenizer([prefix + "Anna: Can I borrow your bike?\nTom: Sure, I will bring it Friday."], return_tensors="pt")
+    )
+    assert tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+
+
+def test_every_checkpoint_carries_the_resolved_config(tiny_search):
+    _, experiment_dir = tiny_search
+    checkpoints = list(experiment_dir.glob("trial_*/checkpoint_*"))
+    assert checkpoints
+    for checkpoint in checkpoints:
+        snapshot = json.loads((checkpoint / "trial_config.json").read_text())
+        assert {"model", "learning_rate", "dialogue_format", "batch_size"} <= set(snapshot["config"])
+        assert not any("@" in key for key in snapshot["config"])
+
+
+def test_checkpoints_per_trial_stay_bounded(tiny_search):
+    _, experiment_dir = tiny_search
+    for trial_dir in experiment_dir.glob("trial_*"):
+        # checkpoints.keep (2) best by the objective, plus the latest, which Ray keeps for resuming
+        assert len(list(trial_dir.glob("checkpoint_*"))) <= 3
+
+
+def test_an_existing_experiment_is_not_overwritten(tiny_search):
+    _, experiment_dir = tiny_search
+    completed = _search(storage=experiment_dir.parent, timeout=120)
+    assert completed.returncode == 2
+    assert "already exists" in completed.stderr and "--resume" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_unreachable_hub_model_fails_fast_with_one_line(tmp_path):
+    start = time.perf_counter()
+    command = [
+        sys.executable,
+        "-m",
+        "tune_dialsum",
+        "search",
+        "--space",
+        str(REPO / "search_spaces" / "bart.yaml"),
+        "--storage-path",
+        str(tmp_path),
+    ]
+    completed = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines()[-1].startswith("error: model 'facebook/bart-base'")
+    assert "Traceback" not in completed.stderr
+    assert time.perf_counter() - start < 60
+    assert not any(tmp_path.iterdir())  # nothing started
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    """SIGKILL the driver (and its local Ray) mid-search; --resume finishes the experiment."""
+    args = [
+        "--set",
+        "trials.num_samples=4",
+        "--set",
+        "scheduler.max_budget=300",
+        "--set",
+        "scheduler.grace_period=100",
+        "--name",
+        "killed",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "tune_dialsum",
+        "search",
+        "--space",
+        str(TINY),
+        "--storage-path",
+        str(tmp_path),
+        *args,
+    ]
+    driver = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    experiment_dir = tmp_path / "killed"
+    deadline = time.time() + 300
+    finished_before: dict[str, list[dict]] = {}
+    try:
+        while time.time() < deadline:
+            time.sleep(2)
+            results = _trial_results(experiment_dir) if experiment_dir.exists() else {}
+            finished_before = {k: v for k, v in results.items() if v and v[-1].get("done")}
+            running = [k for k, v in results.items() if v and not v[-1].get("done")]
+            if finished_before and running:
+                break
+        else:
+            pytest.fail("the search never had a finished and a running trial at once")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    time.sleep(2)
+    resumed = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = _trial_results(experiment_dir)
+    assert len(after) == 4  # no trial re-run under a second id
+    for name, rows in finished_before.items():
+        assert after[name] == rows  # finished trials are kept as they were
+    assert all(rows[-1]["step"] in (100, 200, 300) for rows in after.values())
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment_dir / 'optuna.db'}")
+    assert all(t.state.is_finished() for t in study.trials)
+    ran = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
+    assert len(ran) == 4  # the history of every trial that ran is whole
+    # A trial Optuna handed out after the last saved state, if any, is closed and labelled, not left RUNNING.
+    assert all(t.user_attrs.get("abandoned") for t in study.trials if t not in ran)
+    assert (experiment_dir / "best_model" / "tuning.json").is_file()
+
+
+def test_resume_with_nothing_to_resume_is_a_clear_error(tmp_path):
+    completed = _search("--resume", "--name", "never-ran", storage=tmp_path, timeout=120)
+    assert completed.returncode == 2 and "nothing to resume" in completed.stderr
+
+
+def test_logical_gpus_are_scheduled_one_trial_per_gpu(tmp_path):
+    """With 2 logical GPUs and 1 GPU per trial, 2 trials run at once, each on its own device."""
+    code = f"""
+import os, json, ray
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
+from tune_dialsum.space import load_space
+from tune_dialsum.search import run_search
+space = load_space({str(TINY)!r}, ["trials.num_samples=4", "trials.max_concurrent=4", "resources.gpus_per_trial=1",
+                   "scheduler.max_budget=200", "scheduler.grace_period=200", "name=gpus", "storage_path={tmp_path}"])
+run_search(space)
+"""
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = _trial_results(tmp_path / "gpus")
+    assert len(results) == 4
+    devices = [rows[0]["devices"] for rows in results.values()]
+    assert sorted(set(devices)) == ["0", "1"]  # each trial saw exactly one of the two GPUs
+    spans = [(rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"]) for rows in results.values()]
+    overlap = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+    assert overlap == 2
