@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_DATA = REPO / "data"
+TINY = REPO / "search_spaces" / "tiny.yaml"
 SHARED_DATA = Path(os.environ.get("TUNE_DIALSUM_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 # Keep any Ray the tests start on loopback, and the hub out of reach.
@@ -50,3 +54,28 @@ def bundled_splits():
     from tune_dialsum import DialogueDataLoader
 
     return DialogueDataLoader(BUNDLED_DATA).load_splits()
+
+
+def run_cli(*args: str, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m tune_dialsum ARGS`` in a real process, from the repository root."""
+    command = [sys.executable, "-m", "tune_dialsum", *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def trial_results(experiment_dir: Path) -> dict[str, list[dict]]:
+    """Every trial's reports, read from Ray's result.json files."""
+    results = {}
+    for trial_dir in sorted(experiment_dir.glob("trial_*")):
+        result_file = trial_dir / "result.json"
+        lines = result_file.read_text().splitlines() if result_file.exists() else []
+        results[trial_dir.name] = [json.loads(line) for line in lines]
+    return results
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory):
+    """The offline demo search, run once for every test that needs a finished experiment."""
+    storage = tmp_path_factory.mktemp("ray_results")
+    completed = run_cli("search", "--space", str(TINY), "--storage-path", str(storage))
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed, storage / "tiny-demo"

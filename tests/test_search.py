@@ -13,41 +13,13 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY, run_cli, trial_results
 
 pytestmark = pytest.mark.slow
-TINY = REPO / "search_spaces" / "tiny.yaml"
 
 
-def _search(*args: str, storage: Path, timeout: int = 600, **popen) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "tune_dialsum",
-        "search",
-        "--space",
-        str(TINY),
-        "--storage-path",
-        str(storage),
-        *args,
-    ]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, **popen)
-
-
-def _trial_results(experiment_dir: Path) -> dict[str, list[dict]]:
-    results = {}
-    for trial_dir in sorted(experiment_dir.glob("trial_*")):
-        lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").exists() else []
-        results[trial_dir.name] = [json.loads(line) for line in lines]
-    return results
-
-
-@pytest.fixture(scope="module")
-def tiny_search(tmp_path_factory):
-    storage = tmp_path_factory.mktemp("ray_results")
-    completed = _search(storage=storage)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return completed, storage / "tiny-demo"
+def _search(*args: str, storage: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return run_cli("search", "--space", str(TINY), "--storage-path", str(storage), *args, timeout=timeout)
 
 
 def test_tiny_search_runs_to_the_end_and_prints_its_summary(tiny_search):
@@ -59,7 +31,7 @@ def test_tiny_search_runs_to_the_end_and_prints_its_summary(tiny_search):
 
 def test_asha_stops_some_trials_early(tiny_search):
     _, experiment_dir = tiny_search
-    last_steps = [rows[-1]["step"] for rows in _trial_results(experiment_dir).values()]
+    last_steps = [rows[-1]["step"] for rows in trial_results(experiment_dir).values()]
     assert len(last_steps) == 8
     assert any(step < 600 for step in last_steps) and any(step == 600 for step in last_steps)
 
@@ -83,7 +55,7 @@ def test_best_model_is_exported_loadable_and_summarises(tiny_search):
     _, experiment_dir = tiny_search
     best = experiment_dir / "best_model"
     tuning = json.loads((best / "tuning.json").read_text())
-    all_scores = [row["rougeL"] for rows in _trial_results(experiment_dir).values() for row in rows]
+    all_scores = [row["rougeL"] for rows in trial_results(experiment_dir).values() for row in rows]
     assert tuning["scores"]["rougeL"] == pytest.approx(max(all_scores))
     assert not (best / "optimizer.pt").exists()
     model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(best), AutoTokenizer.from_pretrained(best)
@@ -173,7 +145,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     try:
         while time.time() < deadline:
             time.sleep(2)
-            results = _trial_results(experiment_dir) if experiment_dir.exists() else {}
+            results = trial_results(experiment_dir) if experiment_dir.exists() else {}
             finished_before = {k: v for k, v in results.items() if v and v[-1].get("done")}
             running = [k for k, v in results.items() if v and not v[-1].get("done")]
             if finished_before and running:
@@ -186,7 +158,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     time.sleep(2)
     resumed = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    after = _trial_results(experiment_dir)
+    after = trial_results(experiment_dir)
     assert len(after) == 4  # no trial re-run under a second id
     for name, rows in finished_before.items():
         assert after[name] == rows  # finished trials are kept as they were
@@ -219,7 +191,7 @@ run_search(space)
 """
     completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    results = _trial_results(tmp_path / "gpus")
+    results = trial_results(tmp_path / "gpus")
     assert len(results) == 4
     devices = [rows[0]["devices"] for rows in results.values()]
     assert sorted(set(devices)) == ["0", "1"]  # each trial saw exactly one of the two GPUs

@@ -83,6 +83,89 @@ def _cmd_search(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from tune_dialsum.analysis import Experiment
+    from tune_dialsum.export import best_checkpoint, export_checkpoint, find_checkpoints
+
+    experiment = Experiment.load(args.experiment_dir)
+    metric = args.metric or experiment.metric
+    mode = experiment.space.mode if metric == experiment.metric else ("min" if metric == "eval_loss" else "max")
+    record = best_checkpoint(find_checkpoints(experiment.path), metric, mode, trial_id=args.trial)
+    out = export_checkpoint(record, args.out, metric, mode, force=args.force)
+    print(
+        f"exported trial {record.trial_id} at step {record.step} ({metric}={record.scores.get(metric, float('nan')):.4f}) to {out}"
+    )
+    return 0
+
+
+def _write_lines(path: str | None, lines: list[str]) -> None:
+    text = "".join(line + "\n" for line in lines)
+    if path:
+        Path(path).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def _cmd_summarize(args) -> int:
+    from tune_dialsum.summarize import DialogueSummarizer, read_dialogues
+
+    source = Path(args.input) if args.input else None
+    if source is not None and not source.is_file():
+        raise UsageError(f"--input {source}: no such file")
+    records = read_dialogues(source, text=None if source else sys.stdin.read())
+    summaries = DialogueSummarizer(args.model, batch_size=args.batch_size).summarize([r["dialogue"] for r in records])
+    structured = source is not None and not source.name.endswith(".txt") or (args.output or "").endswith(".jsonl")
+    if structured:
+        lines = [
+            json.dumps({"id": r["id"], "summary": s}, ensure_ascii=False)
+            for r, s in zip(records, summaries, strict=True)
+        ]
+    else:
+        lines = [s.replace("\n", " ") for s in summaries]
+    _write_lines(args.output, lines)
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from tune_dialsum.data import DialogueDataLoader
+    from tune_dialsum.metrics import compute_rouge
+    from tune_dialsum.summarize import DialogueSummarizer
+
+    frame = DialogueDataLoader(args.data).load_splits()[args.split]
+    if frame is None:
+        raise UsageError(f"{args.data}: no {args.split} split; pass --split train, validation or test")
+    if args.max_samples:
+        frame = frame.head(args.max_samples)
+    predictions = DialogueSummarizer(args.model, batch_size=args.batch_size).summarize(list(frame["dialogue"]))
+    scores = compute_rouge(predictions, list(frame["summary"]))
+    output = Path(args.predictions or f"predictions-{args.split}.jsonl")
+    _write_lines(
+        str(output),
+        [
+            json.dumps({"id": i, "reference": r, "prediction": p}, ensure_ascii=False)
+            for i, r, p in zip(frame["id"], frame["summary"], predictions, strict=True)
+        ],
+    )
+    print(f"{args.split}: {len(frame)} dialogues")
+    for key, value in scores.items():
+        print(f"{key:10s} {value:.4f}")
+    print(f"predictions: {output}")
+    return 0
+
+
+def _cmd_analyze(args) -> int:
+    from tune_dialsum.analysis import Experiment
+    from tune_dialsum.report import write_report
+
+    experiment = Experiment.load(args.experiment_dir)
+    board = experiment.leaderboard(args.top)
+    print(board.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for warning in experiment.boundary_warnings():
+        print(f"warning: {warning}")
+    print(f"report: {write_report(experiment)}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -149,6 +232,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a space setting, e.g. --set scheduler.max_budget=300 (repeatable)",
     )
     search.set_defaults(run=_cmd_search)
+
+    export = commands.add_parser("export", help="export the best checkpoint of an experiment as a model directory")
+    export.add_argument("experiment_dir", help="<storage-path>/<name>")
+    export.add_argument("--out", required=True, help="directory to write the model to")
+    export.add_argument("--metric", default=None, help="score to choose by (default: the experiment's objective)")
+    export.add_argument("--trial", default=None, help="export this trial's best checkpoint instead")
+    export.add_argument("--force", action="store_true", help="replace --out if it exists")
+    export.set_defaults(run=_cmd_export)
+
+    summarize = commands.add_parser("summarize", help="summarise dialogues with a trained or exported model")
+    summarize.add_argument("--model", required=True, help="model directory (best_model or final_model)")
+    summarize.add_argument("--input", default=None, help="text (blank-line separated), .jsonl or .csv; default stdin")
+    summarize.add_argument("--output", default=None, help="default: stdout")
+    summarize.add_argument("--batch-size", type=_positive_int, default=16)
+    summarize.set_defaults(run=_cmd_summarize)
+
+    evaluate = commands.add_parser("evaluate", help="score a model on a data split with ROUGE")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--data", required=True, help="data directory")
+    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    evaluate.add_argument(
+        "--predictions", default=None, help="where to write predictions (default: predictions-SPLIT.jsonl)"
+    )
+    evaluate.add_argument("--max-samples", type=_positive_int, default=None)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=16)
+    evaluate.set_defaults(run=_cmd_evaluate)
+
+    analyze = commands.add_parser("analyze", help="leaderboard and report (plots, HTML) of an experiment")
+    analyze.add_argument("experiment_dir")
+    analyze.add_argument("--top", type=_positive_int, default=None, help="show only the best N trials")
+    analyze.set_defaults(run=_cmd_analyze)
     return parser
 
 

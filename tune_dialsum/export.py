@@ -121,7 +121,7 @@ def export_checkpoint(
     """Write ``record``'s model as a self-contained directory at ``out_dir``, atomically."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
-        raise ExportError(f"{out_dir} already exists; pass --force to replace it")
+        raise UsageError(f"{out_dir} already exists; pass --force to replace it, or another --out")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     config = record.snapshot.get("config", {})
     tuning = {

@@ -1,0 +1,97 @@
+"""Analysis frames, the analyze command and its report, and the notebook, on a real finished experiment."""
+
+import math
+import os
+
+import pytest
+
+from tests.conftest import REPO, run_cli, trial_results
+from tune_dialsum.analysis import Experiment
+from tune_dialsum.errors import UsageError
+
+pytestmark = pytest.mark.slow
+
+
+def test_trials_frame_has_a_row_per_trial_with_state_and_scores(tiny_search):
+    _, experiment_dir = tiny_search
+    experiment = Experiment.load(experiment_dir)
+    trials = experiment.trials
+    results = trial_results(experiment_dir)
+    assert len(trials) == len(results) == 8
+    assert set(trials["state"]) <= {"FINISHED", "STOPPED"} and "STOPPED" in set(trials["state"])
+    for row in trials.itertuples():
+        rows = results[f"trial_{row.trial_id}"]
+        assert row.best_rougeL == pytest.approx(max(r["rougeL"] for r in rows))
+        assert row.last_rougeL == pytest.approx(rows[-1]["rougeL"])
+        assert row.step == rows[-1]["step"] and row.stopped_early == (row.step < 600)
+        assert row.wall_time_s > 0 and row.model in ("tiny:bart", "tiny:t5")
+
+
+def test_curves_and_leaderboard(tiny_search):
+    experiment = Experiment.load(tiny_search[1])
+    assert len(experiment.curves) == sum(len(r) for r in trial_results(tiny_search[1]).values())
+    board = experiment.leaderboard()
+    assert list(board["best_rougeL"]) == sorted(board["best_rougeL"], reverse=True)
+    assert len(experiment.leaderboard(top=3)) == 3
+
+
+def test_importance_comes_from_the_optuna_study(tiny_search):
+    importance = Experiment.load(tiny_search[1]).importance()
+    if importance.empty:
+        pytest.skip("too few finished trials for importance in this run")
+    assert set(importance.index) <= {"model", "learning_rate", "dialogue_format", "batch_size", "learning_rate@t5"}
+    assert math.isclose(importance.sum(), 1.0, rel_tol=1e-6)
+
+
+def test_boundary_warning_names_a_setting_whose_best_value_is_at_an_edge(tiny_search, tmp_path):
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "exp"
+    shutil.copytree(tiny_search[1], copy, ignore=shutil.ignore_patterns("checkpoint_*", "hf"))
+    experiment = Experiment.load(copy)
+    best = experiment.leaderboard().iloc[0]
+    space = yaml.safe_load((copy / "space.yaml").read_text())
+    # Narrow the best trial's batch size range to end exactly at its value: it is now at the edge.
+    space["search"]["batch_size"] = {"int": [1, int(best["batch_size"])]}
+    (copy / "space.yaml").write_text(yaml.safe_dump(space))
+    warnings = Experiment.load(copy).boundary_warnings()
+    assert any(w.startswith("batch_size:") and "upper edge" in w for w in warnings)
+
+
+def test_analyze_writes_the_leaderboard_plots_and_page(tiny_search):
+    _, experiment_dir = tiny_search
+    completed = run_cli("analyze", str(experiment_dir))
+    assert completed.returncode == 0, completed.stderr
+    assert "best_rougeL" in completed.stdout and "report:" in completed.stdout
+    report = experiment_dir / "report"
+    for name in ("curves.png", "settings.png", "parallel_coordinates.png", "importance.png"):
+        assert (report / name).stat().st_size > 1000
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (report / "index.html").read_text()
+    assert "<table" in page and all(n in page for n in ("curves.png", "importance.png"))
+
+
+def test_not_an_experiment_is_a_clear_error(tmp_path):
+    with pytest.raises(UsageError, match="not an experiment directory"):
+        Experiment.load(tmp_path)
+    completed = run_cli("analyze", str(tmp_path / "missing"), timeout=120)
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+
+
+def test_the_notebook_runs_clean(tiny_search):
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.read(REPO / "notebooks" / "trial_analysis.ipynb", as_version=4)
+    os.environ["TUNE_DIALSUM_EXPERIMENT"] = str(tiny_search[1])
+    try:
+        nbclient.NotebookClient(
+            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO / "notebooks")}}
+        ).execute()
+    finally:
+        os.environ.pop("TUNE_DIALSUM_EXPERIMENT")
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum(o.output_type == "display_data" and "image/png" in o.data for o in outputs) == 4

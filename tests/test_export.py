@@ -1,0 +1,124 @@
+"""Export: choosing the best checkpoint, refusing to overwrite, atomic writes, the model card."""
+
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import run_cli, trial_results
+from tune_dialsum import export
+from tune_dialsum.errors import ExportError, UsageError
+from tune_dialsum.export import best_checkpoint, export_checkpoint, find_checkpoints
+
+
+def _fake_checkpoint(root, trial, index, step, rouge_l, model_dir):
+    """A checkpoint laid out as the trainable reports it: model files, trainer state, trial config."""
+    path = root / f"trial_{trial}" / f"checkpoint_{index:06d}"
+    shutil.copytree(model_dir, path)
+    (path / "optimizer.pt").write_bytes(b"training state")
+    history = [{"step": step, "eval_loss": 1.0, "eval_rougeL": rouge_l, "eval_rouge1": rouge_l}]
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": history}))
+    snapshot = {
+        "trial_id": trial,
+        "experiment": "fake",
+        "config": {"model": "tiny:bart", "generation_num_beams": 3, "max_target_length": 40},
+        "recipe": {"dialogue_format": "turns", "prefix": ""},
+        "settings": {},
+    }
+    (path / "trial_config.json").write_text(json.dumps(snapshot))
+    return path
+
+
+@pytest.fixture
+def fake_experiment(tmp_path, tiny_models):
+    root = tmp_path / "exp"
+    # trial a peaks before its last report; trial b is steadier but lower
+    _fake_checkpoint(root, "a", 1, 200, 0.61, tiny_models["bart"])
+    _fake_checkpoint(root, "a", 2, 300, 0.48, tiny_models["bart"])
+    _fake_checkpoint(root, "b", 1, 300, 0.55, tiny_models["bart"])
+    return root
+
+
+def test_best_checkpoint_can_be_one_before_a_trials_last(fake_experiment):
+    best = best_checkpoint(find_checkpoints(fake_experiment), "rougeL", "max")
+    assert (best.trial_id, best.step) == ("a", 200)
+    assert best_checkpoint(find_checkpoints(fake_experiment), "rougeL", "min").trial_id == "a"
+    assert best_checkpoint(find_checkpoints(fake_experiment), "rougeL", "max", trial_id="b").step == 300
+
+
+def test_export_writes_a_self_contained_model_directory(fake_experiment, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM, GenerationConfig
+
+    record = best_checkpoint(find_checkpoints(fake_experiment), "rougeL", "max")
+    out = export_checkpoint(record, tmp_path / "model", "rougeL", "max")
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "generation_config.json",
+        "tuning.json",
+        "README.md",
+    } <= names
+    assert not names & {"optimizer.pt", "trainer_state.json", "trial_config.json"}
+    assert GenerationConfig.from_pretrained(out).num_beams == 3  # the beams the trial was scored with
+    AutoModelForSeq2SeqLM.from_pretrained(out)
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert tuning["trial_id"] == "a" and tuning["step"] == 200 and tuning["recipe"]["dialogue_format"] == "turns"
+    assert {"transformers", "torch"} <= set(tuning["versions"])
+
+
+def test_model_card_figures_equal_tuning_json(fake_experiment, tmp_path):
+    record = best_checkpoint(find_checkpoints(fake_experiment), "rougeL", "max")
+    out = export_checkpoint(record, tmp_path / "model", "rougeL", "max")
+    tuning = json.loads((out / "tuning.json").read_text())
+    card = (out / "README.md").read_text()
+    for key, value in tuning["scores"].items():
+        assert f"| {key} | {value:.4f} |" in card
+
+
+def test_export_refuses_to_overwrite_without_force(fake_experiment, tmp_path):
+    record = best_checkpoint(find_checkpoints(fake_experiment), "rougeL", "max")
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(UsageError, match="already exists; pass --force"):
+        export_checkpoint(record, target, "rougeL", "max")
+    assert (target / "keep.txt").read_text() == "mine"
+    export_checkpoint(record, target, "rougeL", "max", force=True)
+    assert not (target / "keep.txt").exists() and (target / "tuning.json").is_file()
+
+
+def test_a_failed_export_leaves_no_half_directory(fake_experiment, tmp_path, monkeypatch):
+    record = best_checkpoint(find_checkpoints(fake_experiment), "rougeL", "max")
+
+    def broken_card(tuning):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "_model_card", broken_card)
+    with pytest.raises(OSError, match="disk full"):
+        export_checkpoint(record, tmp_path / "model", "rougeL", "max")
+    assert list(tmp_path.iterdir()) == [tmp_path / "exp"]
+
+
+def test_no_scored_checkpoint_means_nothing_to_export(tmp_path):
+    (tmp_path / "trial_x").mkdir()
+    with pytest.raises(ExportError, match="nothing to export"):
+        best_checkpoint(find_checkpoints(tmp_path), "rougeL", "max")
+
+
+@pytest.mark.slow
+def test_export_command_on_a_real_experiment(tiny_search, tmp_path):
+    _, experiment_dir = tiny_search
+    out = tmp_path / "exported"
+    completed = run_cli("export", str(experiment_dir), "--out", str(out))
+    assert completed.returncode == 0, completed.stderr
+    all_scores = [row["rougeL"] for rows in trial_results(experiment_dir).values() for row in rows]
+    assert json.loads((out / "tuning.json").read_text())["scores"]["rougeL"] == pytest.approx(max(all_scores))
+    again = run_cli("export", str(experiment_dir), "--out", str(out))
+    assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_export_of_a_missing_experiment_is_a_clear_error(tmp_path):
+    completed = run_cli("export", str(tmp_path / "nope"), "--out", str(tmp_path / "m"), timeout=120)
+    assert completed.returncode == 2 and "not an experiment directory" in completed.stderr

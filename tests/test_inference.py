@@ -1,0 +1,90 @@
+"""summarize and evaluate: the trained format and prefix are applied, figures match compute_rouge."""
+
+import json
+
+import pytest
+
+from tests.conftest import BUNDLED_DATA, run_cli
+from tune_dialsum.metrics import compute_rouge
+from tune_dialsum.summarize import DialogueSummarizer, read_dialogues
+from tune_dialsum.train import RECIPE_FILE
+
+DIALOGUES = [
+    "Anna: Can I borrow your bike?\nTom: Sure, I will bring it Friday.",
+    "#Person1#: I lost my keys.\n#Person2#: I found keys at the gym.",
+]
+
+
+@pytest.fixture
+def t5_model_dir(tiny_models, tmp_path):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_models["t5"], model_dir)
+    recipe = {"dialogue_format": "compact", "prefix": "summarize: ", "max_input_length": 128}
+    (model_dir / RECIPE_FILE).write_text(json.dumps(recipe))
+    return model_dir
+
+
+def test_summarizer_applies_the_trained_format_and_prefix(t5_model_dir):
+    summarizer = DialogueSummarizer(t5_model_dir)
+    assert summarizer.model_input(DIALOGUES[0]) == "summarize: Can I borrow your bike? Sure, I will bring it Friday."
+
+
+def test_summarize_matches_generate_on_the_formatted_input(t5_model_dir):
+    summarizer = DialogueSummarizer(t5_model_dir, batch_size=1)
+    expected = []
+    for dialogue in DIALOGUES:
+        encoded = summarizer.tokenizer([summarizer.model_input(dialogue)], return_tensors="pt")
+        ids = summarizer.model.generate(**encoded, max_new_tokens=12)
+        expected.append(summarizer.tokenizer.decode(ids[0], skip_special_tokens=True).strip())
+    assert summarizer.summarize(DIALOGUES, max_new_tokens=12) == expected
+
+
+def test_summarize_command_reads_jsonl_and_writes_jsonl(t5_model_dir, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": f"d{i}", "dialogue": d}) + "\n" for i, d in enumerate(DIALOGUES)))
+    out = tmp_path / "out.jsonl"
+    completed = run_cli("summarize", "--model", str(t5_model_dir), "--input", str(source), "--output", str(out))
+    assert completed.returncode == 0, completed.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["d0", "d1"] and all(isinstance(r["summary"], str) for r in rows)
+
+
+def test_summarize_command_reads_stdin_text(t5_model_dir):
+    completed = run_cli("summarize", "--model", str(t5_model_dir), input="\n\n".join(DIALOGUES))
+    assert completed.returncode == 0, completed.stderr
+    assert len(completed.stdout.splitlines()) == 2
+
+
+def test_plain_text_input_splits_on_blank_lines(tmp_path):
+    records = read_dialogues(None, text="A: hi\nB: yo\n\n\nA: bye\n")
+    assert [r["dialogue"] for r in records] == ["A: hi\nB: yo", "A: bye"]
+
+
+def test_evaluate_figures_equal_compute_rouge_on_its_predictions(t5_model_dir, tmp_path):
+    predictions = tmp_path / "predictions.jsonl"
+    completed = run_cli(
+        "evaluate",
+        "--model",
+        str(t5_model_dir),
+        "--data",
+        str(BUNDLED_DATA),
+        "--split",
+        "test",
+        "--max-samples",
+        "20",
+        "--predictions",
+        str(predictions),
+    )
+    assert completed.returncode == 0, completed.stderr
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(rows) == 20
+    scores = compute_rouge([r["prediction"] for r in rows], [r["reference"] for r in rows])
+    for key, value in scores.items():
+        assert f"{key:10s} {value:.4f}" in completed.stdout
+
+
+def test_summarize_refuses_a_directory_that_is_not_a_model(tmp_path):
+    completed = run_cli("summarize", "--model", str(tmp_path), input="A: hi")
+    assert completed.returncode == 2 and "not a model directory" in completed.stderr

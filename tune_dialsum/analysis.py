@@ -1,0 +1,159 @@
+"""Experiments as pandas frames, for the terminal and for notebooks.
+
+Everything is read from the experiment directory on disk (Ray's per-trial
+``params.json`` and ``result.json``, the space snapshot and the Optuna study),
+so an experiment can be analysed while it is still running, on a machine
+without Ray, long after the cluster is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from tune_dialsum.errors import UsageError
+from tune_dialsum.models import family_of
+from tune_dialsum.space import SearchSpace, parse_space
+
+SPACE_SNAPSHOT = "space.yaml"
+OPTUNA_DB = "optuna.db"
+
+
+@dataclass
+class Experiment:
+    """One experiment directory: ``Experiment.load("ray_results/tiny-demo")``."""
+
+    path: Path
+    space: SearchSpace
+
+    @classmethod
+    def load(cls, path: str | Path) -> Experiment:
+        path = Path(path)
+        snapshot = path / SPACE_SNAPSHOT
+        if not snapshot.is_file():
+            raise UsageError(f"{path}: not an experiment directory (no {SPACE_SNAPSHOT}); pass <storage-path>/<name>")
+        return cls(path, parse_space(yaml.safe_load(snapshot.read_text()), source=str(snapshot)))
+
+    @property
+    def metric(self) -> str:
+        return self.space.metric
+
+    @property
+    def time_attr(self) -> str:
+        return "step" if self.space.scheduler["budget_unit"] == "steps" else "epoch"
+
+    # -- frames -----------------------------------------------------------------------
+    @cached_property
+    def curves(self) -> pd.DataFrame:
+        """Every report of every trial: one row per evaluation."""
+        rows = []
+        for trial_dir in sorted(self.path.glob("trial_*")):
+            result_file = trial_dir / "result.json"
+            if result_file.is_file():
+                for line in result_file.read_text().splitlines():
+                    if line.strip():
+                        rows.append({"trial_id": trial_dir.name.removeprefix("trial_"), **json.loads(line)})
+        columns = ["trial_id", "step", "epoch", self.metric, "time_total_s"]
+        frame = pd.DataFrame(rows)
+        return frame if not frame.empty else pd.DataFrame(columns=columns)
+
+    @cached_property
+    def trials(self) -> pd.DataFrame:
+        """One row per trial: its settings, state, best and last objective, budget used, wall time."""
+        rows = []
+        best = max if self.space.mode == "max" else min
+        budget = self.space.scheduler["max_budget"]
+        for trial_dir in sorted(self.path.glob("trial_*")):
+            trial_id = trial_dir.name.removeprefix("trial_")
+            params_file = trial_dir / "params.json"
+            config = json.loads(params_file.read_text()) if params_file.is_file() else {}
+            reports = self.curves[self.curves["trial_id"] == trial_id] if len(self.curves) else self.curves
+            scores = [s for s in reports.get(self.metric, []) if isinstance(s, float) and math.isfinite(s)]
+            used = float(reports[self.time_attr].iloc[-1]) if len(reports) else 0.0
+            done = bool(len(reports) and reports["done"].iloc[-1]) if "done" in reports else False
+            if (trial_dir / "error.txt").is_file():
+                state = "ERROR"
+            elif done:
+                state = "STOPPED" if used < budget else "FINISHED"
+            else:
+                state = "RUNNING" if len(reports) else "PENDING"
+            rows.append(
+                {
+                    "trial_id": trial_id,
+                    "state": state,
+                    f"best_{self.metric}": best(scores) if scores else math.nan,
+                    f"last_{self.metric}": scores[-1] if scores else math.nan,
+                    self.time_attr: used,
+                    "stopped_early": state == "STOPPED",
+                    "wall_time_s": float(reports["time_total_s"].iloc[-1]) if len(reports) else 0.0,
+                    **{name: config.get(name) for name in self.space.searched_settings},
+                }
+            )
+        columns = [
+            "trial_id",
+            "state",
+            f"best_{self.metric}",
+            f"last_{self.metric}",
+            self.time_attr,
+            "stopped_early",
+            "wall_time_s",
+            *self.space.searched_settings,
+        ]
+        return pd.DataFrame(rows, columns=columns)
+
+    def leaderboard(self, top: int | None = None) -> pd.DataFrame:
+        """Trials ranked by their best objective (best first)."""
+        column = f"best_{self.metric}"
+        board = self.trials.sort_values(column, ascending=self.space.mode == "min", na_position="last")
+        return board.head(top).reset_index(drop=True) if top else board.reset_index(drop=True)
+
+    # -- the Optuna study -------------------------------------------------------------
+    def study(self):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return optuna.load_study(study_name=self.space.name, storage=f"sqlite:///{self.path / OPTUNA_DB}")
+
+    def importance(self) -> pd.Series:
+        """Hyperparameter importance (fANOVA over finished trials); empty when too few trials finished."""
+        import optuna
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importances = optuna.importance.get_param_importances(self.study())
+        except (ValueError, RuntimeError, KeyError) as err:
+            warnings.warn(f"no importance: {err}", stacklevel=2)
+            return pd.Series(dtype=float, name="importance")
+        return pd.Series(importances, name="importance", dtype=float)
+
+    def boundary_warnings(self, margin: float = 0.05) -> list[str]:
+        """Searched ranges whose best value lies at an edge: the optimum may be outside the range."""
+        board = self.leaderboard()
+        if board.empty or pd.isna(board.iloc[0][f"best_{self.metric}"]):
+            return []
+        best = board.iloc[0]
+        family_ranges = self.space.per_family.get(family_of(str(best.get("model") or self.space.models[0])).name, {})
+        messages = []
+        for name in self.space.searched_settings:
+            distribution = family_ranges.get(name) or self.space.search.get(name)
+            if distribution is None or distribution.bounds is None or best.get(name) is None:
+                continue
+            low, high = distribution.bounds
+            value = float(best[name])
+            scale = math.log if distribution.kind.startswith("log") else float
+            position = (scale(value) - scale(low)) / (scale(high) - scale(low))
+            if position <= margin or position >= 1 - margin:
+                edge = "lower" if position <= margin else "upper"
+                messages.append(
+                    f"{name}: the best trial's {value:g} is at the {edge} edge of [{low:g}, {high:g}]; "
+                    f"widen the range past it"
+                )
+        return messages

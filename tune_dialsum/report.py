@@ -1,0 +1,150 @@
+"""The analysis report: PNG plots and an HTML page beside an experiment.
+
+``write_report(experiment)`` writes into ``<experiment>/report/`` only:
+learning curves (stopped and finished trials told apart), the objective
+against each searched setting, parallel coordinates, and importance.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from tune_dialsum.analysis import Experiment
+
+REPORT_DIR = "report"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(experiment: Experiment, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    states = experiment.trials.set_index("trial_id")["state"]
+    for trial_id, rows in experiment.curves.groupby("trial_id"):
+        stopped = states.get(trial_id) == "STOPPED"
+        ax.plot(
+            rows[experiment.time_attr],
+            rows[experiment.metric],
+            marker="o",
+            markersize=3,
+            linestyle="--" if stopped else "-",
+            alpha=0.5 if stopped else 0.9,
+            color="grey" if stopped else None,
+            label=None if stopped else trial_id,
+        )
+    ax.plot([], [], linestyle="--", color="grey", label="stopped by the scheduler")
+    ax.set(
+        xlabel=f"training {experiment.time_attr}s",
+        ylabel=experiment.metric,
+        title=f"{experiment.space.name}: {experiment.metric} during training",
+    )
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_settings(experiment: Experiment, path: Path) -> Path:
+    plt = _pyplot()
+    trials = experiment.trials
+    names = [n for n in experiment.space.searched_settings if n in trials and trials[n].notna().any()]
+    score = f"best_{experiment.metric}"
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=False):
+        values = trials[name]
+        if pd.api.types.is_numeric_dtype(values):
+            ax.scatter(values, trials[score])
+            distribution = experiment.space.search.get(name)
+            if distribution is not None and distribution.kind.startswith("log"):
+                ax.set_xscale("log")
+        else:
+            categories = sorted(values.dropna().astype(str).unique())
+            ax.scatter([categories.index(str(v)) for v in values], trials[score])
+            ax.set_xticks(range(len(categories)), categories, rotation=30, fontsize="small")
+        ax.set(xlabel=name, ylabel=score)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_parallel_coordinates(experiment: Experiment, path: Path) -> Path:
+    plt = _pyplot()
+    trials = experiment.trials.dropna(subset=[f"best_{experiment.metric}"])
+    names = [n for n in experiment.space.searched_settings if n in trials]
+    score = f"best_{experiment.metric}"
+    columns = {}
+    for name in [*names, score]:
+        values = trials[name]
+        if not pd.api.types.is_numeric_dtype(values):
+            values = values.astype(str).map({c: i for i, c in enumerate(sorted(values.astype(str).unique()))})
+        values = values.astype(float)
+        span = values.max() - values.min()
+        columns[name] = (values - values.min()) / span if span else values * 0 + 0.5
+    fig, ax = plt.subplots(figsize=(1.6 * len(columns) + 2, 4.5))
+    colour = plt.get_cmap("viridis")
+    for i in range(len(trials)):
+        ax.plot(
+            range(len(columns)), [columns[c].iloc[i] for c in columns], color=colour(columns[score].iloc[i]), alpha=0.8
+        )
+    ax.set_xticks(range(len(columns)), list(columns), rotation=20)
+    ax.set(yticks=[], title="settings of each trial, coloured by its best score (yellow is best)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_importance(importance: pd.Series, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 0.5 * max(2, len(importance)) + 1))
+    if importance.empty:
+        ax.text(0.5, 0.5, "too few finished trials for importance", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        importance.sort_values().plot.barh(ax=ax)
+        ax.set(xlabel="importance (fANOVA)", title="which settings mattered")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(experiment: Experiment) -> Path:
+    """Write the plots and index.html into ``<experiment>/report``; return the page's path."""
+    out_dir = experiment.path / REPORT_DIR
+    out_dir.mkdir(exist_ok=True)
+    importance = experiment.importance()
+    plots = {
+        "Learning curves": plot_curves(experiment, out_dir / "curves.png"),
+        "Objective against each setting": plot_settings(experiment, out_dir / "settings.png"),
+        "Parallel coordinates": plot_parallel_coordinates(experiment, out_dir / "parallel_coordinates.png"),
+        "Importance": plot_importance(importance, out_dir / "importance.png"),
+    }
+    warnings_html = "".join(f"<li>{html.escape(w)}</li>" for w in experiment.boundary_warnings())
+    sections = "".join(
+        f"<h2>{html.escape(t)}</h2><img src='{p.name}' alt='{html.escape(t)}'>" for t, p in plots.items()
+    )
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(experiment.space.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 6px}} img{{max-width:100%}}</style></head>
+<body><h1>Experiment {html.escape(experiment.space.name)}</h1>
+<p>Objective: {experiment.metric} ({experiment.space.mode}); {len(experiment.trials)} trials.</p>
+{f"<h2>Warnings</h2><ul>{warnings_html}</ul>" if warnings_html else ""}
+<h2>Leaderboard</h2>{experiment.leaderboard().to_html(index=False, float_format=lambda v: f"{v:.4g}")}
+{sections}</body></html>"""
+    index = out_dir / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
