@@ -80,6 +80,16 @@ def _cmd_search(args) -> int:
     space = load_space(args.space, overrides)
     outcome = run_search(space, resume=args.resume, address=args.address)
     print(format_summary(outcome))
+    if outcome.unfinished:
+        resume = (
+            f"python -m tune_dialsum search --space {args.space} --name {space.name} "
+            f"--storage-path {outcome.experiment_dir.parent} --resume"
+        )
+        print(
+            f"{outcome.unfinished} trials did not finish (interrupted or out of time); continue with: {resume}",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
@@ -112,8 +122,9 @@ def _cmd_summarize(args) -> int:
     source = Path(args.input) if args.input else None
     if source is not None and not source.is_file():
         raise UsageError(f"--input {source}: no such file")
+    summarizer = DialogueSummarizer(args.model, batch_size=args.batch_size)  # a bad model fails before stdin is read
     records = read_dialogues(source, text=None if source else sys.stdin.read())
-    summaries = DialogueSummarizer(args.model, batch_size=args.batch_size).summarize([r["dialogue"] for r in records])
+    summaries = summarizer.summarize([r["dialogue"] for r in records])
     structured = source is not None and not source.name.endswith(".txt") or (args.output or "").endswith(".jsonl")
     if structured:
         lines = [
@@ -173,13 +184,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other error of the tool."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tune_dialsum.data.formats import DIALOGUE_FORMATS
     from tune_dialsum.models import FAMILIES
 
-    parser = argparse.ArgumentParser(
-        prog="tune_dialsum", description="Hyperparameter search for dialogue summarization."
-    )
+    parser = _Parser(prog="tune_dialsum", description="Hyperparameter search for dialogue summarization.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 SPACE_SNAPSHOT = "space.yaml"
 OPTUNA_DB = "optuna.db"
 BEST_MODEL_DIR = "best_model"
+TOKENIZED_CACHE = "tokenized"
 
 
 def _optuna_searcher_class():
@@ -108,6 +110,8 @@ class SearchOutcome:
     trials: list[TrialSummary] = field(default_factory=list)
     best: object | None = None  # export.CheckpointRecord
     best_model_dir: Path | None = None
+    unfinished: int = 0  # trials left pending or running: the search was interrupted or ran out of time
+    disk_bytes: int = 0
 
     @property
     def stopped(self) -> list[TrialSummary]:
@@ -122,7 +126,7 @@ class SearchOutcome:
         return sum(self.max_budget - t.budget_used for t in self.stopped)
 
 
-def experiment_settings(space: SearchSpace) -> ExperimentSettings:
+def experiment_settings(space: SearchSpace, experiment_dir: Path | None = None) -> ExperimentSettings:
     data = space.data
     return ExperimentSettings(
         data_path=str(Path(data["path"]).expanduser().resolve()),
@@ -204,7 +208,9 @@ def _build_tuner(space: SearchSpace, settings: ExperimentSettings, experiment_di
         space=space.define_by_run,
         metric=space.metric,
         mode=space.mode,
-        sampler=optuna.samplers.TPESampler(seed=space.seed),
+        sampler=(optuna.samplers.TPESampler if space.trials["sampler"] == "tpe" else optuna.samplers.RandomSampler)(
+            seed=space.seed
+        ),
         storage=optuna.storages.RDBStorage(f"sqlite:///{experiment_dir / OPTUNA_DB}"),
         study_name=space.name,
         time_attr=settings.time_attr,
@@ -271,7 +277,7 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
             f"experiment {space.name!r} already exists at {experiment_dir}; pass --resume to continue it "
             "or --name to start a new one"
         )
-    settings = experiment_settings(space)
+    settings = experiment_settings(space, experiment_dir)
     preflight(space, settings)
     started_ray = _start_ray(address)
     try:
@@ -296,13 +302,15 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
 
 
 def summarize(results, space: SearchSpace, settings: ExperimentSettings, experiment_dir: Path) -> SearchOutcome:
-    """Classify every trial, then export the best checkpoint over all trials and reports."""
+    """Classify every trial, export the best checkpoint over all trials and reports, trim stopped trials."""
     outcome = SearchOutcome(experiment_dir, space.metric, space.mode, settings.max_budget, settings.budget_unit)
     for result in results:
         metrics = result.metrics or {}
         used = float(metrics.get(settings.time_attr, 0) or 0)
         if result.error is not None:
-            status, error = "ERROR", str(result.error).strip().splitlines()[-1]
+            status, error = "ERROR", _one_line(result.error)
+        elif not metrics.get("done"):
+            status, error = "UNFINISHED", None
         else:
             status, error = ("STOPPED" if used < settings.max_budget else "TERMINATED"), None
         scores = [
@@ -312,30 +320,64 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, experim
         ]
         best = (max if space.mode == "max" else min)(scores) if scores else None
         outcome.trials.append(TrialSummary(metrics.get("trial_id", "?"), status, used, best, result.config, error))
+    outcome.unfinished = sum(t.status == "UNFINISHED" for t in outcome.trials)
+    outcome.unfinished += max(0, space.trials["num_samples"] - len(outcome.trials))
     records = find_checkpoints(experiment_dir)
-    if not records:
-        raise SearchError(
-            f"no trial of {space.name!r} finished an evaluation, so there is nothing to export; "
-            f"see the trial errors above and the logs under {experiment_dir}"
+    if records:
+        outcome.best = best_checkpoint(records, space.metric, space.mode)
+        outcome.best_model_dir = export_checkpoint(
+            outcome.best, experiment_dir / BEST_MODEL_DIR, space.metric, space.mode, force=True
         )
-    outcome.best = best_checkpoint(records, space.metric, space.mode)
-    outcome.best_model_dir = export_checkpoint(
-        outcome.best, experiment_dir / BEST_MODEL_DIR, space.metric, space.mode, force=True
-    )
+        trim_stopped_trials(records, {t.trial_id for t in outcome.stopped}, space.metric, space.mode)
+    elif not outcome.unfinished:
+        reasons = "; ".join(f"{t.trial_id}: {t.error}" for t in outcome.failed[:3])
+        raise SearchError(
+            f"no trial of {space.name!r} finished an evaluation, so nothing was exported"
+            f"{' (' + reasons + ')' if reasons else ''}; logs are under {experiment_dir}"
+        )
+    outcome.disk_bytes = sum(f.stat().st_size for f in experiment_dir.rglob("*") if f.is_file())
     return outcome
 
 
+def _one_line(error: BaseException) -> str:
+    """The trial's own error: the last line of its message, not Ray's wrapper around it."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def trim_stopped_trials(records, stopped_ids: set[str], metric: str, mode: str) -> None:
+    """Keep only the best checkpoint of each trial the scheduler stopped, without its optimizer state.
+
+    A stopped trial never resumes, so its optimizer state is dead weight; its best checkpoint
+    stays so that ``export --trial`` still works.
+    """
+    by_trial: dict[str, list] = {}
+    for record in records:
+        if record.trial_id in stopped_ids:
+            by_trial.setdefault(record.trial_id, []).append(record)
+    for trial_id, trial_records in by_trial.items():
+        keep = best_checkpoint(trial_records, metric, mode, trial_id=trial_id)
+        for record in trial_records:
+            if record is not keep:
+                shutil.rmtree(record.path, ignore_errors=True)
+        for name in ("optimizer.pt", "scheduler.pt", "scaler.pt"):
+            (keep.path / name).unlink(missing_ok=True)
+
+
 def format_summary(outcome: SearchOutcome) -> str:
-    best = outcome.best
     unit = outcome.budget_unit
     lines = [
         "",
-        f"Search finished: {len(outcome.trials)} trials, {len(outcome.stopped)} stopped early by the scheduler, "
-        f"{len(outcome.failed)} failed.",
-        f"Best trial: {best.trial_id} at {unit[:-1]} {best.step}: "
-        + ", ".join(f"{k}={v:.4f}" for k, v in best.scores.items() if k.startswith("rouge")),
-        "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(best.snapshot.get("config", {}).items())),
+        f"Search finished: {len(outcome.trials)} trials, {len(outcome.stopped)} stopped early by the "
+        f"scheduler, {len(outcome.failed)} failed, {outcome.unfinished} unfinished.",
     ]
+    best = outcome.best
+    if best is not None:
+        lines += [
+            f"Best trial: {best.trial_id} at {unit[:-1]} {best.step}: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in best.scores.items() if k.startswith("rouge")),
+            "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(best.snapshot.get("config", {}).items())),
+        ]
     if outcome.stopped:
         full = outcome.max_budget * len(outcome.trials)
         lines.append(
@@ -344,5 +386,7 @@ def format_summary(outcome: SearchOutcome) -> str:
         )
     for trial in outcome.failed:
         lines.append(f"Failed trial {trial.trial_id}: {trial.error}")
-    lines += [f"Best model: {outcome.best_model_dir}", f"Experiment: {outcome.experiment_dir}"]
+    if outcome.best_model_dir:
+        lines.append(f"Best model: {outcome.best_model_dir}")
+    lines += [f"Experiment: {outcome.experiment_dir} ({outcome.disk_bytes / 2**20:.1f} MiB on disk)"]
     return "\n".join(lines)

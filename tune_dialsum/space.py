@@ -14,7 +14,7 @@ A space file has these sections (all but ``search`` optional)::
     per_family: {bart|t5|pegasus: {SETTING: DISTRIBUTION}}   # overrides once the model is known
     scheduler: {type: asha|fifo, budget_unit: steps|epochs, max_budget, grace_period,
                 reduction_factor, eval_interval}
-    trials: {num_samples, max_concurrent, time_budget_s}
+    trials: {num_samples, max_concurrent, time_budget_s, sampler: tpe|random}
     resources: {cpus_per_trial, gpus_per_trial}
     checkpoints: {keep}
     storage_path: ray_results
@@ -89,7 +89,7 @@ SECTIONS = {
     "search": set(SETTINGS),
     "per_family": set(FAMILIES),
     "scheduler": {"type", "budget_unit", "max_budget", "grace_period", "reduction_factor", "eval_interval"},
-    "trials": {"num_samples", "max_concurrent", "time_budget_s"},
+    "trials": {"num_samples", "max_concurrent", "time_budget_s", "sampler"},
     "resources": {"cpus_per_trial", "gpus_per_trial"},
     "checkpoints": {"keep"},
     "storage_path": None,
@@ -389,7 +389,9 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
         check.fail("search.num_train_epochs", "the scheduler's budget is in epochs; set scheduler.max_budget instead")
 
     trials = check.section(raw, "trials", SECTIONS["trials"])
-    trials = {"num_samples": 8, "max_concurrent": 1, "time_budget_s": None, **trials}
+    trials = {"num_samples": 8, "max_concurrent": 1, "time_budget_s": None, "sampler": "tpe", **trials}
+    if trials["sampler"] not in ("tpe", "random"):
+        check.fail("trials.sampler", f"must be 'tpe' or 'random' but got {trials['sampler']!r}")
     trials["num_samples"] = check.number("trials.num_samples", trials["num_samples"], int, minimum=1)
     trials["max_concurrent"] = check.number("trials.max_concurrent", trials["max_concurrent"], int, minimum=1)
     if trials["time_budget_s"] is not None:

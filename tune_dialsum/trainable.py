@@ -9,10 +9,12 @@ It knows nothing of Optuna or of how the search is set up beyond the
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
 import shutil
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +47,8 @@ class ExperimentSettings:
     eval_interval: int
     seed: int
     trust_remote_code: bool = False
+    # Tokenized datasets are shared here by every trial with the same tokenizer, format and lengths.
+    cache_dir: str | None = None
 
     @property
     def time_attr(self) -> str:
@@ -70,7 +74,36 @@ def _training_frames(settings: ExperimentSettings):
         train_df = train_df.drop(val_df.index)
     if settings.max_eval_samples:
         val_df = val_df.head(settings.max_eval_samples)
+    # Longest first: generation batches of similar length pad less, and a too-long batch fails at once.
+    val_df = val_df.iloc[val_df["dialogue"].str.len().argsort()[::-1]]
     return train_df, val_df
+
+
+def _prepared_datasets(trainer: DialogueSummarizationTrainer, settings: ExperimentSettings):
+    """Tokenized train/validation sets, tokenized once per experiment and shared through ``cache_dir``."""
+    from datasets import DatasetDict
+
+    train_df, val_df = _training_frames(settings)
+    if settings.cache_dir is None:
+        return trainer.load_and_prepare_data(train_df, val_df=val_df)
+    identity = {
+        **trainer.recipe,
+        **{k: v for k, v in asdict(settings).items() if k.startswith(("data", "max_", "valid"))},
+        "columns": [settings.dialogue_column, settings.summary_column],
+        "seed": settings.seed,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(settings.cache_dir) / key
+    if (path / "dataset_dict.json").is_file():
+        return DatasetDict.load_from_disk(str(path))
+    dataset_dict = trainer.load_and_prepare_data(train_df, val_df=val_df)
+    staging = path.with_name(f".{key}-{uuid.uuid4().hex}")
+    dataset_dict.save_to_disk(str(staging))
+    try:
+        staging.rename(path)
+    except OSError:  # another trial stored the same datasets first
+        shutil.rmtree(staging, ignore_errors=True)
+    return dataset_dict
 
 
 def _report_callback(trial_config: dict, settings: ExperimentSettings, recipe: dict):
@@ -141,11 +174,13 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
     """Ray Tune function trainable; ``config`` holds one trial's settings (see space.SETTINGS)."""
     import datasets
     import transformers
-    from ray import tune
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
-    output_dir = Path(tune.get_context().get_trial_dir()) / "hf"
+    # The trainer's own checkpoints are scratch: Tune copies what it keeps into the experiment. Ray
+    # starts each trial in a working directory of its session, which it cleans up, so the
+    # experiment directory holds only what Tune persisted.
+    output_dir = Path.cwd() / "hf"
     trainer = DialogueSummarizationTrainer(
         model_name=config["model"],
         output_dir=str(output_dir),
@@ -154,8 +189,7 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
         dialogue_format=config["dialogue_format"],
         trust_remote_code=settings.trust_remote_code,
     )
-    train_df, val_df = _training_frames(settings)
-    dataset_dict = trainer.load_and_prepare_data(train_df, val_df=val_df)
+    dataset_dict = _prepared_datasets(trainer, settings)
     by_steps = settings.budget_unit == "steps"
     training_args = trainer.get_training_arguments(
         learning_rate=config.get("learning_rate"),

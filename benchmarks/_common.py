@@ -1,0 +1,108 @@
+"""Shared set-up for the benchmarks: a DialogSum subset and a tiny model trained on its vocabulary.
+
+DialogSum is read from ../shared/data (or $TUNE_DIALSUM_SHARED_DATA) and never copied into the repo:
+the subset is written to a scratch directory. Where it is absent, a benchmark prints why and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TUNE_DIALSUM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--train-size", type=int, default=2000, help="DialogSum train rows to use")
+    p.add_argument("--eval-size", type=int, default=64, help="validation rows scored at each evaluation")
+    p.add_argument("--family", default="t5", choices=["bart", "t5", "pegasus"])
+    p.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new temporary one)")
+    return p
+
+
+def dialogsum_subset(args) -> tuple[Path, Path]:
+    """(data_dir, model_dir): a DialogSum subset and a tiny model whose tokenizer was trained on it."""
+    source = SHARED_DATA / "dialogsum"
+    if not (source / "train.jsonl.gz").is_file():
+        print(f"skipped: {source} is absent (DialogSum is read from ../shared/data, never copied into the repo)")
+        sys.exit(0)
+    from tune_dialsum import DialogueDataLoader
+    from tune_dialsum.models import build_tiny_model
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tune_dialsum_bench_"))
+    data_dir = workdir / "data"
+    if not (data_dir / "train.jsonl").is_file():
+        splits = DialogueDataLoader(source).load_splits()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        splits["train"].head(args.train_size).to_json(data_dir / "train.jsonl", orient="records", lines=True)
+        splits["validation"].to_json(data_dir / "validation.jsonl", orient="records", lines=True)
+    model_dir = workdir / f"tiny-{args.family}"
+    if not (model_dir / "config.json").is_file():
+        build_tiny_model(args.family, model_dir, data_dir=str(data_dir))
+    return data_dir, model_dir
+
+
+def search_space(data_dir: Path, model_dir: Path, storage: Path, name: str, args, **overrides) -> dict:
+    """The space both sides of a comparison search: learning rate, format, batch size, warm-up."""
+    space = {
+        "name": name,
+        "data": {"path": str(data_dir), "max_eval_samples": args.eval_size},
+        "fixed": {
+            "model": str(model_dir),
+            "max_input_length": 256,
+            "max_target_length": 64,
+            "generation_num_beams": 1,
+            "weight_decay": 0.01,
+        },
+        "search": {
+            "learning_rate": {"loguniform": [3.0e-4, 1.0e-2]},
+            "dialogue_format": {"choice": ["standard", "turns", "compact"]},
+            "batch_size": {"choice": [8, 16]},
+            "warmup_steps": {"int": [0, 60]},
+        },
+        "scheduler": {
+            "type": "asha",
+            "budget_unit": "steps",
+            "max_budget": args.max_budget,
+            "grace_period": args.max_budget // 6,
+            "reduction_factor": 3,
+            "eval_interval": args.max_budget // 6,
+        },
+        "trials": {"num_samples": args.trials, "max_concurrent": args.concurrent, "sampler": "tpe"},
+        "resources": {"cpus_per_trial": 1},
+        "storage_path": str(storage),
+        "seed": args.seed,
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition(".")
+        space[section][field] = value
+    return space
+
+
+def run(space_dict: dict):
+    """Run one search in this process; returns (outcome, wall seconds)."""
+    from tune_dialsum.search import run_search
+    from tune_dialsum.space import parse_space
+
+    space = parse_space(space_dict, source=f"<benchmark {space_dict['name']}>")
+    start = time.perf_counter()
+    outcome = run_search(space)
+    return outcome, time.perf_counter() - start
+
+
+def machine() -> str:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    return f"{platform.node()} ({os.cpu_count()} cores, {device}), torch {torch.__version__}"

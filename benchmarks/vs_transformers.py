@@ -1,0 +1,136 @@
+"""tune_dialsum search against transformers' own Trainer.hyperparameter_search(backend="ray").
+
+Same data, model, learning-rate / batch-size / warm-up space, trial count, budget, concurrency and an
+ASHA scheduler on both sides (transformers' Ray backend samples at random; ours uses TPE). Measured:
+wall time from the start of each search until it first reaches the best ROUGE-L that *both* reach.
+Target: tune_dialsum at least 2x faster. The last line prints the ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+
+def best_so_far_timeline(experiment_dir: Path, metric_key: str, start: float) -> list[tuple[float, float]]:
+    """(seconds since start, best score so far) at every report of every trial, in time order."""
+    events = []
+    for result_file in experiment_dir.glob("*/result.json"):
+        for line in result_file.read_text().splitlines():
+            row = json.loads(line)
+            if metric_key in row:
+                events.append((row["timestamp"] - start, row[metric_key]))
+    timeline, best = [], float("-inf")
+    for t, score in sorted(events):
+        best = max(best, score)
+        timeline.append((t, best))
+    return timeline
+
+
+def time_to(timeline, target: float) -> float:
+    return next(t for t, best in timeline if best >= target - 1e-12)
+
+
+def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args) -> tuple[Path, float]:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from tune_dialsum import DialogueDataLoader, DialogueSummarizationTrainer
+
+    ours = DialogueSummarizationTrainer(
+        str(model_dir),
+        str(storage / "hf-scratch"),
+        max_input_length=256,
+        max_target_length=64,
+        dialogue_format="standard",
+    )
+    splits = DialogueDataLoader(data_dir).load_splits()
+    datasets = ours.load_and_prepare_data(splits["train"], val_df=splits["validation"].head(args.eval_size))
+    step = args.max_budget // 6
+    training_args = Seq2SeqTrainingArguments(
+        output_dir=str(storage / "hf-scratch"),
+        max_steps=args.max_budget,
+        eval_strategy="steps",
+        eval_steps=step,
+        save_strategy="steps",
+        save_steps=step,
+        logging_steps=step,
+        predict_with_generate=True,
+        generation_num_beams=1,
+        generation_max_length=64,
+        weight_decay=0.01,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = Seq2SeqTrainer(
+        model_init=lambda *_: AutoModelForSeq2SeqLM.from_pretrained(str(model_dir)),
+        args=training_args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets["validation"],
+        processing_class=ours.tokenizer,
+        data_collator=DataCollatorForSeq2Seq(ours.tokenizer, padding=True),
+        compute_metrics=ours.compute_metrics,
+    )
+    ray.init(include_dashboard=False, log_to_driver=False)
+    start = time.time()
+    trainer.hyperparameter_search(
+        hp_space=lambda _: {
+            "learning_rate": tune.loguniform(3e-4, 1e-2),
+            "per_device_train_batch_size": tune.choice([8, 16]),
+            "warmup_steps": tune.randint(0, 61),
+        },
+        backend="ray",
+        n_trials=args.trials,
+        direction="maximize",
+        compute_objective=lambda m: m["eval_rougeL"],
+        scheduler=ASHAScheduler(metric="objective", mode="max", max_t=6, grace_period=1, reduction_factor=3),
+        resources_per_trial={"cpu": 1},
+        max_concurrent_trials=args.concurrent,
+        storage_path=str(storage),
+        name=f"transformers-{args.seed}",
+        verbose=0,
+    )
+    ray.shutdown()
+    return storage / f"transformers-{args.seed}", start
+
+
+def main() -> None:
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--concurrent", type=int, default=2)
+    p.add_argument("--max-budget", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    data_dir, model_dir = _common.dialogsum_subset(args)
+    storage = model_dir.parent / "ray_results"
+
+    space = _common.search_space(data_dir, model_dir, storage, f"vs-transformers-{args.seed}", args)
+    space["fixed"]["dialogue_format"] = "standard"  # transformers' search cannot change the data format
+    del space["search"]["dialogue_format"]
+    start = time.time()
+    outcome, ours_wall = _common.run(space)
+    ours = best_so_far_timeline(outcome.experiment_dir, "rougeL", start)
+
+    hf_dir, hf_start = run_transformers(data_dir, model_dir, storage, args)
+    theirs = best_so_far_timeline(hf_dir, "eval_rougeL", hf_start)
+
+    target = min(ours[-1][1], theirs[-1][1])
+    ours_t, theirs_t = time_to(ours, target), time_to(theirs, target)
+    print(f"tune_dialsum: best ROUGE-L {ours[-1][1]:.4f}, search wall {ours_wall:.1f}s")
+    print(f"transformers: best ROUGE-L {theirs[-1][1]:.4f}, search wall {theirs[-1][0]:.1f}s (to its last report)")
+    print(
+        f"common target ROUGE-L {target:.4f}: tune_dialsum reached it at {ours_t:.1f}s, transformers at {theirs_t:.1f}s"
+    )
+    print(f"machine: {_common.machine()}")
+    print(f"vs_transformers: {theirs_t / ours_t:.2f}x faster to the common best (target >= 2)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Fault injection for the reliability tests; never installed, only put on PYTHONPATH by them.
+
+Python imports ``sitecustomize`` at start-up in every process, Ray's trial workers included.
+When ``TUNE_DIALSUM_TEST_FAULTS`` is set (``KIND@STEP:FORMAT`` entries, comma-separated), the
+trainer of every trial whose dialogue format is FORMAT raises at training step STEP:
+
+- ``oom``: ``torch.OutOfMemoryError``, every time (a trial that cannot fit);
+- ``raise``: ``RuntimeError``, every time;
+- ``once``: ``RuntimeError`` the first time only (a transient fault that a retry survives).
+"""
+
+import hashlib
+import importlib.abc
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+SPECS = [s for s in os.environ.get("TUNE_DIALSUM_TEST_FAULTS", "").split(",") if s]
+MARKERS = Path(os.environ.get("TUNE_DIALSUM_TEST_FAULT_MARKERS", "/tmp"))
+
+
+def _inject(train_module) -> None:
+    import torch
+    from transformers import TrainerCallback
+
+    faults = []
+    for spec in SPECS:
+        kind, _, rest = spec.partition("@")
+        step, _, dialogue_format = rest.partition(":")
+        faults.append((kind, int(step), dialogue_format))
+
+    class InjectedFault(TrainerCallback):
+        def __init__(self, dialogue_format: str) -> None:
+            self.dialogue_format = dialogue_format
+
+        def on_step_end(self, args, state, control, **kwargs):
+            for kind, step, dialogue_format in faults:
+                if state.global_step != step or dialogue_format != self.dialogue_format:
+                    continue
+                if kind == "once":
+                    marker = MARKERS / hashlib.sha1(os.getcwd().encode()).hexdigest()
+                    if marker.exists():
+                        continue
+                    marker.touch()
+                if kind == "oom":
+                    raise torch.OutOfMemoryError("CUDA out of memory (simulated by the test)")
+                raise RuntimeError(f"injected failure at step {step}")
+
+    original = train_module.DialogueSummarizationTrainer.build_trainer
+
+    def build_trainer(self, *args, **kwargs):
+        trainer = original(self, *args, **kwargs)
+        trainer.add_callback(InjectedFault(self.dialogue_format))
+        return trainer
+
+    train_module.DialogueSummarizationTrainer.build_trainer = build_trainer
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "tune_dialsum.train":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            _inject(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if SPECS:
+    sys.meta_path.insert(0, _PatchOnImport())

@@ -1,0 +1,128 @@
+"""Faults with real processes, and what the tool does with them: nothing lost, every error explained."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import REPO, TINY, run_cli, trial_results
+
+pytestmark = pytest.mark.slow
+FAULTS = Path(__file__).resolve().parent / "faults"
+
+
+def _search(storage: Path, name: str, *sets: str, env: dict | None = None, timeout: int = 600):
+    args = ["search", "--space", str(TINY), "--storage-path", str(storage), "--name", name]
+    for item in sets:
+        args += ["--set", item]
+    return run_cli(*args, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_failing_trials_end_as_failed_while_the_others_go_on(tmp_path):
+    """One format always runs out of memory, one always raises, one fails once and is retried."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = {
+        "PYTHONPATH": f"{FAULTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "TUNE_DIALSUM_TEST_FAULTS": "oom@150:turns,once@150:compact",
+        "TUNE_DIALSUM_TEST_FAULT_MARKERS": str(markers),
+    }
+    completed = _search(
+        tmp_path,
+        "faults",
+        "trials.num_samples=6",
+        "scheduler.type=fifo",
+        "scheduler.max_budget=300",
+        "scheduler.grace_period=100",
+        "search.model={choice: ['tiny:t5']}",
+        env=env,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    experiment = tmp_path / "faults"
+    configs = {d.name: json.loads((d / "params.json").read_text()) for d in experiment.glob("trial_*")}
+    results = trial_results(experiment)
+    for name, config in configs.items():
+        steps = [row["step"] for row in results[name]]
+        if config["dialogue_format"] == "turns":  # out of memory twice (first try and retry): failed
+            assert (experiment / name / "error.txt").is_file() and steps == [100]
+            assert f"Failed trial {name.removeprefix('trial_')}: " in completed.stdout
+        else:  # standard trials never fail; compact ones fail once and resume from the step-100 checkpoint
+            assert steps == [100, 200, 300], (name, config["dialogue_format"], steps)
+    formats = [c["dialogue_format"] for c in configs.values()]
+    assert "turns" in formats and "compact" in formats, formats
+    assert "out of memory (simulated by the test)" in completed.stdout
+    assert any(markers.iterdir())  # the transient fault did fire
+    assert (experiment / "best_model" / "tuning.json").is_file()
+
+
+def test_no_trial_finishing_is_exit_1_and_nothing_exported(tmp_path):
+    """A learning rate that turns the loss NaN: every trial fails, the search says so and exports nothing."""
+    completed = _search(
+        tmp_path,
+        "diverged",
+        "trials.num_samples=2",
+        "scheduler.max_budget=200",
+        "scheduler.grace_period=100",
+        "search.learning_rate={choice: [1.0e+6]}",
+        "per_family={}",
+        "search.model={choice: ['tiny:t5']}",
+    )
+    assert completed.returncode == 1, completed.stdout[-2000:] + completed.stderr[-2000:]
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no trial of 'diverged' finished an evaluation, so nothing was exported")
+    assert "became nan" in last.lower() or "is nan" in last.lower()
+    assert not (tmp_path / "diverged" / "best_model").exists()
+    assert "Traceback" not in completed.stderr.splitlines()[-1]
+
+
+def test_ctrl_c_stops_within_seconds_and_resume_finishes(tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "tune_dialsum",
+        "search",
+        "--space",
+        str(TINY),
+        "--storage-path",
+        str(tmp_path),
+        "--name",
+        "interrupted",
+        "--set",
+        "trials.num_samples=4",
+        "--set",
+        "scheduler.max_budget=300",
+    ]
+    driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    experiment = tmp_path / "interrupted"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(trial_results(experiment).values() if experiment.exists() else []):
+        time.sleep(1)
+    driver.send_signal(signal.SIGINT)
+    start = time.time()
+    out, err = driver.communicate(timeout=120)
+    assert time.time() - start < 60
+    assert driver.returncode == 130, out[-2000:] + err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    resumed = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    results = trial_results(experiment)
+    assert len(results) == 4 and all(rows and rows[-1].get("done") for rows in results.values())
+    study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert len([t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]) == 4
+
+
+def test_stopped_trials_keep_one_checkpoint_without_optimizer_state(tiny_search):
+    _, experiment = tiny_search
+    for name, rows in trial_results(experiment).items():
+        checkpoints = list((experiment / name).glob("checkpoint_*"))
+        if rows[-1]["step"] < 600:
+            assert len(checkpoints) == 1 and not (checkpoints[0] / "optimizer.pt").exists()
+    assert "MiB on disk" in tiny_search[0].stdout
