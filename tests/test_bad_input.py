@@ -242,3 +242,23 @@ def test_security_names_cannot_steer_paths_outside_the_storage(tmp_path, capsys)
             capsys, "search", "--space", _space(tmp_path), "--name", name, "--storage-path", str(tmp_path / "r")
         )
         assert code == 2 and "must be letters" in err, name
+
+
+@pytest.mark.slow
+def test_impossible_resources_are_refused_before_any_trial(tmp_path):
+    from tests.conftest import run_cli
+
+    completed = run_cli(
+        "search",
+        "--space",
+        _space(tmp_path),
+        "--gpus-per-trial",
+        "4",
+        "--storage-path",
+        str(tmp_path / "results"),
+        timeout=300,
+    )
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    last = completed.stderr.strip().splitlines()[-1]
+    assert "resources.gpus_per_trial: a trial asks for 4 GPU but the cluster has 0" in last
+    assert not (tmp_path / "results" / "bad").exists()

@@ -126,3 +126,28 @@ def test_stopped_trials_keep_one_checkpoint_without_optimizer_state(tiny_search)
         if rows[-1]["step"] < 600:
             assert len(checkpoints) == 1 and not (checkpoints[0] / "optimizer.pt").exists()
     assert "MiB on disk" in tiny_search[0].stdout
+
+
+LISTENERS = """
+import json, os, psutil
+os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # what a user's shell has: nothing set
+from tune_dialsum.search import _start_ray
+_start_ray(None)
+import ray
+me = psutil.Process()
+ours = {p.pid for p in me.children(recursive=True)} | {me.pid}
+listening = {c.laddr.ip for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ours}
+print(json.dumps({"nodes": [n["NodeManagerAddress"] for n in ray.nodes()], "listening": sorted(listening)}))
+ray.shutdown()
+"""
+
+
+def test_local_ray_listens_on_loopback_only():
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    completed = subprocess.run(
+        [sys.executable, "-c", LISTENERS], cwd=REPO, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    found = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert found["nodes"] == ["127.0.0.1"]
+    assert found["listening"] and set(found["listening"]) <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}

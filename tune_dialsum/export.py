@@ -134,7 +134,7 @@ def export_checkpoint(
         "config": config,
         "recipe": record.snapshot.get("recipe", {}),
         "settings": record.snapshot.get("settings", {}),
-        "fidelity": _fidelity(record.snapshot),
+        "fidelity": fidelity(record.snapshot),
         "checkpoint": str(record.path),
         "versions": _library_versions(),
     }
@@ -154,7 +154,8 @@ def export_checkpoint(
     return out_dir
 
 
-def _fidelity(snapshot: dict) -> str:
+def fidelity(snapshot: dict) -> str:
+    """Which validation examples and decoding a checkpoint's scores come from."""
     settings = snapshot.get("settings", {})
     subset = settings.get("max_eval_samples")
     beams = snapshot.get("config", {}).get("generation_num_beams")

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from tune_dialsum.errors import SearchError, SpaceError, UsageError
-from tune_dialsum.export import best_checkpoint, export_checkpoint, find_checkpoints
+from tune_dialsum.export import best_checkpoint, export_checkpoint, fidelity, find_checkpoints
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.trainable import ExperimentSettings, train_dialsum
@@ -161,17 +161,72 @@ def preflight(space: SearchSpace, settings: ExperimentSettings) -> None:
 
 def _start_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray on loopback; True if this call started it."""
+    # On Linux, a local Ray binds the machine's address unless this is 0: keep it on 127.0.0.1.
+    # Ray reads it once, when it is first imported, so it is set before that.
+    if not address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
         return False
-    # On Linux, a local Ray binds the machine's address unless this is 0: keep it on 127.0.0.1.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as err:
+            raise UsageError(
+                f"--address {address}: cannot connect to a Ray cluster ({_one_line(err)}); start one with "
+                "`ray start --head`, and where it uses token authentication put its token in ~/.ray/auth_token "
+                "or RAY_AUTH_TOKEN"
+            ) from None
     else:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     return True
+
+
+def _check_shared_paths(paths: dict[str, Path]) -> None:
+    """On a multi-node cluster, every node must see the storage and data paths; fail before any trial if not.
+
+    A marker written here is looked for by a task pinned to each node: a node-local path (the
+    default ray_results on the head, say) is missing on the others.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    if len(nodes) < 2:
+        return
+    markers = {}
+    for what, path in paths.items():
+        markers[what] = path  # a file is its own marker
+        if path.is_dir():
+            markers[what] = path / f".tune_dialsum-visible-{os.getpid()}"
+            markers[what].write_text("")
+
+    @ray.remote(num_cpus=0)
+    def visible(files: list[str]) -> list[bool]:
+        return [os.path.exists(f) for f in files]
+
+    try:
+        seen = ray.get(
+            [
+                visible.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+                    [str(m) for m in markers.values()]
+                )
+                for node in nodes
+            ]
+        )
+    finally:
+        for marker in markers.values():
+            if marker.name.startswith(".tune_dialsum-visible-"):
+                marker.unlink(missing_ok=True)
+    for node, flags in zip(nodes, seen, strict=True):
+        for (what, path), ok in zip(paths.items(), flags, strict=True):
+            if not ok:
+                raise UsageError(
+                    f"{what} {path} is not visible on node {node['NodeManagerAddress']} ({node['NodeID'][:8]}): "
+                    f"a multi-node search needs a path every node shares (e.g. an NFS mount); pass one with "
+                    f"--storage-path (or data.path in the space)"
+                )
 
 
 def _check_resources(space: SearchSpace) -> None:
@@ -265,6 +320,11 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
     """Run (or resume) the experiment ``space`` describes, export its best model, return a summary."""
     from ray import tune
 
+    if "://" in space.storage_path:
+        raise UsageError(
+            f"storage_path {space.storage_path}: cloud URIs are not supported yet (export and analysis read "
+            "checkpoints from a file system); mount the bucket (s3fs, gcsfuse) on every node and pass its path"
+        )
     experiment_dir = Path(space.storage_path).expanduser().resolve() / space.name
     if resume:
         snapshot = experiment_dir / SPACE_SNAPSHOT
@@ -283,6 +343,7 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
     try:
         _check_resources(space)
         experiment_dir.mkdir(parents=True, exist_ok=True)
+        _check_shared_paths({"storage_path": experiment_dir.parent, "data.path": Path(settings.data_path)})
         if not resume:
             (experiment_dir / SPACE_SNAPSHOT).write_text(yaml.safe_dump({**space.raw, "name": space.name}))
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table shows every trial's state and score
@@ -377,6 +438,7 @@ def format_summary(outcome: SearchOutcome) -> str:
             f"Best trial: {best.trial_id} at {unit[:-1]} {best.step}: "
             + ", ".join(f"{k}={v:.4f}" for k, v in best.scores.items() if k.startswith("rouge")),
             "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(best.snapshot.get("config", {}).items())),
+            f"Scores are on {fidelity(best.snapshot)}.",
         ]
     if outcome.stopped:
         full = outcome.max_budget * len(outcome.trials)

@@ -107,6 +107,7 @@ def _prepared_datasets(trainer: DialogueSummarizationTrainer, settings: Experime
 
 
 def _report_callback(trial_config: dict, settings: ExperimentSettings, recipe: dict):
+    import ray
     from ray import tune
     from transformers import TrainerCallback
 
@@ -148,6 +149,7 @@ def _report_callback(trial_config: dict, settings: ExperimentSettings, recipe: d
                 "epoch": state.epoch,
                 "train_loss": train_losses[-1] if train_losses else float("nan"),
                 "devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                "node_id": ray.get_runtime_context().get_node_id(),
             }
             report.pop("loss", None)
             self.scores = None
