@@ -15,7 +15,7 @@ import _common  # noqa: E402
 
 def main() -> None:
     p = _common.parser(__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=6)
+    p.add_argument("--trials", type=int, default=4)
     p.add_argument("--concurrent", type=int, default=2)
     p.add_argument("--max-budget", type=int, default=600)
     p.add_argument("--seed", type=int, default=1)

@@ -7,6 +7,8 @@ them together, starts or resumes the experiment, and exports the best model.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -17,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from tune_dialsum.errors import SearchError, SpaceError, UsageError
-from tune_dialsum.export import best_checkpoint, export_checkpoint, fidelity, find_checkpoints
+from tune_dialsum.export import TUNING_FILE, best_checkpoint, export_checkpoint, fidelity, find_checkpoints
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.trainable import ExperimentSettings, train_dialsum
@@ -110,6 +112,7 @@ class SearchOutcome:
     trials: list[TrialSummary] = field(default_factory=list)
     best: object | None = None  # export.CheckpointRecord
     best_model_dir: Path | None = None
+    full_validation: dict | None = None  # the best model re-scored on every validation example
     unfinished: int = 0  # trials left pending or running: the search was interrupted or ran out of time
     disk_bytes: int = 0
 
@@ -254,6 +257,17 @@ def _trainable(space: SearchSpace, settings: ExperimentSettings):
     )
 
 
+def _sampler(space: SearchSpace):
+    import optuna
+
+    if space.trials["sampler"] == "random":
+        return optuna.samplers.RandomSampler(seed=space.seed)
+    # TPE's default of 10 random start-up trials would leave a search of 8 trials entirely random;
+    # constant_liar keeps trials that run at the same time from being sampled on top of each other.
+    startup = min(10, max(3, space.trials["num_samples"] // 4))
+    return optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=startup, constant_liar=True)
+
+
 def _build_tuner(space: SearchSpace, settings: ExperimentSettings, experiment_dir: Path):
     import optuna
     from ray import tune
@@ -263,9 +277,7 @@ def _build_tuner(space: SearchSpace, settings: ExperimentSettings, experiment_di
         space=space.define_by_run,
         metric=space.metric,
         mode=space.mode,
-        sampler=(optuna.samplers.TPESampler if space.trials["sampler"] == "tpe" else optuna.samplers.RandomSampler)(
-            seed=space.seed
-        ),
+        sampler=_sampler(space),
         storage=optuna.storages.RDBStorage(f"sqlite:///{experiment_dir / OPTUNA_DB}"),
         study_name=space.name,
         time_attr=settings.time_attr,
@@ -354,12 +366,45 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
         else:
             tuner = _build_tuner(space, settings, experiment_dir)
         results = tuner.fit()
+        outcome = summarize(results, space, settings, experiment_dir)
+        if outcome.best_model_dir is not None and settings.max_eval_samples and not outcome.unfinished:
+            outcome.full_validation = rescore_on_full_validation(outcome.best_model_dir, settings, space.resources)
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
-    return summarize(results, space, settings, experiment_dir)
+    return outcome
+
+
+def _score_model(model_dir: str, settings: ExperimentSettings) -> dict:
+    """ROUGE of an exported model on the whole validation split, decoded as its generation config says."""
+    from tune_dialsum.metrics import compute_rouge
+    from tune_dialsum.summarize import DialogueSummarizer
+    from tune_dialsum.trainable import training_frames
+
+    full = dataclasses.replace(settings, max_eval_samples=None)
+    _, validation = training_frames(full)
+    summarizer = DialogueSummarizer(model_dir)
+    scores = compute_rouge(summarizer.summarize(list(validation["dialogue"])), list(validation["summary"]))
+    return {"examples": len(validation), "num_beams": summarizer.model.generation_config.num_beams, **scores}
+
+
+def rescore_on_full_validation(model_dir: Path, settings: ExperimentSettings, resources: dict) -> dict:
+    """Score the exported model on all validation examples, where ASHA only needed a subset to rank trials.
+
+    Runs as a Ray task with a trial's resources, so it uses a GPU where trials did; the result
+    goes into the model's tuning.json and the summary.
+    """
+    import ray
+
+    task = ray.remote(_score_model).options(num_cpus=resources["cpus_per_trial"], num_gpus=resources["gpus_per_trial"])
+    scores = ray.get(task.remote(str(model_dir), settings))
+    tuning_file = model_dir / TUNING_FILE
+    tuning = json.loads(tuning_file.read_text())
+    tuning["full_validation"] = scores
+    tuning_file.write_text(json.dumps(tuning, indent=2, default=str))
+    return scores
 
 
 def summarize(results, space: SearchSpace, settings: ExperimentSettings, experiment_dir: Path) -> SearchOutcome:
@@ -440,6 +485,12 @@ def format_summary(outcome: SearchOutcome) -> str:
             "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(best.snapshot.get("config", {}).items())),
             f"Scores are on {fidelity(best.snapshot)}.",
         ]
+        if outcome.full_validation:
+            full = outcome.full_validation
+            lines.append(
+                f"Best model on all {full['examples']} validation examples ({full['num_beams']} beam(s)): "
+                + ", ".join(f"{k}={full[k]:.4f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"))
+            )
     if outcome.stopped:
         full = outcome.max_budget * len(outcome.trials)
         lines.append(

@@ -64,7 +64,7 @@ def _load_splits(data_path, dialogue_column, summary_column, id_column):
     return DialogueDataLoader(data_path, dialogue_column, summary_column, id_column).load_splits()
 
 
-def _training_frames(settings: ExperimentSettings):
+def training_frames(settings: ExperimentSettings):
     splits = _load_splits(settings.data_path, settings.dialogue_column, settings.summary_column, settings.id_column)
     train_df, val_df = splits["train"], splits["validation"]
     if settings.max_train_samples:
@@ -83,7 +83,7 @@ def _prepared_datasets(trainer: DialogueSummarizationTrainer, settings: Experime
     """Tokenized train/validation sets, tokenized once per experiment and shared through ``cache_dir``."""
     from datasets import DatasetDict
 
-    train_df, val_df = _training_frames(settings)
+    train_df, val_df = training_frames(settings)
     if settings.cache_dir is None:
         return trainer.load_and_prepare_data(train_df, val_df=val_df)
     identity = {
