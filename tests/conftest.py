@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -64,12 +63,9 @@ def run_cli(*args: str, timeout: int = 600, **kwargs) -> subprocess.CompletedPro
 
 def trial_results(experiment_dir: Path) -> dict[str, list[dict]]:
     """Every trial's reports, read from Ray's result.json files."""
-    results = {}
-    for trial_dir in sorted(experiment_dir.glob("trial_*")):
-        result_file = trial_dir / "result.json"
-        lines = result_file.read_text().splitlines() if result_file.exists() else []
-        results[trial_dir.name] = [json.loads(line) for line in lines]
-    return results
+    from tune_dialsum.analysis import read_reports
+
+    return {trial_dir.name: read_reports(trial_dir) for trial_dir in sorted(experiment_dir.glob("trial_*"))}
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,23 @@ SPACE_SNAPSHOT = "space.yaml"
 OPTUNA_DB = "optuna.db"
 
 
+def read_reports(trial_dir: Path) -> list[dict]:
+    """A trial's reports, in order, from Ray's result.json, or progress.csv where that has more.
+
+    When Ray retries a failed trial it can leave result.json shorter than what was reported
+    (even empty); progress.csv keeps every row.
+    """
+    result_file, progress_file = trial_dir / "result.json", trial_dir / "progress.csv"
+    reports = []
+    if result_file.is_file():
+        reports = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+    if progress_file.is_file() and progress_file.stat().st_size:
+        progress = pd.read_csv(progress_file)
+        if len(progress) > len(reports):
+            reports = progress.to_dict("records")
+    return reports
+
+
 @dataclass
 class Experiment:
     """One experiment directory: ``Experiment.load("ray_results/tiny-demo")``."""
@@ -55,11 +72,8 @@ class Experiment:
         """Every report of every trial: one row per evaluation."""
         rows = []
         for trial_dir in sorted(self.path.glob("trial_*")):
-            result_file = trial_dir / "result.json"
-            if result_file.is_file():
-                for line in result_file.read_text().splitlines():
-                    if line.strip():
-                        rows.append({"trial_id": trial_dir.name.removeprefix("trial_"), **json.loads(line)})
+            trial_id = trial_dir.name.removeprefix("trial_")
+            rows += [{"trial_id": trial_id, **report} for report in read_reports(trial_dir)]
         columns = ["trial_id", "step", "epoch", self.metric, "time_total_s"]
         frame = pd.DataFrame(rows)
         return frame if not frame.empty else pd.DataFrame(columns=columns)
@@ -78,10 +92,10 @@ class Experiment:
             scores = [s for s in reports.get(self.metric, []) if isinstance(s, float) and math.isfinite(s)]
             used = float(reports[self.time_attr].iloc[-1]) if len(reports) else 0.0
             done = bool(len(reports) and reports["done"].iloc[-1]) if "done" in reports else False
-            if (trial_dir / "error.txt").is_file():
-                state = "ERROR"
-            elif done:
+            if done:  # a trial that failed once and then recovered on retry still has an error.txt
                 state = "STOPPED" if used < budget else "FINISHED"
+            elif (trial_dir / "error.txt").is_file():
+                state = "ERROR"
             else:
                 state = "RUNNING" if len(reports) else "PENDING"
             rows.append(

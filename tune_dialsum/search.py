@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +163,20 @@ def preflight(space: SearchSpace, settings: ExperimentSettings) -> None:
             resolve_model_path(model)  # build it once here rather than in every trial at once
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds when nothing listens at HOST:PORT (Ray itself keeps retrying for minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise UsageError(
+            f"--address {address}: cannot connect to a Ray cluster ({err.strerror or err}); start one with "
+            "`ray start --head`, or leave out --address to run on this machine"
+        ) from None
+
+
 def _start_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray on loopback; True if this call started it."""
     # On Linux, a local Ray binds the machine's address unless this is 0: keep it on 127.0.0.1.
@@ -173,6 +188,7 @@ def _start_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError) as err:
