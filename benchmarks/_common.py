@@ -92,9 +92,13 @@ def search_space(data_dir: Path, model_dir: Path, storage: Path, name: str, args
 
 def run(space_dict: dict):
     """Run one search in this process; returns (outcome, wall seconds)."""
+    import logging
+
     from tune_dialsum.search import run_search
     from tune_dialsum.space import parse_space
 
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("tune_dialsum.search").setLevel(logging.INFO)  # where the wall time goes
     space = parse_space(space_dict, source=f"<benchmark {space_dict['name']}>")
     start = time.perf_counter()
     outcome = run_search(space)

@@ -7,6 +7,7 @@ model loading, training and evaluation). Target: at least 90%. The last line pri
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,7 +28,7 @@ def main() -> None:
         data_dir,
         model_dir,
         model_dir.parent / "ray_results",
-        f"overhead-{args.seed}",
+        f"overhead-{args.seed}-{int(time.time())}",
         args,
         **{"scheduler.type": "fifo"},
     )

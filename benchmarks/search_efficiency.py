@@ -7,6 +7,7 @@ training steps at 98% or more of its best ROUGE-L. The last line prints both rat
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,7 +27,7 @@ def main() -> None:
 
     rows = {}
     for label, overrides in (("asha+tpe", {}), ("random+fifo", {"scheduler.type": "fifo", "trials.sampler": "random"})):
-        name = f"efficiency-{label.replace('+', '-')}-{args.seed}"
+        name = f"efficiency-{label.replace('+', '-')}-{args.seed}-{int(time.time())}"
         outcome, wall = _common.run(_common.search_space(data_dir, model_dir, storage, name, args, **overrides))
         trials = Experiment.load(outcome.experiment_dir).trials
         rows[label] = (int(trials["step"].sum()), wall, float(trials["best_rougeL"].max()))

@@ -94,11 +94,11 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args) -> tu
         resources_per_trial={"cpu": 1},
         max_concurrent_trials=args.concurrent,
         storage_path=str(storage),
-        name=f"transformers-{args.seed}",
+        name=f"transformers-{args.seed}-{int(start)}",
         verbose=0,
     )
     ray.shutdown()
-    return storage / f"transformers-{args.seed}", start
+    return storage / f"transformers-{args.seed}-{int(start)}", start
 
 
 def main() -> None:
@@ -111,7 +111,7 @@ def main() -> None:
     data_dir, model_dir = _common.dialogsum_subset(args)
     storage = model_dir.parent / "ray_results"
 
-    space = _common.search_space(data_dir, model_dir, storage, f"vs-transformers-{args.seed}", args)
+    space = _common.search_space(data_dir, model_dir, storage, f"vs-transformers-{args.seed}-{int(time.time())}", args)
     space["fixed"]["dialogue_format"] = "standard"  # transformers' search cannot change the data format
     del space["search"]["dialogue_format"]
     start = time.time()

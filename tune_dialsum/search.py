@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -328,6 +329,8 @@ def _build_tuner(space: SearchSpace, settings: ExperimentSettings, experiment_di
             time_budget_s=space.trials["time_budget_s"],
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
+            # A worker that already imported torch and transformers and read the data runs the next trial.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=space.name,
@@ -366,8 +369,11 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
             "or --name to start a new one"
         )
     settings = experiment_settings(space, experiment_dir)
+    clock = time.perf_counter()
     preflight(space, settings)
+    logger.info("preflight took %.1fs", time.perf_counter() - clock)
     started_ray = _start_ray(address)
+    logger.info("ray ready after %.1fs", time.perf_counter() - clock)
     try:
         _check_resources(space)
         experiment_dir.mkdir(parents=True, exist_ok=True)
@@ -382,9 +388,12 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
         else:
             tuner = _build_tuner(space, settings, experiment_dir)
         results = tuner.fit()
+        logger.info("trials done after %.1fs", time.perf_counter() - clock)
         outcome = summarize(results, space, settings, experiment_dir)
+        logger.info("summary and export done after %.1fs", time.perf_counter() - clock)
         if outcome.best_model_dir is not None and settings.max_eval_samples and not outcome.unfinished:
             outcome.full_validation = rescore_on_full_validation(outcome.best_model_dir, settings, space.resources)
+            logger.info("full-validation score done after %.1fs", time.perf_counter() - clock)
     finally:
         if started_ray:
             import ray

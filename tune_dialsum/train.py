@@ -117,8 +117,10 @@ class DialogueSummarizationTrainer:
         dialogue_format: str = "standard",
         prefix: str | None = None,
         trust_remote_code: bool = False,
+        tensorboard: bool = True,
     ) -> None:
         self.model_name = model_name
+        self.tensorboard = tensorboard
         self.output_dir = str(output_dir)
         self.max_input_length = int(max_input_length)
         self.max_target_length = int(max_target_length)
@@ -280,14 +282,22 @@ class DialogueSummarizationTrainer:
         )
 
     def _tensorboard(self) -> list:
-        if importlib.util.find_spec("tensorboard") is None:
+        if not self.tensorboard or importlib.util.find_spec("tensorboard") is None:
             return []
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
 
         return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(Path(self.output_dir) / "logs")))]
 
-    def train(self, train_dataset=None, training_args=None, resume_from_checkpoint=None, callbacks=None, **legacy):
+    def train(
+        self,
+        train_dataset=None,
+        training_args=None,
+        resume_from_checkpoint=None,
+        callbacks=None,
+        save_final_model: bool = True,
+        **legacy,
+    ):
         """Train on ``train_dataset`` (the DatasetDict of ``load_and_prepare_data``).
 
         Saves the final model with its tokenizer, ``training_args.json`` and the
@@ -299,7 +309,8 @@ class DialogueSummarizationTrainer:
             raise ValueError("train() needs train_dataset: the DatasetDict from load_and_prepare_data()")
         trainer = self.build_trainer(dataset_dict, training_args, callbacks)
         trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-        self.save_final_model(trainer)
+        if save_final_model:
+            self.save_final_model(trainer)
         return trainer
 
     def save_final_model(self, trainer) -> Path:

@@ -176,13 +176,14 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
     """Ray Tune function trainable; ``config`` holds one trial's settings (see space.SETTINGS)."""
     import datasets
     import transformers
+    from ray import tune
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     # The trainer's own checkpoints are scratch: Tune copies what it keeps into the experiment. Ray
     # starts each trial in a working directory of its session, which it cleans up, so the
     # experiment directory holds only what Tune persisted.
-    output_dir = Path.cwd() / "hf"
+    output_dir = Path.cwd() / f"hf-{tune.get_context().get_trial_id()}"  # a reused worker runs several trials
     trainer = DialogueSummarizationTrainer(
         model_name=config["model"],
         output_dir=str(output_dir),
@@ -190,6 +191,7 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
         max_target_length=config["max_target_length"],
         dialogue_format=config["dialogue_format"],
         trust_remote_code=settings.trust_remote_code,
+        tensorboard=False,  # Tune logs every report to TensorBoard in the trial directory already
     )
     dataset_dict = _prepared_datasets(trainer, settings)
     by_steps = settings.budget_unit == "steps"
@@ -218,6 +220,7 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
         training_args=training_args,
         resume_from_checkpoint=_restore_checkpoint(output_dir),
         callbacks=[_report_callback(config, settings, trainer.recipe)],
+        save_final_model=False,  # the checkpoints Tune persisted are the results; nothing else is read
     )
 
 
