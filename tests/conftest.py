@@ -55,10 +55,21 @@ def bundled_splits():
     return DialogueDataLoader(BUNDLED_DATA).load_splits()
 
 
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tune_dialsum", *args]
+
+
+def tiny_search_command(storage: Path, name: str, *sets: str) -> list[str]:
+    """The demo search under another name, with ``--set`` overrides."""
+    command = cli_command("search", "--space", str(TINY), "--storage-path", str(storage), "--name", name)
+    for item in sets:
+        command += ["--set", item]
+    return command
+
+
 def run_cli(*args: str, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
     """``python -m tune_dialsum ARGS`` in a real process, from the repository root."""
-    command = [sys.executable, "-m", "tune_dialsum", *args]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run(cli_command(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def trial_results(experiment_dir: Path) -> dict[str, list[dict]]:

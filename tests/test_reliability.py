@@ -13,17 +13,21 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import REPO, TINY, run_cli, trial_results
+from tests.conftest import REPO, tiny_search_command, trial_results
 
 pytestmark = pytest.mark.slow
 FAULTS = Path(__file__).resolve().parent / "faults"
 
 
 def _search(storage: Path, name: str, *sets: str, env: dict | None = None, timeout: int = 600):
-    args = ["search", "--space", str(TINY), "--storage-path", str(storage), "--name", name]
-    for item in sets:
-        args += ["--set", item]
-    return run_cli(*args, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        tiny_search_command(storage, name, *sets),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_failing_trials_end_as_failed_while_the_others_go_on(tmp_path):
@@ -84,22 +88,7 @@ def test_no_trial_finishing_is_exit_1_and_nothing_exported(tmp_path):
 
 
 def test_ctrl_c_stops_within_seconds_and_resume_finishes(tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "tune_dialsum",
-        "search",
-        "--space",
-        str(TINY),
-        "--storage-path",
-        str(tmp_path),
-        "--name",
-        "interrupted",
-        "--set",
-        "trials.num_samples=4",
-        "--set",
-        "scheduler.max_budget=300",
-    ]
+    command = tiny_search_command(tmp_path, "interrupted", "trials.num_samples=4", "scheduler.max_budget=300")
     driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     experiment = tmp_path / "interrupted"
     deadline = time.time() + 300

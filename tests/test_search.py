@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import REPO, TINY, run_cli, trial_results
+from tests.conftest import REPO, TINY, run_cli, tiny_search_command, trial_results
 
 pytestmark = pytest.mark.slow
 
@@ -115,27 +115,9 @@ def test_unreachable_hub_model_fails_fast_with_one_line(tmp_path):
 
 def test_resume_after_the_driver_is_killed(tmp_path):
     """SIGKILL the driver (and its local Ray) mid-search; --resume finishes the experiment."""
-    args = [
-        "--set",
-        "trials.num_samples=4",
-        "--set",
-        "scheduler.max_budget=300",
-        "--set",
-        "scheduler.grace_period=100",
-        "--name",
-        "killed",
-    ]
-    command = [
-        sys.executable,
-        "-m",
-        "tune_dialsum",
-        "search",
-        "--space",
-        str(TINY),
-        "--storage-path",
-        str(tmp_path),
-        *args,
-    ]
+    command = tiny_search_command(
+        tmp_path, "killed", "trials.num_samples=4", "scheduler.max_budget=300", "scheduler.grace_period=100"
+    )
     driver = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )

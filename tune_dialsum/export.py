@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from tune_dialsum.atomic import atomic_directory
 from tune_dialsum.errors import ExportError, UsageError
 from tune_dialsum.trainable import TRIAL_CONFIG_FILE
 
@@ -122,7 +122,6 @@ def export_checkpoint(
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise UsageError(f"{out_dir} already exists; pass --force to replace it, or another --out")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     config = record.snapshot.get("config", {})
     tuning = {
         "experiment": record.snapshot.get("experiment"),
@@ -138,19 +137,13 @@ def export_checkpoint(
         "checkpoint": str(record.path),
         "versions": _library_versions(),
     }
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         for item in record.path.iterdir():
             if item.is_file() and item.name not in TRAINING_ONLY and not item.name.startswith("rng_state"):
                 shutil.copy2(item, staging / item.name)
         _set_generation_defaults(staging, config)
         (staging / TUNING_FILE).write_text(json.dumps(tuning, indent=2, default=str))
         (staging / "README.md").write_text(_model_card(tuning))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from tune_dialsum.atomic import atomic_directory
 from tune_dialsum.errors import ModelNotFoundError, UsageError
 
 
@@ -259,16 +258,9 @@ def build_tiny_model(family: str, out_dir: str | Path, data_dir: str | None = No
     torch.manual_seed(seed)
     model = AutoModelForSeq2SeqLM.from_config(tiny_config(family, tokenizer))
     model.generation_config.max_length = 64
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
