@@ -182,7 +182,9 @@ def _start_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray on loopback; True if this call started it."""
     # On Linux, a local Ray binds the machine's address unless this is 0: keep it on 127.0.0.1.
     # Ray reads it once, when it is first imported, so it is set before that.
-    if not address:
+    if not address or address.removeprefix("ray://").startswith(("127.0.0.1:", "localhost:")):
+        # (a driver joining a loopback cluster needs it too, or it looks for the cluster at this
+        # machine's network address)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
@@ -451,6 +453,7 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, experim
         ]
         best = (max if space.mode == "max" else min)(scores) if scores else None
         outcome.trials.append(TrialSummary(metrics.get("trial_id", "?"), status, used, best, result.config, error))
+    set_aside_orphans(experiment_dir, {t.trial_id for t in outcome.trials})
     outcome.unfinished = sum(t.status == "UNFINISHED" for t in outcome.trials)
     outcome.unfinished += max(0, space.trials["num_samples"] - len(outcome.trials))
     records = find_checkpoints(experiment_dir)
@@ -468,6 +471,21 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, experim
         )
     outcome.disk_bytes = sum(f.stat().st_size for f in experiment_dir.rglob("*") if f.is_file())
     return outcome
+
+
+def set_aside_orphans(experiment_dir: Path, known_ids: set[str]) -> None:
+    """Move trial directories the experiment does not know of into ``orphaned/``.
+
+    A driver killed just after a trial started can leave that trial's directory (even a
+    checkpoint) without any record in the saved experiment state; resuming runs a new trial in
+    its place. Set aside, the orphan can neither be exported as "best" nor counted twice.
+    """
+    for trial_dir in experiment_dir.glob("trial_*"):
+        if trial_dir.name.removeprefix("trial_") not in known_ids:
+            target = experiment_dir / "orphaned" / trial_dir.name
+            target.parent.mkdir(exist_ok=True)
+            trial_dir.rename(target)
+            logger.warning("set aside %s: the experiment has no record of it (its driver died)", trial_dir.name)
 
 
 def _one_line(error: BaseException) -> str:
