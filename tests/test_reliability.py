@@ -120,8 +120,8 @@ def test_stopped_trials_keep_one_checkpoint_without_optimizer_state(tiny_search)
 LISTENERS = """
 import json, os, psutil
 os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # what a user's shell has: nothing set
-from tune_dialsum.search import _start_ray
-_start_ray(None)
+from tune_dialsum.cluster import start_ray
+start_ray(None)
 import ray
 me = psutil.Process()
 ours = {p.pid for p in me.children(recursive=True)} | {me.pid}

@@ -39,3 +39,9 @@ class SearchError(TuneDialsumError):
 
 class ExportError(TuneDialsumError):
     """A checkpoint that cannot be exported."""
+
+
+def one_line(error: BaseException) -> str:
+    """The last line of an error's message: the cause, not the wrappers (Ray's, say) around it."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

@@ -1,0 +1,76 @@
+"""The Optuna side of the search: the sampler, and an OptunaSearch that records stopped trials honestly."""
+
+from __future__ import annotations
+
+from tune_dialsum.space import SearchSpace
+
+
+def make_sampler(space: SearchSpace):
+    import optuna
+
+    if space.trials["sampler"] == "random":
+        return optuna.samplers.RandomSampler(seed=space.seed)
+    # TPE's default of 10 random start-up trials would leave a search of 8 trials entirely random;
+    # constant_liar keeps trials that run at the same time from being sampled on top of each other.
+    startup = min(10, max(3, space.trials["num_samples"] // 4))
+    return optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=startup, constant_liar=True)
+
+
+def pruned_aware_optuna_search_class():
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    class PrunedAwareOptunaSearch(OptunaSearch):
+        """OptunaSearch that tells Optuna the truth about trials the scheduler stopped.
+
+        Ray's OptunaSearch marks a trial ASHA stopped as COMPLETE with its last,
+        low-fidelity score, and TPE then learns from it as if it were a full
+        run. Here such a trial is PRUNED, with its intermediate values keyed by
+        training step, which is how Optuna's own pruners record it.
+        """
+
+        def __init__(self, *args, time_attr: str, full_budget: int, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._time_attr = time_attr
+            self._full_budget = full_budget
+
+        def restore(self, checkpoint_path: str) -> None:
+            """Restore, then close Optuna trials asked for after the last saved state.
+
+            A driver killed between asking Optuna for a trial and saving the
+            experiment leaves that trial RUNNING in the study forever; Tune never
+            heard of it, so it is marked FAIL (and says why) rather than left open.
+            """
+            super().restore(checkpoint_path)
+            known = {trial.number for trial in self._ot_trials.values()}
+            storage = self._ot_study._storage
+            for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if trial.number not in known:
+                    storage.set_trial_user_attr(trial._trial_id, "abandoned", "asked before the driver died; never ran")
+                    self._ot_study.tell(trial.number, state=TrialState.FAIL)
+
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            if isinstance(config, dict):  # drop the family-qualified names (learning_rate@t5)
+                config = {key: value for key, value in config.items() if "@" not in key}
+            return config
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if trial_id in self._completed_trials or self.metric not in result:
+                return
+            # Keyed by training step, not by Tune's report count, so curves line up across trials.
+            self._ot_trials[trial_id].report(result[self.metric], int(result[self._time_attr]))
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id in self._completed_trials:
+                return
+            if result and not error and self.metric in result:
+                # Tune hands the last result to on_trial_complete only; keep it as an intermediate value too.
+                self.on_trial_result(trial_id, result)
+                if result.get(self._time_attr, self._full_budget) < self._full_budget:
+                    self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+                    self._completed_trials.add(trial_id)
+                    return
+            super().on_trial_complete(trial_id, result, error)
+
+    return PrunedAwareOptunaSearch
