@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def _cmd_summarize(args) -> int:
     summarizer = DialogueSummarizer(args.model, batch_size=args.batch_size)  # a bad model fails before stdin is read
     records = read_dialogues(source, text=None if source else sys.stdin.read())
     summaries = summarizer.summarize([r["dialogue"] for r in records])
-    structured = source is not None and not source.name.endswith(".txt") or (args.output or "").endswith(".jsonl")
+    structured = (source is not None and not source.name.endswith(".txt")) or (args.output or "").endswith(".jsonl")
     if structured:
         lines = [
             json.dumps({"id": r["id"], "summary": s}, ensure_ascii=False)
@@ -289,9 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     if not args.verbose:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # "Loading weights" bars on every command otherwise
+        # Read by huggingface_hub when transformers is first imported, here and in Ray's trial
+        # workers: no "Loading weights" bars, and no transformers import for commands that need none.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return args.run(args)
     except TuneDialsumError as err:

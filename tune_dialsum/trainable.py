@@ -83,19 +83,31 @@ def _prepared_datasets(trainer: DialogueSummarizationTrainer, settings: Experime
     """Tokenized train/validation sets, tokenized once per experiment and shared through ``cache_dir``."""
     from datasets import DatasetDict
 
-    train_df, val_df = training_frames(settings)
     if settings.cache_dir is None:
+        train_df, val_df = training_frames(settings)
         return trainer.load_and_prepare_data(train_df, val_df=val_df)
+    # What decides the tokenized rows: how inputs are built, and which rows are read.
     identity = {
         **trainer.recipe,
-        **{k: v for k, v in asdict(settings).items() if k.startswith(("data", "max_", "valid"))},
-        "columns": [settings.dialogue_column, settings.summary_column],
-        "seed": settings.seed,
+        **{
+            field: getattr(settings, field)
+            for field in (
+                "data_path",
+                "dialogue_column",
+                "summary_column",
+                "id_column",
+                "validation_split",
+                "max_train_samples",
+                "max_eval_samples",
+                "seed",
+            )
+        },
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = Path(settings.cache_dir) / key
     if (path / "dataset_dict.json").is_file():
         return DatasetDict.load_from_disk(str(path))
+    train_df, val_df = training_frames(settings)
     dataset_dict = trainer.load_and_prepare_data(train_df, val_df=val_df)
     staging = path.with_name(f".{key}-{uuid.uuid4().hex}")
     dataset_dict.save_to_disk(str(staging))
