@@ -33,7 +33,7 @@ def main() -> None:
         **{"scheduler.type": "fifo"},
     )
     outcome, wall = _common.run(space)
-    trials = Experiment.load(outcome.experiment_dir).trials
+    trials = Experiment.load(outcome.location).trials
     inside = float(trials["wall_time_s"].sum())
     slots = args.concurrent
     print(f"trials={len(trials)} slots={slots} search wall={wall:.1f}s sum of trial time={inside:.1f}s")

@@ -29,7 +29,7 @@ def main() -> None:
     for label, overrides in (("asha+tpe", {}), ("random+fifo", {"scheduler.type": "fifo", "trials.sampler": "random"})):
         name = f"efficiency-{label.replace('+', '-')}-{args.seed}-{int(time.time())}"
         outcome, wall = _common.run(_common.search_space(data_dir, model_dir, storage, name, args, **overrides))
-        trials = Experiment.load(outcome.experiment_dir).trials
+        trials = Experiment.load(outcome.location).trials
         rows[label] = (int(trials["step"].sum()), wall, float(trials["best_rougeL"].max()))
         print(f"{label:12s} steps={rows[label][0]:6d} wall={wall:7.1f}s best_rougeL={rows[label][2]:.4f}")
     (asha_steps, asha_wall, asha_best), (rand_steps, rand_wall, rand_best) = rows["asha+tpe"], rows["random+fifo"]

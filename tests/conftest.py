@@ -40,6 +40,53 @@ def _isolated_cache(tmp_path_factory):
         os.environ["TUNE_DIALSUM_CACHE"] = previous
 
 
+# Credentials for the mock S3 below; no request may leave loopback, so the SDK's EC2 metadata lookup is off.
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """An S3 server (moto) on 127.0.0.1 for the whole session; its credentials are in os.environ meanwhile."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
+    previous = {name: os.environ.get(name) for name in S3_ENV}
+    os.environ.update(S3_ENV)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"{host}:{port}"
+    finally:
+        server.stop()
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+def s3_storage(s3_endpoint, request) -> str:
+    """A fresh bucket; the storage URI of a prefix in it, addressed as pyarrow (and so Ray) understands it."""
+    import re
+
+    import pyarrow.fs as pafs
+
+    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    query = f"endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{bucket}?{query}&allow_bucket_creation=true")
+    fs.create_dir(bucket)
+    return f"s3://{bucket}/experiments?{query}"
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     from tune_dialsum.models import FAMILIES, build_tiny_model

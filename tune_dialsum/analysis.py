@@ -3,7 +3,8 @@
 Everything is read from the experiment directory on disk (Ray's per-trial
 ``params.json`` and ``result.json``, the space snapshot and the Optuna study),
 so an experiment can be analysed while it is still running, on a machine
-without Ray, long after the cluster is gone.
+without Ray, long after the cluster is gone. An experiment kept at a URI is
+read from its mirror on this machine (see storage.py), brought up to date on load.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import pandas as pd
 import yaml
 
 from tune_dialsum.errors import UsageError
+from tune_dialsum.export import CHECKPOINT_METADATA
 from tune_dialsum.models import family_of
 from tune_dialsum.space import SearchSpace, parse_space
-
-SPACE_SNAPSHOT = "space.yaml"
-OPTUNA_DB = "optuna.db"
+from tune_dialsum.storage import OPTUNA_DB, SPACE_SNAPSHOT, ExperimentStore
 
 
 def read_reports(trial_dir: Path) -> list[dict]:
@@ -45,18 +45,22 @@ def read_reports(trial_dir: Path) -> list[dict]:
 
 @dataclass
 class Experiment:
-    """One experiment directory: ``Experiment.load("ray_results/tiny-demo")``."""
+    """One experiment: ``Experiment.load("ray_results/tiny-demo")`` or ``Experiment.load("s3://bucket/exps/tiny-demo")``."""
 
-    path: Path
+    path: Path  # where it is read: the experiment directory, or the mirror of a URI
     space: SearchSpace
+    store: ExperimentStore
 
     @classmethod
-    def load(cls, path: str | Path) -> Experiment:
-        path = Path(path)
+    def load(cls, location: str | Path) -> Experiment:
+        store = ExperimentStore(str(location))
+        path = store.pull(CHECKPOINT_METADATA, keep_local=(OPTUNA_DB,))
         snapshot = path / SPACE_SNAPSHOT
         if not snapshot.is_file():
-            raise UsageError(f"{path}: not an experiment directory (no {SPACE_SNAPSHOT}); pass <storage-path>/<name>")
-        return cls(path, parse_space(yaml.safe_load(snapshot.read_text()), source=str(snapshot)))
+            raise UsageError(
+                f"{location}: not an experiment (no {SPACE_SNAPSHOT}); pass <storage-path>/<name>, a directory or a URI"
+            )
+        return cls(path, parse_space(yaml.safe_load(snapshot.read_text()), source=str(snapshot)), store)
 
     @property
     def metric(self) -> str:

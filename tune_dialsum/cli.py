@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def _cmd_train(args) -> int:
 def _cmd_search(args) -> int:
     from tune_dialsum.search import format_summary, run_search
     from tune_dialsum.space import load_space
+    from tune_dialsum.storage import split
 
     overrides = list(args.set)
     for flag, key in (
@@ -83,8 +85,8 @@ def _cmd_search(args) -> int:
     print(format_summary(outcome))
     if outcome.unfinished:
         resume = (
-            f"python -m tune_dialsum search --space {args.space} --name {space.name} "
-            f"--storage-path {outcome.experiment_dir.parent} --resume"
+            f"python -m tune_dialsum search --space {shlex.quote(args.space)} --name {shlex.quote(space.name)} "
+            f"--storage-path {shlex.quote(split(outcome.location)[0])} --resume"
         )
         print(
             f"{outcome.unfinished} trials did not finish (interrupted or out of time); continue with: {resume}",
@@ -102,7 +104,8 @@ def _cmd_export(args) -> int:
     metric = args.metric or experiment.metric
     mode = experiment.space.mode if metric == experiment.metric else ("min" if metric == "eval_loss" else "max")
     record = best_checkpoint(find_checkpoints(experiment.path), metric, mode, trial_id=args.trial)
-    out = export_checkpoint(record, args.out, metric, mode, force=args.force)
+    source = experiment.store.where(experiment.store.fetch(record.path))
+    out = export_checkpoint(record, args.out, metric, mode, force=args.force, source=source)
     print(
         f"exported trial {record.trial_id} at step {record.step} ({metric}={record.scores.get(metric, float('nan')):.4f}) to {out}"
     )
@@ -239,7 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial; fractions share a GPU")
     search.add_argument("--cpus-per-trial", type=float, default=None)
     search.add_argument("--address", default=None, help="Ray cluster to use (auto or HOST:PORT); default: local")
-    search.add_argument("--storage-path", default=None, help="where experiments are kept (default: ray_results)")
+    search.add_argument(
+        "--storage-path",
+        default=None,
+        help="where experiments are kept: a directory every node shares, or a URI such as s3://bucket/path "
+        "(default: ray_results)",
+    )
     search.add_argument("--resume", action="store_true", help="continue the experiment of this name")
     search.add_argument(
         "--set",
@@ -251,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.set_defaults(run=_cmd_search)
 
     export = commands.add_parser("export", help="export the best checkpoint of an experiment as a model directory")
-    export.add_argument("experiment_dir", help="<storage-path>/<name>")
-    export.add_argument("--out", required=True, help="directory to write the model to")
+    export.add_argument("experiment_dir", help="<storage-path>/<name>: a directory or a URI (s3://...)")
+    export.add_argument("--out", required=True, help="directory (on this machine) to write the model to")
     export.add_argument("--metric", default=None, help="score to choose by (default: the experiment's objective)")
     export.add_argument("--trial", default=None, help="export this trial's best checkpoint instead")
     export.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -277,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_cmd_evaluate)
 
     analyze = commands.add_parser("analyze", help="leaderboard and report (plots, HTML) of an experiment")
-    analyze.add_argument("experiment_dir")
+    analyze.add_argument("experiment_dir", help="<storage-path>/<name>: a directory or a URI (s3://...)")
     analyze.add_argument("--top", type=_positive_int, default=None, help="show only the best N trials")
     analyze.set_defaults(run=_cmd_analyze)
     return parser

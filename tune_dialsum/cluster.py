@@ -7,6 +7,7 @@ import os
 import socket
 from pathlib import Path
 
+from tune_dialsum import storage
 from tune_dialsum.errors import SpaceError, UsageError, one_line
 from tune_dialsum.space import SearchSpace
 
@@ -52,11 +53,12 @@ def start_ray(address: str | None) -> bool:
     return True
 
 
-def check_shared_paths(paths: dict[str, Path]) -> None:
-    """On a multi-node cluster, every node must see the storage and data paths; fail before any trial if not.
+def check_shared_paths(locations: dict[str, str]) -> None:
+    """On a multi-node cluster, every node must reach the storage and the data; fail before any trial if not.
 
     A marker written here is looked for by a task pinned to each node: a node-local path (the
-    default ray_results on the head, say) is missing on the others.
+    default ray_results on the head, say) is missing on the others, and a bucket a node has no
+    credentials or route for cannot be read from it.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -64,36 +66,39 @@ def check_shared_paths(paths: dict[str, Path]) -> None:
     nodes = [node for node in ray.nodes() if node["Alive"]]
     if len(nodes) < 2:
         return
-    markers = {}
-    for what, path in paths.items():
-        markers[what] = path  # a file is its own marker
-        if path.is_dir():
-            markers[what] = path / f".tune_dialsum-visible-{os.getpid()}"
-            markers[what].write_text("")
+    markers, written = {}, []
+    for what, location in locations.items():
+        markers[what] = location  # a file is its own marker
+        if storage.is_uri(location) or Path(location).is_dir():
+            markers[what] = storage.join(location, f".tune_dialsum-visible-{os.getpid()}")
+            storage.write_text(markers[what], "")
+            written.append(markers[what])
 
     @ray.remote(num_cpus=0)
-    def visible(files: list[str]) -> list[bool]:
-        return [os.path.exists(f) for f in files]
+    def unreachable(locations: list[str]) -> list[str | None]:
+        from tune_dialsum.storage import reachable
+
+        return [reachable(location) for location in locations]
 
     try:
-        seen = ray.get(
+        reasons = ray.get(
             [
-                visible.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
-                    [str(m) for m in markers.values()]
-                )
+                unreachable.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                ).remote(list(markers.values()))
                 for node in nodes
             ]
         )
     finally:
-        for marker in markers.values():
-            if marker.name.startswith(".tune_dialsum-visible-"):
-                marker.unlink(missing_ok=True)
-    for node, flags in zip(nodes, seen, strict=True):
-        for (what, path), ok in zip(paths.items(), flags, strict=True):
-            if not ok:
+        for marker in written:
+            storage.delete_file(marker)
+    for node, node_reasons in zip(nodes, reasons, strict=True):
+        for (what, location), reason in zip(locations.items(), node_reasons, strict=True):
+            if reason is not None:
                 raise UsageError(
-                    f"{what} {path} is not visible on node {node['NodeManagerAddress']} ({node['NodeID'][:8]}): "
-                    f"a multi-node search needs a path every node shares (e.g. an NFS mount); pass one with "
+                    f"{what} {location} cannot be read on node {node['NodeManagerAddress']} ({node['NodeID'][:8]}): "
+                    f"{reason}; a multi-node search needs storage and data every node reaches: a shared directory "
+                    f"(an NFS mount) or a URI (s3://, gs://) every node has credentials for; pass it with "
                     f"--storage-path (or data.path in the space)"
                 )
 

@@ -31,6 +31,8 @@ TRAINING_ONLY = {
     TRIAL_CONFIG_FILE,
 }
 TUNING_FILE = "tuning.json"
+# What find_checkpoints reads of a checkpoint (all that is mirrored of one kept at a URI).
+CHECKPOINT_METADATA = (TRIAL_CONFIG_FILE, "trainer_state.json")
 SCORE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len", "loss")
 
 
@@ -116,9 +118,17 @@ Inputs are written in the `{tuning["recipe"]["dialogue_format"]}` dialogue forma
 
 
 def export_checkpoint(
-    record: CheckpointRecord, out_dir: str | Path, metric: str, mode: str, force: bool = False
+    record: CheckpointRecord,
+    out_dir: str | Path,
+    metric: str,
+    mode: str,
+    force: bool = False,
+    source: str | None = None,
 ) -> Path:
-    """Write ``record``'s model as a self-contained directory at ``out_dir``, atomically."""
+    """Write ``record``'s model as a self-contained directory at ``out_dir``, atomically.
+
+    ``source`` is where the checkpoint is kept, when ``record.path`` is a local copy of it.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise UsageError(f"{out_dir} already exists; pass --force to replace it, or another --out")
@@ -134,7 +144,7 @@ def export_checkpoint(
         "recipe": record.snapshot.get("recipe", {}),
         "settings": record.snapshot.get("settings", {}),
         "fidelity": fidelity(record.snapshot),
-        "checkpoint": str(record.path),
+        "checkpoint": source or str(record.path),
         "versions": _library_versions(),
     }
     with atomic_directory(out_dir) as staging:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune_dialsum.errors import SearchError, one_line
-from tune_dialsum.export import best_checkpoint, export_checkpoint, fidelity, find_checkpoints
+from tune_dialsum.export import CHECKPOINT_METADATA, best_checkpoint, export_checkpoint, fidelity, find_checkpoints
 from tune_dialsum.space import SearchSpace
+from tune_dialsum.storage import OPTUNA_DB, ExperimentStore
 from tune_dialsum.trainable import ExperimentSettings
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ class TrialSummary:
 
 @dataclass
 class SearchOutcome:
-    experiment_dir: Path
+    location: str  # the experiment: a directory, or a URI
+    experiment_dir: Path  # where it is read on this machine: the directory, or the URI's mirror
     metric: str
     mode: str
     max_budget: int
@@ -38,6 +39,7 @@ class SearchOutcome:
     trials: list[TrialSummary] = field(default_factory=list)
     best: object | None = None  # export.CheckpointRecord
     best_model_dir: Path | None = None
+    best_model_location: str | None = None  # best_model_dir in the store (the same path for a directory)
     full_validation: dict | None = None  # the best model re-scored on every validation example
     unfinished: int = 0  # trials left pending or running: the search was interrupted or ran out of time
     disk_bytes: int = 0
@@ -55,9 +57,12 @@ class SearchOutcome:
         return sum(self.max_budget - t.budget_used for t in self.stopped)
 
 
-def summarize(results, space: SearchSpace, settings: ExperimentSettings, experiment_dir: Path) -> SearchOutcome:
+def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore) -> SearchOutcome:
     """Classify every trial, export the best checkpoint over all trials and reports, trim stopped trials."""
-    outcome = SearchOutcome(experiment_dir, space.metric, space.mode, settings.max_budget, settings.budget_unit)
+    experiment_dir = store.pull(CHECKPOINT_METADATA, keep_local=(OPTUNA_DB,))
+    outcome = SearchOutcome(
+        store.location, experiment_dir, space.metric, space.mode, settings.max_budget, settings.budget_unit
+    )
     for result in results:
         metrics = result.metrics or {}
         used = float(metrics.get(settings.time_attr, 0) or 0)
@@ -74,42 +79,47 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, experim
         ]
         best = (max if space.mode == "max" else min)(scores) if scores else None
         outcome.trials.append(TrialSummary(metrics.get("trial_id", "?"), status, used, best, result.config, error))
-    set_aside_orphans(experiment_dir, {t.trial_id for t in outcome.trials})
+    set_aside_orphans(store, {t.trial_id for t in outcome.trials})
     outcome.unfinished = sum(t.status == "UNFINISHED" for t in outcome.trials)
     outcome.unfinished += max(0, space.trials["num_samples"] - len(outcome.trials))
     records = find_checkpoints(experiment_dir)
     if records:
         outcome.best = best_checkpoint(records, space.metric, space.mode)
         outcome.best_model_dir = export_checkpoint(
-            outcome.best, experiment_dir / BEST_MODEL_DIR, space.metric, space.mode, force=True
+            outcome.best,
+            experiment_dir / BEST_MODEL_DIR,
+            space.metric,
+            space.mode,
+            force=True,
+            source=store.where(store.fetch(outcome.best.path)),
         )
-        trim_stopped_trials(records, {t.trial_id for t in outcome.stopped}, space.metric, space.mode)
+        store.push(outcome.best_model_dir)
+        outcome.best_model_location = store.where(outcome.best_model_dir)
+        trim_stopped_trials(store, records, {t.trial_id for t in outcome.stopped}, space.metric, space.mode)
     elif not outcome.unfinished:
         reasons = "; ".join(f"{t.trial_id}: {t.error}" for t in outcome.failed[:3])
         raise SearchError(
             f"no trial of {space.name!r} finished an evaluation, so nothing was exported"
-            f"{' (' + reasons + ')' if reasons else ''}; logs are under {experiment_dir}"
+            f"{' (' + reasons + ')' if reasons else ''}; logs are under {store.location}"
         )
-    outcome.disk_bytes = sum(f.stat().st_size for f in experiment_dir.rglob("*") if f.is_file())
+    outcome.disk_bytes = store.disk_bytes()
     return outcome
 
 
-def set_aside_orphans(experiment_dir: Path, known_ids: set[str]) -> None:
+def set_aside_orphans(store: ExperimentStore, known_ids: set[str]) -> None:
     """Move trial directories the experiment does not know of into ``orphaned/``.
 
     A driver killed just after a trial started can leave that trial's directory (even a
     checkpoint) without any record in the saved experiment state; resuming runs a new trial in
     its place. Set aside, the orphan can neither be exported as "best" nor counted twice.
     """
-    for trial_dir in experiment_dir.glob("trial_*"):
+    for trial_dir in store.local.glob("trial_*"):
         if trial_dir.name.removeprefix("trial_") not in known_ids:
-            target = experiment_dir / "orphaned" / trial_dir.name
-            target.parent.mkdir(exist_ok=True)
-            trial_dir.rename(target)
+            store.move(trial_dir, store.local / "orphaned" / trial_dir.name)
             logger.warning("set aside %s: the experiment has no record of it (its driver died)", trial_dir.name)
 
 
-def trim_stopped_trials(records, stopped_ids: set[str], metric: str, mode: str) -> None:
+def trim_stopped_trials(store: ExperimentStore, records, stopped_ids: set[str], metric: str, mode: str) -> None:
     """Keep only the best checkpoint of each trial the scheduler stopped, without its optimizer state.
 
     A stopped trial never resumes, so its optimizer state is dead weight; its best checkpoint
@@ -123,9 +133,9 @@ def trim_stopped_trials(records, stopped_ids: set[str], metric: str, mode: str) 
         keep = best_checkpoint(trial_records, metric, mode, trial_id=trial_id)
         for record in trial_records:
             if record is not keep:
-                shutil.rmtree(record.path, ignore_errors=True)
+                store.delete(record.path)
         for name in ("optimizer.pt", "scheduler.pt", "scaler.pt"):
-            (keep.path / name).unlink(missing_ok=True)
+            store.delete(keep.path / name)
 
 
 def format_summary(outcome: SearchOutcome) -> str:
@@ -158,6 +168,11 @@ def format_summary(outcome: SearchOutcome) -> str:
     for trial in outcome.failed:
         lines.append(f"Failed trial {trial.trial_id}: {trial.error}")
     if outcome.best_model_dir:
-        lines.append(f"Best model: {outcome.best_model_dir}")
-    lines += [f"Experiment: {outcome.experiment_dir} ({outcome.disk_bytes / 2**20:.1f} MiB on disk)"]
+        local_copy = (
+            f" (a copy on this machine: {outcome.best_model_dir})"
+            if outcome.location != str(outcome.experiment_dir)
+            else ""
+        )
+        lines.append(f"Best model: {outcome.best_model_location}{local_copy}")
+    lines += [f"Experiment: {outcome.location} ({outcome.disk_bytes / 2**20:.1f} MiB stored)"]
     return "\n".join(lines)

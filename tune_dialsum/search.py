@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,17 +25,20 @@ from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_mode
 from tune_dialsum.outcome import BEST_MODEL_DIR, SearchOutcome, format_summary, summarize
 from tune_dialsum.searcher import make_sampler, pruned_aware_optuna_search_class
 from tune_dialsum.space import SearchSpace, parse_space
-from tune_dialsum.trainable import ExperimentSettings, train_dialsum
+from tune_dialsum.storage import OPTUNA_DB, SPACE_SNAPSHOT, ExperimentStore, download, is_uri
+from tune_dialsum.trainable import NODE_LOCAL, ExperimentSettings, train_dialsum
 
 logger = logging.getLogger(__name__)
 
-SPACE_SNAPSHOT = "space.yaml"
-OPTUNA_DB = "optuna.db"
 TOKENIZED_CACHE = "tokenized"
 
 
-def experiment_settings(space: SearchSpace, experiment_dir: Path | None = None) -> ExperimentSettings:
+def experiment_settings(space: SearchSpace, store: ExperimentStore | None = None) -> ExperimentSettings:
+    """What every trial shares; tokenized data is cached in the experiment, or per node where that is a URI."""
     data = space.data
+    cache_dir = None
+    if store is not None:
+        cache_dir = NODE_LOCAL if store.remote else str(store.local / TOKENIZED_CACHE)
     return ExperimentSettings(
         data_path=str(Path(data["path"]).expanduser().resolve()),
         dialogue_column=data["dialogue_column"],
@@ -50,6 +54,7 @@ def experiment_settings(space: SearchSpace, experiment_dir: Path | None = None) 
         eval_interval=space.scheduler["eval_interval"],
         seed=space.seed,
         trust_remote_code=space.trust_remote_code,
+        cache_dir=cache_dir,
     )
 
 
@@ -79,7 +84,7 @@ def _trainable(space: SearchSpace, settings: ExperimentSettings):
     )
 
 
-def _build_tuner(space: SearchSpace, settings: ExperimentSettings, experiment_dir: Path):
+def _build_tuner(space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -89,7 +94,8 @@ def _build_tuner(space: SearchSpace, settings: ExperimentSettings, experiment_di
         metric=space.metric,
         mode=space.mode,
         sampler=make_sampler(space),
-        storage=optuna.storages.RDBStorage(f"sqlite:///{experiment_dir / OPTUNA_DB}"),
+        # SQLite on the driver (object stores cannot hold a database); pushed to the store after the run
+        storage=optuna.storages.RDBStorage(f"sqlite:///{store.local / OPTUNA_DB}"),
         study_name=space.name,
         time_attr=settings.time_attr,
         full_budget=settings.max_budget,
@@ -128,7 +134,7 @@ def _build_tuner(space: SearchSpace, settings: ExperimentSettings, experiment_di
         ),
         run_config=tune.RunConfig(
             name=space.name,
-            storage_path=str(experiment_dir.parent),
+            storage_path=store.storage_path,
             progress_reporter=reporter,
             verbose=1,
             checkpoint_config=tune.CheckpointConfig(
@@ -145,48 +151,49 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
     """Run (or resume) the experiment ``space`` describes, export its best model, return a summary."""
     from ray import tune
 
-    if "://" in space.storage_path:
-        raise UsageError(
-            f"storage_path {space.storage_path}: cloud URIs are not supported yet (export and analysis read "
-            "checkpoints from a file system); mount the bucket (s3fs, gcsfuse) on every node and pass its path"
-        )
-    experiment_dir = Path(space.storage_path).expanduser().resolve() / space.name
+    store = ExperimentStore.of(space.storage_path, space.name)
     if resume:
-        snapshot = experiment_dir / SPACE_SNAPSHOT
+        store.pull(checkpoint_files=(), keep_local=(OPTUNA_DB,))
+        snapshot = store.local / SPACE_SNAPSHOT
         if not snapshot.is_file():
-            raise UsageError(f"--resume: nothing to resume at {experiment_dir}; run without --resume to start it")
+            raise UsageError(f"--resume: nothing to resume at {store.location}; run without --resume to start it")
         space = parse_space(yaml.safe_load(snapshot.read_text()), source=str(snapshot), default_name=space.name)
-        space.storage_path = str(experiment_dir.parent)
-    elif experiment_dir.exists() and any(experiment_dir.iterdir()):
+        space.storage_path = store.storage_path
+    elif store.exists():
         raise UsageError(
-            f"experiment {space.name!r} already exists at {experiment_dir}; pass --resume to continue it "
+            f"experiment {space.name!r} already exists at {store.location}; pass --resume to continue it "
             "or --name to start a new one"
         )
-    settings = experiment_settings(space, experiment_dir)
+    settings = experiment_settings(space, store)
     clock = time.perf_counter()
+    store.check_writable()
     preflight(space, settings)
     logger.info("preflight took %.1fs", time.perf_counter() - clock)
     started_ray = start_ray(address)
     logger.info("ray ready after %.1fs", time.perf_counter() - clock)
     try:
         check_resources(space)
-        experiment_dir.mkdir(parents=True, exist_ok=True)
-        check_shared_paths({"storage_path": experiment_dir.parent, "data.path": Path(settings.data_path)})
+        store.local.mkdir(parents=True, exist_ok=True)
+        check_shared_paths({"storage_path": store.location, "data.path": settings.data_path})
         if not resume:
-            (experiment_dir / SPACE_SNAPSHOT).write_text(yaml.safe_dump({**space.raw, "name": space.name}))
+            (store.local / SPACE_SNAPSHOT).write_text(yaml.safe_dump({**space.raw, "name": space.name}))
+            store.push(store.local / SPACE_SNAPSHOT)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table shows every trial's state and score
-        if resume and tune.Tuner.can_restore(str(experiment_dir)):
+        if resume and tune.Tuner.can_restore(store.location):
             tuner = tune.Tuner.restore(
-                str(experiment_dir), trainable=_trainable(space, settings), resume_unfinished=True, resume_errored=True
+                store.location, trainable=_trainable(space, settings), resume_unfinished=True, resume_errored=True
             )
         else:
-            tuner = _build_tuner(space, settings, experiment_dir)
+            tuner = _build_tuner(space, settings, store)
         results = tuner.fit()
+        store.push(store.local / OPTUNA_DB)
         logger.info("trials done after %.1fs", time.perf_counter() - clock)
-        outcome = summarize(results, space, settings, experiment_dir)
+        outcome = summarize(results, space, settings, store)
         logger.info("summary and export done after %.1fs", time.perf_counter() - clock)
         if outcome.best_model_dir is not None and settings.max_eval_samples and not outcome.unfinished:
-            outcome.full_validation = rescore_on_full_validation(outcome.best_model_dir, settings, space.resources)
+            outcome.full_validation = rescore_on_full_validation(
+                store, outcome.best_model_dir, settings, space.resources
+            )
             logger.info("full-validation score done after %.1fs", time.perf_counter() - clock)
     finally:
         if started_ray:
@@ -196,7 +203,7 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
     return outcome
 
 
-def _score_model(model_dir: str, settings: ExperimentSettings) -> dict:
+def _score_model(model_location: str, settings: ExperimentSettings) -> dict:
     """ROUGE of an exported model on the whole validation split, decoded as its generation config says."""
     from tune_dialsum.metrics import compute_rouge
     from tune_dialsum.summarize import DialogueSummarizer
@@ -204,25 +211,29 @@ def _score_model(model_dir: str, settings: ExperimentSettings) -> dict:
 
     full = dataclasses.replace(settings, max_eval_samples=None)
     _, validation = training_frames(full)
-    summarizer = DialogueSummarizer(model_dir)
-    scores = compute_rouge(summarizer.summarize(list(validation["dialogue"])), list(validation["summary"]))
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = download(model_location, Path(scratch)) if is_uri(model_location) else model_location
+        summarizer = DialogueSummarizer(model_dir)
+        scores = compute_rouge(summarizer.summarize(list(validation["dialogue"])), list(validation["summary"]))
     return {"examples": len(validation), "num_beams": summarizer.model.generation_config.num_beams, **scores}
 
 
-def rescore_on_full_validation(model_dir: Path, settings: ExperimentSettings, resources: dict) -> dict:
+def rescore_on_full_validation(store: ExperimentStore, model_dir: Path, settings: ExperimentSettings, resources: dict):
     """Score the exported model on all validation examples, where ASHA only needed a subset to rank trials.
 
-    Runs as a Ray task with a trial's resources, so it uses a GPU where trials did; the result
-    goes into the model's tuning.json and the summary.
+    Runs as a Ray task with a trial's resources, so it uses a GPU where trials did (and reads the
+    model from the store, which every node reaches); the result goes into the model's
+    tuning.json and the summary.
     """
     import ray
 
     task = ray.remote(_score_model).options(num_cpus=resources["cpus_per_trial"], num_gpus=resources["gpus_per_trial"])
-    scores = ray.get(task.remote(str(model_dir), settings))
+    scores = ray.get(task.remote(store.where(model_dir), settings))
     tuning_file = model_dir / TUNING_FILE
     tuning = json.loads(tuning_file.read_text())
     tuning["full_validation"] = scores
     tuning_file.write_text(json.dumps(tuning, indent=2, default=str))
+    store.push(tuning_file)
     return scores
 
 

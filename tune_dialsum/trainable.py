@@ -21,6 +21,8 @@ from pathlib import Path
 from tune_dialsum.train import RECIPE_FILE, DialogueSummarizationTrainer
 
 TRIAL_CONFIG_FILE = "trial_config.json"
+# ExperimentSettings.cache_dir for experiments kept at a URI: each node caches under its own tune_dialsum cache.
+NODE_LOCAL = "node-local"
 # Scores copied from the transformers evaluation into every Tune report, minus "eval_".
 REPORTED_SCORES = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len", "loss")
 
@@ -47,7 +49,8 @@ class ExperimentSettings:
     eval_interval: int
     seed: int
     trust_remote_code: bool = False
-    # Tokenized datasets are shared here by every trial with the same tokenizer, format and lengths.
+    # Tokenized datasets are shared here by every trial with the same tokenizer, format and lengths
+    # (None: not cached; NODE_LOCAL: in the tune_dialsum cache of the node a trial runs on).
     cache_dir: str | None = None
 
     @property
@@ -104,7 +107,13 @@ def _prepared_datasets(trainer: DialogueSummarizationTrainer, settings: Experime
         },
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = Path(settings.cache_dir) / key
+    if settings.cache_dir == NODE_LOCAL:
+        from tune_dialsum.models import cache_dir
+
+        path = cache_dir() / "tokenized" / key
+    else:
+        path = Path(settings.cache_dir) / key
+    path.parent.mkdir(parents=True, exist_ok=True)
     if (path / "dataset_dict.json").is_file():
         return DatasetDict.load_from_disk(str(path))
     train_df, val_df = training_frames(settings)
@@ -236,4 +245,4 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
     )
 
 
-__all__ = ["ExperimentSettings", "RECIPE_FILE", "TRIAL_CONFIG_FILE", "TrialDiverged", "train_dialsum"]
+__all__ = ["ExperimentSettings", "NODE_LOCAL", "RECIPE_FILE", "TRIAL_CONFIG_FILE", "TrialDiverged", "train_dialsum"]

@@ -1,0 +1,255 @@
+"""Where an experiment lives: a directory (local or shared), or a URI that pyarrow's filesystems understand.
+
+Ray Tune writes trial results and checkpoints to either (``s3://``, ``gs://``, ``abfs://``,
+``hdfs://``, ``file://``). The rest of tune_dialsum reads an experiment with pathlib, so for
+a URI it works on a *mirror* on this machine: every small file (Ray's reports and params, the
+space snapshot, the Optuna study, each checkpoint's metadata) but no weights. A checkpoint is
+fetched whole only when it is exported, and what tune_dialsum writes (the best model, the
+Optuna study) is pushed back. For a directory, the mirror is the directory itself and every
+sync is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tune_dialsum.errors import UsageError, one_line
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+CHECKPOINT_PREFIX = "checkpoint_"  # Ray Tune's name for the checkpoints it persists
+# The experiment's own files, beside Ray's trial directories.
+SPACE_SNAPSHOT = "space.yaml"
+OPTUNA_DB = "optuna.db"  # written by the driver only, so the driver's copy is the newest
+
+
+def is_uri(location: str) -> bool:
+    return _SCHEME.match(str(location)) is not None
+
+
+def join(location: str, *parts: str) -> str:
+    """``location``/``parts``; a URI keeps its query (``?endpoint_override=...``) at the end."""
+    if not is_uri(location):
+        return str(Path(location, *parts))
+    base, sep, query = location.partition("?")
+    return "/".join([base.rstrip("/"), *parts]) + sep + query
+
+
+def split(location: str) -> tuple[str, str]:
+    """(parent, name) of an experiment location: the storage path Ray is given, and the experiment name."""
+    if not is_uri(location):
+        path = Path(location).expanduser().resolve()
+        return str(path.parent), path.name
+    base, sep, query = location.partition("?")
+    parent, _, name = base.rstrip("/").rpartition("/")
+    return parent + sep + query, name
+
+
+@contextmanager
+def _failing_in_one_line(location: str, doing: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:  # pyarrow reports network, permission and missing-bucket errors as OSError
+        raise UsageError(
+            f"storage {location}: cannot {doing} ({one_line(err)}); check the path or URI, the bucket and "
+            "this machine's credentials for it"
+        ) from None
+
+
+def filesystem(location: str):
+    """(pyarrow FileSystem, path in it) for a URI or a local path; one-line error for what pyarrow refuses."""
+    import pyarrow.fs as pafs
+
+    try:
+        if is_uri(location):
+            return pafs.FileSystem.from_uri(location)
+        return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+    except (ValueError, OSError) as err:  # pyarrow.ArrowInvalid is a ValueError
+        raise UsageError(
+            f"storage {location}: {one_line(err)}; pass a directory every node shares or a URI pyarrow "
+            "understands (s3://, gs://, abfs://, hdfs://, file://)"
+        ) from None
+
+
+def reachable(location: str) -> str | None:
+    """None if ``location`` exists and can be read from this process, else why not (one line)."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = filesystem(location)
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return "not found"
+    except (UsageError, OSError, ValueError) as err:
+        return one_line(err)
+    return None
+
+
+def write_text(location: str, text: str) -> None:
+    fs, path = filesystem(location)
+    with _failing_in_one_line(location, "write"):
+        fs.create_dir(path.rpartition("/")[0], recursive=True)
+        with fs.open_output_stream(path) as out:
+            out.write(text.encode())
+
+
+def delete_file(location: str) -> None:
+    fs, path = filesystem(location)
+    with _failing_in_one_line(location, "delete"):
+        try:
+            fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+
+
+def download(location: str, local_dir: Path) -> Path:
+    """Copy the directory at ``location`` (a URI or a path) into ``local_dir``."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(location)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    with _failing_in_one_line(location, "download"):
+        pafs.copy_files(path, str(local_dir), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return local_dir
+
+
+def mirror_root() -> Path:
+    from tune_dialsum.models import cache_dir
+
+    return cache_dir() / "experiments"
+
+
+class ExperimentStore:
+    """One experiment's files, wherever they are kept; tune_dialsum reads them under ``local``."""
+
+    def __init__(self, location: str):
+        self.remote = is_uri(location)
+        self.location = location if self.remote else str(Path(location).expanduser().resolve())
+        self.storage_path, self.name = split(self.location)
+        self.fs, self.path = filesystem(self.location)
+        if self.remote:
+            digest = hashlib.sha256(self.location.encode()).hexdigest()[:12]
+            self.local = mirror_root() / f"{self.name}-{digest}"
+        else:
+            self.local = Path(self.location)
+
+    @classmethod
+    def of(cls, storage_path: str, name: str) -> ExperimentStore:
+        return cls(join(storage_path, name))
+
+    def where(self, local_path: Path) -> str:
+        """The location of a file or directory of the mirror in the store (a URI or a path)."""
+        return join(self.location, *local_path.relative_to(self.local).parts) if self.remote else str(local_path)
+
+    def _remote_path(self, local_path: Path) -> str:
+        return "/".join([self.path, *local_path.relative_to(self.local).parts])
+
+    def _listing(self):
+        import pyarrow.fs as pafs
+
+        with _failing_in_one_line(self.location, "list"):
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=True))
+        return [info for info in infos if info.type == pafs.FileType.File]
+
+    def check_writable(self) -> None:
+        """Fail in one line, before anything starts, where the store cannot be written."""
+        probe = join(self.location, f".tune_dialsum-probe-{os.getpid()}")
+        write_text(probe, "")
+        delete_file(probe)
+
+    def exists(self) -> bool:
+        """Whether anything is stored under this experiment yet."""
+        if not self.remote:
+            return self.local.is_dir() and any(self.local.iterdir())
+        return bool(self._listing())
+
+    def disk_bytes(self) -> int:
+        if not self.remote:
+            return sum(f.stat().st_size for f in self.local.rglob("*") if f.is_file())
+        return sum(info.size for info in self._listing())
+
+    def pull(self, checkpoint_files: Iterable[str], keep_local: Iterable[str] = ()) -> Path:
+        """Bring the mirror up to date: every file but those inside checkpoints not named in ``checkpoint_files``.
+
+        Files named in ``keep_local`` (relative paths) are fetched only when the mirror has none:
+        this machine writes them, so its copy is the newer one. Mirror files the store no longer
+        has (checkpoints Ray or a trim removed) are removed.
+        """
+        if not self.remote:
+            return self.local
+        wanted, keep_local = set(checkpoint_files), set(keep_local)
+        self.local.mkdir(parents=True, exist_ok=True)
+        remote_files = set()
+        for info in self._listing():
+            relative = info.path[len(self.path) :].lstrip("/")
+            remote_files.add(relative)
+            parts = relative.split("/")
+            in_checkpoint = any(part.startswith(CHECKPOINT_PREFIX) for part in parts[:-1])
+            if in_checkpoint and parts[-1] not in wanted:
+                continue  # weights and optimizer state: fetched only for the checkpoint exported
+            target = self.local / relative
+            if target.is_file() and (relative in keep_local or target.stat().st_size == info.size):
+                continue  # Ray appends to its reports, so a file of the same size is the same file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with _failing_in_one_line(self.location, "read"):
+                with self.fs.open_input_stream(info.path) as source, open(target, "wb") as out:
+                    shutil.copyfileobj(source, out)
+        for file in [f for f in self.local.rglob("*") if f.is_file()]:
+            relative = file.relative_to(self.local).as_posix()
+            if relative not in remote_files and relative not in keep_local:
+                file.unlink()
+        return self.local
+
+    def fetch(self, local_dir: Path) -> Path:
+        """Make the mirror's ``local_dir`` (a checkpoint, say) complete: download all of it."""
+        if self.remote:
+            download(join(self.location, *local_dir.relative_to(self.local).parts), local_dir)
+        return local_dir
+
+    def push(self, local_path: Path) -> None:
+        """Upload a mirror file or directory to the store, replacing what is there."""
+        import pyarrow.fs as pafs
+
+        if not self.remote:
+            return
+        target = self._remote_path(local_path)
+        with _failing_in_one_line(self.location, "upload"):
+            if local_path.is_dir():
+                self.fs.delete_dir_contents(target, missing_dir_ok=True)
+            self.fs.create_dir(target.rpartition("/")[0], recursive=True)
+            pafs.copy_files(
+                str(local_path), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
+            )
+
+    def delete(self, local_path: Path) -> None:
+        """Remove a file or directory from the store and the mirror (which may hold only part of it)."""
+        import pyarrow.fs as pafs
+
+        if self.remote:
+            target = self._remote_path(local_path)
+            with _failing_in_one_line(self.location, "delete"):
+                kind = self.fs.get_file_info(target).type
+                if kind == pafs.FileType.Directory:
+                    self.fs.delete_dir(target)
+                elif kind == pafs.FileType.File:
+                    self.fs.delete_file(target)
+        if local_path.is_dir():
+            shutil.rmtree(local_path, ignore_errors=True)
+        else:
+            local_path.unlink(missing_ok=True)
+
+    def move(self, source: Path, target: Path) -> None:
+        """Move a directory of the mirror (a trial, say) to another place in it, in the store too."""
+        import pyarrow.fs as pafs
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if self.remote:  # object stores have no directories to rename: copy, then delete
+            remote_source, remote_target = self._remote_path(source), self._remote_path(target)
+            with _failing_in_one_line(self.location, "move"):
+                pafs.copy_files(remote_source, remote_target, source_filesystem=self.fs, destination_filesystem=self.fs)
+                self.fs.delete_dir(remote_source)
+        source.rename(target)
