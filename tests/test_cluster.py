@@ -119,12 +119,26 @@ def test_search_with_storage_in_a_bucket_runs_across_both_nodes(two_node_cluster
     assert not (mirror / "tokenized").exists()  # tokenized data is cached on each node, not in the bucket
 
     # Analysis and export read the bucket from a machine that has no copy of it.
-    assert run_cli("analyze", experiment, env=env).returncode == 0
+    analyzed = run_cli("analyze", experiment, env=env)
+    assert analyzed.returncode == 0, analyzed.stderr[-2000:]
+    assert f"stored at {join(experiment, 'report', 'index.html')}" in analyzed.stdout
     exported = tmp_path / "model"
     completed = run_cli("export", experiment, "--out", str(exported), env=env)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert json.loads((exported / "tuning.json").read_text())["trial_id"] == tuning["trial_id"]
     assert (exported / "model.safetensors").read_bytes() == (mirror / "best_model" / "model.safetensors").read_bytes()
+    into_bucket = join(s3_storage, "exported")
+    assert run_cli("export", experiment, "--out", into_bucket, env=env).returncode == 0
+    refused = run_cli("export", experiment, "--out", into_bucket, env=env)
+    assert refused.returncode == 2 and "already exists; pass --force" in refused.stderr
+    assert (download(into_bucket, tmp_path / "exported") / "model.safetensors").is_file()
+
+    # Resuming reads the experiment back from the bucket; with every trial finished, nothing runs again.
+    completed = run_cli(
+        "search", "--space", str(TINY), "--address", address, "--storage-path", s3_storage, "--resume", env=env
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "Search finished: 4 trials" in completed.stdout and f"Best trial: {tuning['trial_id']}" in completed.stdout
 
 
 def test_storage_a_node_cannot_read_fails_before_any_trial(two_node_cluster, s3_storage):

@@ -114,7 +114,7 @@ def test_stopped_trials_keep_one_checkpoint_without_optimizer_state(tiny_search)
         checkpoints = list((experiment / name).glob("checkpoint_*"))
         if rows[-1]["step"] < 600:
             assert len(checkpoints) == 1 and not (checkpoints[0] / "optimizer.pt").exists()
-    assert "MiB on disk" in tiny_search[0].stdout
+    assert "MiB stored)" in tiny_search[0].stdout
 
 
 LISTENERS = """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pyarrow.fs as pafs
 import pytest
 
@@ -76,12 +78,17 @@ def test_pull_refreshes_reports_keeps_the_drivers_study_and_drops_what_the_store
     store = remote_experiment
     local = store.pull(CHECKPOINT_METADATA, keep_local=(OPTUNA_DB,))
     (local / OPTUNA_DB).write_bytes(b"newer study, written on this machine")
+    (local / f"{OPTUNA_DB}-journal").write_bytes(b"a transaction in progress")
     _write(store.fs, f"{store.path}/trial_a/result.json", b'{"step": 100}\n{"step": 200}\n')
-    store.fs.delete_file(f"{store.path}/space.yaml")
+    time.sleep(1.1)  # S3 keeps modification times in seconds
+    _write(store.fs, f"{store.path}/space.yaml", b"name: omed\n")  # rewritten, same size
+    store.fs.delete_dir(f"{store.path}/trial_a/checkpoint_000000")
     store.pull(CHECKPOINT_METADATA, keep_local=(OPTUNA_DB,))
     assert (local / "trial_a/result.json").read_text().count("step") == 2
+    assert (local / "space.yaml").read_text() == "name: omed\n"
     assert (local / OPTUNA_DB).read_bytes() == b"newer study, written on this machine"
-    assert not (local / "space.yaml").exists()
+    assert (local / f"{OPTUNA_DB}-journal").is_file()
+    assert not (local / "trial_a/checkpoint_000000").exists()
 
 
 def test_fetch_push_delete_and_move_act_on_the_store(remote_experiment):
@@ -118,6 +125,8 @@ def test_a_directory_store_is_its_own_mirror(tmp_path):
     store = ExperimentStore(str(tmp_path / "demo"))
     assert not store.remote and store.local == tmp_path / "demo" and not store.exists()
     store.check_writable()
+    assert not store.local.exists()  # a check creates nothing
+    store.local.mkdir()
     (store.local / "trial_a").mkdir()
     (store.local / "trial_a/result.json").write_text("{}")
     assert store.pull(CHECKPOINT_METADATA) == store.local and store.exists()
@@ -140,3 +149,10 @@ def test_an_unwritable_store_fails_in_one_line(s3_endpoint):
     with pytest.raises(UsageError, match=r"^storage s3://no-such-bucket/exps/demo.*: cannot write") as caught:
         store.check_writable()
     assert "\n" not in str(caught.value)
+
+
+def test_a_storage_path_under_a_file_fails_in_one_line_creating_nothing(tmp_path):
+    (tmp_path / "results").write_text("not a directory")
+    with pytest.raises(UsageError, match=r"results is not a writable directory\); pass another --storage-path"):
+        ExperimentStore(str(tmp_path / "results" / "demo")).check_writable()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]

@@ -58,7 +58,7 @@ class Experiment:
         snapshot = path / SPACE_SNAPSHOT
         if not snapshot.is_file():
             raise UsageError(
-                f"{location}: not an experiment (no {SPACE_SNAPSHOT}); pass <storage-path>/<name>, a directory or a URI"
+                f"{location}: not an experiment directory (no {SPACE_SNAPSHOT}); pass <storage-path>/<name> (a path or a URI)"
             )
         return cls(path, parse_space(yaml.safe_load(snapshot.read_text()), source=str(snapshot)), store)
 

@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 from tune_dialsum.errors import TuneDialsumError, UsageError
@@ -99,13 +100,21 @@ def _cmd_search(args) -> int:
 def _cmd_export(args) -> int:
     from tune_dialsum.analysis import Experiment
     from tune_dialsum.export import best_checkpoint, export_checkpoint, find_checkpoints
+    from tune_dialsum.storage import is_uri, reachable, upload
 
     experiment = Experiment.load(args.experiment_dir)
     metric = args.metric or experiment.metric
     mode = experiment.space.mode if metric == experiment.metric else ("min" if metric == "eval_loss" else "max")
     record = best_checkpoint(find_checkpoints(experiment.path), metric, mode, trial_id=args.trial)
     source = experiment.store.where(experiment.store.fetch(record.path))
-    out = export_checkpoint(record, args.out, metric, mode, force=args.force, source=source)
+    if not is_uri(args.out):
+        out = export_checkpoint(record, args.out, metric, mode, force=args.force, source=source)
+    else:  # written here, then uploaded
+        if reachable(args.out) is None and not args.force:
+            raise UsageError(f"{args.out} already exists; pass --force to replace it, or another --out")
+        with tempfile.TemporaryDirectory() as scratch:
+            upload(export_checkpoint(record, Path(scratch) / "model", metric, mode, source=source), args.out)
+        out = args.out
     print(
         f"exported trial {record.trial_id} at step {record.step} ({metric}={record.scores.get(metric, float('nan')):.4f}) to {out}"
     )
@@ -177,7 +186,10 @@ def _cmd_analyze(args) -> int:
     print(board.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for warning in experiment.boundary_warnings():
         print(f"warning: {warning}")
-    print(f"report: {write_report(experiment)}")
+    page = write_report(experiment)
+    experiment.store.push(page.parent)  # beside the experiment, wherever that is kept
+    stored = experiment.store.where(page)
+    print(f"report: {page}" + (f" (stored at {stored})" if stored != str(page) else ""))
     return 0
 
 
@@ -260,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export the best checkpoint of an experiment as a model directory")
     export.add_argument("experiment_dir", help="<storage-path>/<name>: a directory or a URI (s3://...)")
-    export.add_argument("--out", required=True, help="directory (on this machine) to write the model to")
+    export.add_argument("--out", required=True, help="directory (or URI) to write the model to")
     export.add_argument("--metric", default=None, help="score to choose by (default: the experiment's objective)")
     export.add_argument("--trial", default=None, help="export this trial's best checkpoint instead")
     export.add_argument("--force", action="store_true", help="replace --out if it exists")

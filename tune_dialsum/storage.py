@@ -117,6 +117,24 @@ def download(location: str, local_dir: Path) -> Path:
     return local_dir
 
 
+def upload(local_path: Path, location: str) -> None:
+    """Copy a local file or directory to ``location`` (a URI or a path), replacing what is there."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(location)
+    with _failing_in_one_line(location, "upload"):
+        if local_path.is_dir():
+            fs.delete_dir_contents(path, missing_dir_ok=True)
+        fs.create_dir(path.rpartition("/")[0], recursive=True)
+        pafs.copy_files(str(local_path), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def _kept(relative: str, keep_local: tuple[str, ...]) -> bool:
+    """Whether a mirror file is one this machine writes: named in ``keep_local``, or SQLite's
+    -journal/-wal file beside such a database (removing one mid-transaction would corrupt it)."""
+    return any(relative == name or relative.startswith(f"{name}-") for name in keep_local)
+
+
 def mirror_root() -> Path:
     from tune_dialsum.models import cache_dir
 
@@ -156,7 +174,15 @@ class ExperimentStore:
         return [info for info in infos if info.type == pafs.FileType.File]
 
     def check_writable(self) -> None:
-        """Fail in one line, before anything starts, where the store cannot be written."""
+        """Fail in one line, before anything starts, where the store cannot be written (creating nothing)."""
+        if not self.remote:
+            nearest = next(p for p in [self.local, *self.local.parents] if p.exists())
+            if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
+                raise UsageError(
+                    f"storage {self.location}: cannot write ({nearest} is not a writable directory); "
+                    "pass another --storage-path"
+                )
+            return
         probe = join(self.location, f".tune_dialsum-probe-{os.getpid()}")
         write_text(probe, "")
         delete_file(probe)
@@ -181,7 +207,7 @@ class ExperimentStore:
         """
         if not self.remote:
             return self.local
-        wanted, keep_local = set(checkpoint_files), set(keep_local)
+        wanted, keep_local = set(checkpoint_files), tuple(keep_local)
         self.local.mkdir(parents=True, exist_ok=True)
         remote_files = set()
         for info in self._listing():
@@ -192,16 +218,24 @@ class ExperimentStore:
             if in_checkpoint and parts[-1] not in wanted:
                 continue  # weights and optimizer state: fetched only for the checkpoint exported
             target = self.local / relative
-            if target.is_file() and (relative in keep_local or target.stat().st_size == info.size):
-                continue  # Ray appends to its reports, so a file of the same size is the same file
+            modified = info.mtime.timestamp() if info.mtime else None
+            if target.is_file() and (
+                _kept(relative, keep_local)
+                or (target.stat().st_size == info.size and modified in (None, target.stat().st_mtime))
+            ):
+                continue  # unchanged since the last pull
             target.parent.mkdir(parents=True, exist_ok=True)
             with _failing_in_one_line(self.location, "read"):
                 with self.fs.open_input_stream(info.path) as source, open(target, "wb") as out:
                     shutil.copyfileobj(source, out)
-        for file in [f for f in self.local.rglob("*") if f.is_file()]:
-            relative = file.relative_to(self.local).as_posix()
-            if relative not in remote_files and relative not in keep_local:
-                file.unlink()
+            if modified is not None:
+                os.utime(target, (modified, modified))
+        for path in sorted(self.local.rglob("*"), reverse=True):  # children before their directories
+            relative = path.relative_to(self.local).as_posix()
+            if path.is_file() and relative not in remote_files and not _kept(relative, keep_local):
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
         return self.local
 
     def fetch(self, local_dir: Path) -> Path:
@@ -212,18 +246,8 @@ class ExperimentStore:
 
     def push(self, local_path: Path) -> None:
         """Upload a mirror file or directory to the store, replacing what is there."""
-        import pyarrow.fs as pafs
-
-        if not self.remote:
-            return
-        target = self._remote_path(local_path)
-        with _failing_in_one_line(self.location, "upload"):
-            if local_path.is_dir():
-                self.fs.delete_dir_contents(target, missing_dir_ok=True)
-            self.fs.create_dir(target.rpartition("/")[0], recursive=True)
-            pafs.copy_files(
-                str(local_path), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
-            )
+        if self.remote:
+            upload(local_path, self.where(local_path))
 
     def delete(self, local_path: Path) -> None:
         """Remove a file or directory from the store and the mirror (which may hold only part of it)."""
