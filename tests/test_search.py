@@ -76,6 +76,17 @@ def test_every_checkpoint_carries_the_resolved_config(tiny_search):
         assert not any("@" in key for key in snapshot["config"])
 
 
+def test_trials_share_tokenized_data_through_the_experiment(tiny_search):
+    _, experiment_dir = tiny_search
+    recipes = set()
+    for trial_dir in experiment_dir.glob("trial_*"):
+        config = json.loads((trial_dir / "params.json").read_text())
+        recipes.add(tuple(config[k] for k in ("model", "dialogue_format", "max_input_length", "max_target_length")))
+    cached = list((experiment_dir / "tokenized").glob("*/dataset_dict.json"))
+    # one tokenization per distinct way of building inputs, however many trials used it
+    assert len(cached) == len(recipes) < 8
+
+
 def test_checkpoints_per_trial_stay_bounded(tiny_search):
     _, experiment_dir = tiny_search
     for trial_dir in experiment_dir.glob("trial_*"):
