@@ -168,11 +168,9 @@ def format_summary(outcome: SearchOutcome) -> str:
     for trial in outcome.failed:
         lines.append(f"Failed trial {trial.trial_id}: {trial.error}")
     if outcome.best_model_dir:
-        local_copy = (
-            f" (a copy on this machine: {outcome.best_model_dir})"
-            if outcome.location != str(outcome.experiment_dir)
-            else ""
-        )
-        lines.append(f"Best model: {outcome.best_model_location}{local_copy}")
+        line = f"Best model: {outcome.best_model_location}"
+        if outcome.best_model_location != str(outcome.best_model_dir):  # kept at a URI
+            line += f" (a copy on this machine: {outcome.best_model_dir})"
+        lines.append(line)
     lines += [f"Experiment: {outcome.location} ({outcome.disk_bytes / 2**20:.1f} MiB stored)"]
     return "\n".join(lines)
