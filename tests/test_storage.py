@@ -61,7 +61,7 @@ def remote_experiment(s3_storage):
 
 def test_pull_mirrors_everything_but_checkpoint_weights(remote_experiment):
     store = remote_experiment
-    local = store.pull(CHECKPOINT_METADATA, keep_local=(OPTUNA_DB,))
+    local = store.pull(CHECKPOINT_METADATA)  # optuna.db: fetched where the mirror has none
     mirrored = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
     assert mirrored == [
         "optuna.db",
@@ -76,14 +76,14 @@ def test_pull_mirrors_everything_but_checkpoint_weights(remote_experiment):
 
 def test_pull_refreshes_reports_keeps_the_drivers_study_and_drops_what_the_store_lost(remote_experiment):
     store = remote_experiment
-    local = store.pull(CHECKPOINT_METADATA, keep_local=(OPTUNA_DB,))
+    local = store.pull(CHECKPOINT_METADATA)
     (local / OPTUNA_DB).write_bytes(b"newer study, written on this machine")
     (local / f"{OPTUNA_DB}-journal").write_bytes(b"a transaction in progress")
     _write(store.fs, f"{store.path}/trial_a/result.json", b'{"step": 100}\n{"step": 200}\n')
     time.sleep(1.1)  # S3 keeps modification times in seconds
     _write(store.fs, f"{store.path}/space.yaml", b"name: omed\n")  # rewritten, same size
     store.fs.delete_dir(f"{store.path}/trial_a/checkpoint_000000")
-    store.pull(CHECKPOINT_METADATA, keep_local=(OPTUNA_DB,))
+    store.pull(CHECKPOINT_METADATA)
     assert (local / "trial_a/result.json").read_text().count("step") == 2
     assert (local / "space.yaml").read_text() == "name: omed\n"
     assert (local / OPTUNA_DB).read_bytes() == b"newer study, written on this machine"

@@ -54,7 +54,7 @@ class Experiment:
     @classmethod
     def load(cls, location: str | Path) -> Experiment:
         store = ExperimentStore(str(location))
-        path = store.pull(CHECKPOINT_METADATA, keep_local=(OPTUNA_DB,))
+        path = store.pull(CHECKPOINT_METADATA)
         snapshot = path / SPACE_SNAPSHOT
         if not snapshot.is_file():
             raise UsageError(

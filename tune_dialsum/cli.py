@@ -106,7 +106,8 @@ def _cmd_export(args) -> int:
     metric = args.metric or experiment.metric
     mode = experiment.space.mode if metric == experiment.metric else ("min" if metric == "eval_loss" else "max")
     record = best_checkpoint(find_checkpoints(experiment.path), metric, mode, trial_id=args.trial)
-    source = experiment.store.where(experiment.store.fetch(record.path))
+    experiment.store.fetch(record.path)  # the mirror of a URI holds no weights until now
+    source = experiment.store.where(record.path)
     if not is_uri(args.out):
         out = export_checkpoint(record, args.out, metric, mode, force=args.force, source=source)
     else:  # written here, then uploaded

@@ -10,7 +10,7 @@ from pathlib import Path
 from tune_dialsum.errors import SearchError, one_line
 from tune_dialsum.export import CHECKPOINT_METADATA, best_checkpoint, export_checkpoint, fidelity, find_checkpoints
 from tune_dialsum.space import SearchSpace
-from tune_dialsum.storage import OPTUNA_DB, ExperimentStore
+from tune_dialsum.storage import ExperimentStore
 from tune_dialsum.trainable import ExperimentSettings
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class SearchOutcome:
 
 def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore) -> SearchOutcome:
     """Classify every trial, export the best checkpoint over all trials and reports, trim stopped trials."""
-    experiment_dir = store.pull(CHECKPOINT_METADATA, keep_local=(OPTUNA_DB,))
+    experiment_dir = store.pull(CHECKPOINT_METADATA)
     outcome = SearchOutcome(
         store.location, experiment_dir, space.metric, space.mode, settings.max_budget, settings.budget_unit
     )
@@ -85,13 +85,14 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: 
     records = find_checkpoints(experiment_dir)
     if records:
         outcome.best = best_checkpoint(records, space.metric, space.mode)
+        store.fetch(outcome.best.path)  # the mirror of a URI holds no weights until now
         outcome.best_model_dir = export_checkpoint(
             outcome.best,
             experiment_dir / BEST_MODEL_DIR,
             space.metric,
             space.mode,
             force=True,
-            source=store.where(store.fetch(outcome.best.path)),
+            source=store.where(outcome.best.path),
         )
         store.push(outcome.best_model_dir)
         outcome.best_model_location = store.where(outcome.best_model_dir)

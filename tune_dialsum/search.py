@@ -153,7 +153,7 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
 
     store = ExperimentStore.of(space.storage_path, space.name)
     if resume:
-        store.pull(checkpoint_files=(), keep_local=(OPTUNA_DB,))
+        store.pull(checkpoint_files=())
         snapshot = store.local / SPACE_SNAPSHOT
         if not snapshot.is_file():
             raise UsageError(f"--resume: nothing to resume at {store.location}; run without --resume to start it")

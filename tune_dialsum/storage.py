@@ -198,10 +198,11 @@ class ExperimentStore:
             return sum(f.stat().st_size for f in self.local.rglob("*") if f.is_file())
         return sum(info.size for info in self._listing())
 
-    def pull(self, checkpoint_files: Iterable[str], keep_local: Iterable[str] = ()) -> Path:
+    def pull(self, checkpoint_files: Iterable[str], keep_local: Iterable[str] = (OPTUNA_DB,)) -> Path:
         """Bring the mirror up to date: every file but those inside checkpoints not named in ``checkpoint_files``.
 
-        Files named in ``keep_local`` (relative paths) are fetched only when the mirror has none:
+        Files named in ``keep_local`` (relative paths; by default the Optuna study) are fetched only
+        when the mirror has none:
         this machine writes them, so its copy is the newer one. Mirror files the store no longer
         has (checkpoints Ray or a trim removed) are removed.
         """
