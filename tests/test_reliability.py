@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -11,9 +12,11 @@ import time
 from pathlib import Path
 
 import optuna
+import pyarrow.fs as pafs
 import pytest
 
 from tests.conftest import REPO, tiny_search_command, trial_results
+from tune_dialsum.storage import ExperimentStore, download, filesystem, join
 
 pytestmark = pytest.mark.slow
 FAULTS = Path(__file__).resolve().parent / "faults"
@@ -87,24 +90,38 @@ def test_no_trial_finishing_is_exit_1_and_nothing_exported(tmp_path):
     assert "Traceback" not in completed.stderr.splitlines()[-1]
 
 
-def test_ctrl_c_stops_within_seconds_and_resume_finishes(tmp_path):
-    command = tiny_search_command(tmp_path, "interrupted", "trials.num_samples=4", "scheduler.max_budget=300")
+def _reports_written(experiment: str) -> bool:
+    """Whether any trial of the experiment (a directory or a URI) has reported yet."""
+    fs, path = filesystem(experiment)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
+    return any(info.base_name == "result.json" and info.size for info in infos)
+
+
+@pytest.mark.parametrize("kept_in", ["directory", "bucket"])
+def test_ctrl_c_stops_within_seconds_and_resume_finishes(kept_in, tmp_path, request):
+    storage = str(tmp_path) if kept_in == "directory" else request.getfixturevalue("s3_storage")
+    command = tiny_search_command(storage, "interrupted", "trials.num_samples=4", "scheduler.max_budget=300")
     driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    experiment = tmp_path / "interrupted"
+    store = ExperimentStore(join(storage, "interrupted"))
     deadline = time.time() + 300
-    while time.time() < deadline and not any(trial_results(experiment).values() if experiment.exists() else []):
+    while time.time() < deadline and not _reports_written(store.location):
         time.sleep(1)
     driver.send_signal(signal.SIGINT)
     start = time.time()
     out, err = driver.communicate(timeout=120)
     assert time.time() - start < 60
     assert driver.returncode == 130, out[-2000:] + err[-2000:]
-    assert "--resume" in err and "Traceback" not in err
-    resumed = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in err
+    # The command the driver prints, as a shell would split it (a URI's query holds '&').
+    resume = shlex.split(err.strip().splitlines()[-1].partition("continue with: ")[2])
+    assert resume[:3] == ["python", "-m", "tune_dialsum"] and "--resume" in resume
+    resumed = subprocess.run([sys.executable, *resume[1:]], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    results = trial_results(experiment)
+    results = trial_results(download(store.location, tmp_path / "copy") if store.remote else store.local)
     assert len(results) == 4 and all(rows and rows[-1].get("done") for rows in results.values())
-    study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    # the study: in the experiment directory, or uploaded to the bucket when the trials ended
+    study_file = (tmp_path / "copy" if store.remote else store.local) / "optuna.db"
+    study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{study_file}")
     assert len([t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]) == 4
 
 

@@ -74,11 +74,14 @@ def test_pull_mirrors_everything_but_checkpoint_weights(remote_experiment):
     assert store.where(local / "trial_a") == join(store.location, "trial_a")
 
 
-def test_pull_refreshes_reports_keeps_the_drivers_study_and_drops_what_the_store_lost(remote_experiment):
+def test_pull_refreshes_reports_drops_what_the_store_lost_and_keeps_what_was_written_here(remote_experiment):
     store = remote_experiment
     local = store.pull(CHECKPOINT_METADATA)
     (local / OPTUNA_DB).write_bytes(b"newer study, written on this machine")
     (local / f"{OPTUNA_DB}-journal").write_bytes(b"a transaction in progress")
+    (local / ".best_model.partial-1").mkdir()  # an export under way on this machine
+    (local / "report").mkdir()
+    (local / "report" / "index.html").write_text("written here, not pushed yet")
     _write(store.fs, f"{store.path}/trial_a/result.json", b'{"step": 100}\n{"step": 200}\n')
     time.sleep(1.1)  # S3 keeps modification times in seconds
     _write(store.fs, f"{store.path}/space.yaml", b"name: omed\n")  # rewritten, same size
@@ -88,6 +91,7 @@ def test_pull_refreshes_reports_keeps_the_drivers_study_and_drops_what_the_store
     assert (local / "space.yaml").read_text() == "name: omed\n"
     assert (local / OPTUNA_DB).read_bytes() == b"newer study, written on this machine"
     assert (local / f"{OPTUNA_DB}-journal").is_file()
+    assert (local / ".best_model.partial-1").is_dir() and (local / "report" / "index.html").is_file()
     assert not (local / "trial_a/checkpoint_000000").exists()
 
 

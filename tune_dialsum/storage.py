@@ -129,12 +129,6 @@ def upload(local_path: Path, location: str) -> None:
         pafs.copy_files(str(local_path), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
-def _kept(relative: str, keep_local: tuple[str, ...]) -> bool:
-    """Whether a mirror file is one this machine writes: named in ``keep_local``, or SQLite's
-    -journal/-wal file beside such a database (removing one mid-transaction would corrupt it)."""
-    return any(relative == name or relative.startswith(f"{name}-") for name in keep_local)
-
-
 def mirror_root() -> Path:
     from tune_dialsum.models import cache_dir
 
@@ -202,15 +196,18 @@ class ExperimentStore:
         """Bring the mirror up to date: every file but those inside checkpoints not named in ``checkpoint_files``.
 
         Files named in ``keep_local`` (relative paths; by default the Optuna study) are fetched only
-        when the mirror has none:
-        this machine writes them, so its copy is the newer one. Mirror files the store no longer
-        has (checkpoints Ray or a trim removed) are removed.
+        when the mirror has none: this machine writes them, so its copy is the newer one. What an
+        earlier pull or fetch brought and the store no longer has (checkpoints Ray or a trim
+        removed) is removed; what was written here and not pushed yet (by a search on this
+        machine, while ``analyze`` pulls) is left alone.
         """
         if not self.remote:
             return self.local
-        wanted, keep_local = set(checkpoint_files), tuple(keep_local)
+        wanted, keep_local = set(checkpoint_files), set(keep_local)
         self.local.mkdir(parents=True, exist_ok=True)
-        remote_files = set()
+        manifest = self.local.with_name(f"{self.local.name}.pulled")  # what the last pull brought, beside the mirror
+        pulled_before = set(manifest.read_text().splitlines()) if manifest.is_file() else set()
+        remote_files, pulled = set(), set()
         for info in self._listing():
             relative = info.path[len(self.path) :].lstrip("/")
             remote_files.add(relative)
@@ -219,11 +216,11 @@ class ExperimentStore:
             if in_checkpoint and parts[-1] not in wanted:
                 continue  # weights and optimizer state: fetched only for the checkpoint exported
             target = self.local / relative
+            if target.is_file() and relative in keep_local:
+                continue
+            pulled.add(relative)
             modified = info.mtime.timestamp() if info.mtime else None
-            if target.is_file() and (
-                _kept(relative, keep_local)
-                or (target.stat().st_size == info.size and modified in (None, target.stat().st_mtime))
-            ):
+            if target.is_file() and target.stat().st_size == info.size and modified in (None, target.stat().st_mtime):
                 continue  # unchanged since the last pull
             target.parent.mkdir(parents=True, exist_ok=True)
             with _failing_in_one_line(self.location, "read"):
@@ -231,12 +228,18 @@ class ExperimentStore:
                     shutil.copyfileobj(source, out)
             if modified is not None:
                 os.utime(target, (modified, modified))
-        for path in sorted(self.local.rglob("*"), reverse=True):  # children before their directories
-            relative = path.relative_to(self.local).as_posix()
-            if path.is_file() and relative not in remote_files and not _kept(relative, keep_local):
-                path.unlink()
-            elif path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
+        # Checkpoint directories are only ever written by pulls and fetches, so all of them are ours to tidy.
+        ours = pulled_before | {
+            p.relative_to(self.local).as_posix() for p in self.local.glob(f"*/{CHECKPOINT_PREFIX}*/*") if p.is_file()
+        }
+        for relative in sorted(ours - remote_files - keep_local):
+            gone = self.local / relative
+            gone.unlink(missing_ok=True)
+            for parent in gone.parents:  # and the directories that leaves empty
+                if parent == self.local or not parent.is_dir() or any(parent.iterdir()):
+                    break
+                parent.rmdir()
+        manifest.write_text("".join(f"{relative}\n" for relative in sorted(pulled)))
         return self.local
 
     def fetch(self, local_dir: Path) -> Path:
