@@ -26,11 +26,9 @@ from tune_dialsum.outcome import BEST_MODEL_DIR, SearchOutcome, format_summary, 
 from tune_dialsum.searcher import make_sampler, pruned_aware_optuna_search_class
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.storage import OPTUNA_DB, SPACE_SNAPSHOT, ExperimentStore, download, is_uri
-from tune_dialsum.trainable import NODE_LOCAL, ExperimentSettings, train_dialsum
+from tune_dialsum.trainable import NODE_LOCAL, TOKENIZED_CACHE, ExperimentSettings, train_dialsum
 
 logger = logging.getLogger(__name__)
-
-TOKENIZED_CACHE = "tokenized"
 
 
 def experiment_settings(space: SearchSpace, store: ExperimentStore | None = None) -> ExperimentSettings:

@@ -23,6 +23,7 @@ from tune_dialsum.train import RECIPE_FILE, DialogueSummarizationTrainer
 TRIAL_CONFIG_FILE = "trial_config.json"
 # ExperimentSettings.cache_dir for experiments kept at a URI: each node caches under its own tune_dialsum cache.
 NODE_LOCAL = "node-local"
+TOKENIZED_CACHE = "tokenized"  # the cache's directory, in the experiment or in a node's tune_dialsum cache
 # Scores copied from the transformers evaluation into every Tune report, minus "eval_".
 REPORTED_SCORES = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len", "loss")
 
@@ -110,7 +111,7 @@ def _prepared_datasets(trainer: DialogueSummarizationTrainer, settings: Experime
     if settings.cache_dir == NODE_LOCAL:
         from tune_dialsum.models import cache_dir
 
-        path = cache_dir() / "tokenized" / key
+        path = cache_dir() / TOKENIZED_CACHE / key
     else:
         path = Path(settings.cache_dir) / key
     path.parent.mkdir(parents=True, exist_ok=True)
