@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -9,19 +10,33 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_directory(out_dir: Path) -> Iterator[Path]:
-    """Yield a staging directory beside ``out_dir``; fill it, and it replaces ``out_dir`` in one rename.
+    """Yield a staging directory beside ``out_dir``; fill it, and it replaces ``out_dir`` by renames.
 
-    If the block raises, the staging directory is removed and ``out_dir`` is left as it was, so
-    a failed write never leaves a half-written directory behind.
+    If the block raises, the staging directory is removed and ``out_dir`` is left as it was, so a
+    failed write never leaves a half-written directory behind. An existing ``out_dir`` is renamed
+    aside before the new one takes its name and removed only after: a crash in between leaves the
+    old copy under ``.NAME.old-*``, never no copy at all. The directory gets the permissions the
+    umask gives a new directory (``mkdtemp`` alone would make it private to its owner).
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    aside = None
     try:
         yield staging
+        staging.chmod(0o777 & ~_umask())
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            aside = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            out_dir.rename(aside / out_dir.name)
         staging.rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if aside is not None and out_dir.exists():
+            shutil.rmtree(aside, ignore_errors=True)

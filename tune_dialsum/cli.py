@@ -28,22 +28,20 @@ def _cmd_tiny_model(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from tune_dialsum.data import DialogueDataLoader
+    from tune_dialsum.data import DialogueDataLoader, training_splits
     from tune_dialsum.train import DialogueSummarizationTrainer
 
-    train_df, val_df, test_df = DialogueDataLoader(args.data).load_train_test_data(with_validation=True)
-    if args.max_train_samples:
-        train_df = train_df.head(args.max_train_samples)
-    if val_df is not None and args.max_eval_samples:
-        val_df = val_df.head(args.max_eval_samples)
+    splits = DialogueDataLoader(args.data).load_splits()
+    train_df, val_df = training_splits(splits, args.val_split, args.seed, args.max_train_samples, args.max_eval_samples)
     trainer = DialogueSummarizationTrainer(
         model_name=args.model,
         output_dir=args.output_dir,
         max_input_length=args.max_input_length,
         max_target_length=args.max_target_length,
         dialogue_format=args.dialogue_format,
+        data_dir=args.data,
     )
-    dataset_dict = trainer.load_and_prepare_data(train_df, val_df=val_df, val_split=args.val_split)
+    dataset_dict = trainer.load_and_prepare_data(train_df, val_df=val_df)
     training_args = trainer.get_training_arguments(
         learning_rate=args.learning_rate,
         num_train_epochs=args.epochs,
@@ -65,47 +63,87 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_search(args) -> int:
-    from tune_dialsum.search import format_summary, run_search
+    from tune_dialsum.cluster import keep_on_loopback
+
+    keep_on_loopback(args.address)  # before anything can import ray
+    from tune_dialsum.search import format_summary, resume_search, run_search
     from tune_dialsum.space import load_space
     from tune_dialsum.storage import split
 
-    overrides = list(args.set)
-    for flag, key in (
-        ("num_samples", "trials.num_samples"),
-        ("max_concurrent", "trials.max_concurrent"),
-        ("gpus_per_trial", "resources.gpus_per_trial"),
-        ("cpus_per_trial", "resources.cpus_per_trial"),
-        ("storage_path", "storage_path"),
-        ("name", "name"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    space = load_space(args.space, overrides)
-    outcome = run_search(space, resume=args.resume, address=args.address)
+    if args.resume:
+        name, storage_path = _experiment_to_resume(args)
+        outcome = resume_search(name, storage_path, address=args.address, num_samples=args.num_samples)
+    else:
+        if not args.space:
+            raise UsageError("search: --space is required (or --resume --name NAME to continue an experiment)")
+        overrides = list(args.set)
+        for flag, key in _FLAG_SETTINGS:
+            value = getattr(args, flag)
+            if value is not None:
+                overrides.append(f"{key}={value}")
+        space = load_space(args.space, overrides)
+        name = space.name
+        outcome = run_search(space, address=args.address)
     print(format_summary(outcome))
     if outcome.unfinished:
-        resume = (
-            f"python -m tune_dialsum search --space {shlex.quote(args.space)} --name {shlex.quote(space.name)} "
-            f"--storage-path {shlex.quote(split(outcome.location)[0])} --resume"
-        )
+        resume = ["python", "-m", "tune_dialsum", "search", "--resume", "--name", name]
+        resume += ["--storage-path", split(outcome.location)[0]]
+        resume += ["--address", args.address] if args.address else []
         print(
-            f"{outcome.unfinished} trials did not finish (interrupted or out of time); continue with: {resume}",
+            f"{outcome.unfinished} trials did not finish (interrupted or out of time); "
+            f"continue with: {shlex.join(resume)}",
             file=sys.stderr,
         )
         return 130
     return 0
 
 
+# search flags that set a key of the space
+_FLAG_SETTINGS = (
+    ("num_samples", "trials.num_samples"),
+    ("max_concurrent", "trials.max_concurrent"),
+    ("gpus_per_trial", "resources.gpus_per_trial"),
+    ("cpus_per_trial", "resources.cpus_per_trial"),
+    ("storage_path", "storage_path"),
+    ("name", "name"),
+)
+
+
+def _experiment_to_resume(args) -> tuple[str, str]:
+    """(name, storage path) of the experiment ``--resume`` continues; refuses what resuming cannot honour."""
+    from tune_dialsum.space import load_space
+
+    refused = [f"--set {args.set[0]}"] if args.set else []
+    refused += [
+        f"--{flag.replace('_', '-')}"
+        for flag in ("max_concurrent", "gpus_per_trial", "cpus_per_trial")
+        if getattr(args, flag) is not None
+    ]
+    if refused:
+        raise UsageError(
+            f"--resume continues an experiment with the settings it started with, so {refused[0]} cannot apply; "
+            "leave it out (only --num-samples may grow), or start a new experiment under another --name"
+        )
+    space = load_space(args.space) if args.space else None
+    name = args.name or (space.name if space else None)
+    if not name:
+        raise UsageError("--resume needs the experiment: --name NAME (and --storage-path if it is not ray_results)")
+    return name, args.storage_path or (space.storage_path if space else "ray_results")
+
+
 def _cmd_export(args) -> int:
     from tune_dialsum.analysis import Experiment
-    from tune_dialsum.export import best_checkpoint, export_checkpoint, find_checkpoints
+    from tune_dialsum.export import best_checkpoint, export_checkpoint, find_checkpoints, find_record, score_key
+    from tune_dialsum.selection import read_selection
     from tune_dialsum.storage import is_uri, reachable, upload
 
     experiment = Experiment.load(args.experiment_dir)
     metric = args.metric or experiment.metric
     mode = experiment.space.mode if metric == experiment.metric else ("min" if metric == "eval_loss" else "max")
-    record = best_checkpoint(find_checkpoints(experiment.path), metric, mode, trial_id=args.trial)
+    records = find_checkpoints(experiment.path)
+    chosen = read_selection(experiment.path) if metric == experiment.metric and not args.trial else None
+    record = find_record(records, chosen["chosen"]["trial_id"], chosen["chosen"]["step"]) if chosen else None
+    record = record or best_checkpoint(records, metric, mode, trial_id=args.trial)
     experiment.store.fetch(record.path)  # the mirror of a URI holds no weights until now
     source = experiment.store.where(record.path)
     if not is_uri(args.out):
@@ -117,7 +155,8 @@ def _cmd_export(args) -> int:
             upload(export_checkpoint(record, Path(scratch) / "model", metric, mode, source=source), args.out)
         out = args.out
     print(
-        f"exported trial {record.trial_id} at step {record.step} ({metric}={record.scores.get(metric, float('nan')):.4f}) to {out}"
+        f"exported trial {record.trial_id} at step {record.step} "
+        f"({metric}={record.scores.get(score_key(metric), float('nan')):.4f}) to {out}"
     )
     return 0
 
@@ -248,9 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_cmd_train)
 
     search = commands.add_parser("search", help="run a hyperparameter search described by a space file")
-    search.add_argument("--space", required=True, help="YAML search space, e.g. search_spaces/tiny.yaml")
+    search.add_argument("--space", default=None, help="YAML search space, e.g. search_spaces/tiny.yaml")
     search.add_argument("--name", default=None, help="experiment name (default: the space's)")
-    search.add_argument("--num-samples", type=_positive_int, default=None, help="number of trials")
+    search.add_argument(
+        "--num-samples", type=_positive_int, default=None, help="number of trials (with --resume: raise it to add more)"
+    )
     search.add_argument("--max-concurrent", type=_positive_int, default=None, help="trials running at once")
     search.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial; fractions share a GPU")
     search.add_argument("--cpus-per-trial", type=float, default=None)
@@ -261,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where experiments are kept: a directory every node shares, or a URI such as s3://bucket/path "
         "(default: ray_results)",
     )
-    search.add_argument("--resume", action="store_true", help="continue the experiment of this name")
+    search.add_argument(
+        "--resume", action="store_true", help="continue the experiment --name (in --storage-path) with its own space"
+    )
     search.add_argument(
         "--set",
         action="append",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 
 from tune_dialsum import storage
@@ -26,14 +27,35 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+# On Linux a local Ray binds the machine's network address (and every interface) unless this is 0.
+LOOPBACK_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _joins_loopback(address: str | None) -> bool:
+    return not address or address.removeprefix("ray://").startswith(("127.0.0.1:", "localhost:"))
+
+
+def keep_on_loopback(address: str | None) -> None:
+    """Keep a local Ray, and a driver joining a loopback cluster, on 127.0.0.1.
+
+    Call it before anything imports ray: Ray reads the variable once, at import, and libraries
+    import it on their own (transformers looks for Ray Tune while the model is loaded). Where ray
+    was imported already, the constant it read is set too. A user who set the variable keeps it.
+    """
+    if not _joins_loopback(address):
+        return
+    # (a driver joining a loopback cluster needs it too, or it looks for the cluster at this
+    # machine's network address)
+    os.environ.setdefault(LOOPBACK_VARIABLE, "0")
+    if "ray" in sys.modules and os.environ[LOOPBACK_VARIABLE] == "0":
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def start_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray on loopback; True if this call started it."""
-    # On Linux, a local Ray binds the machine's address unless this is 0: keep it on 127.0.0.1.
-    # Ray reads it once, when it is first imported, so it is set before that.
-    if not address or address.removeprefix("ray://").startswith(("127.0.0.1:", "localhost:")):
-        # (a driver joining a loopback cluster needs it too, or it looks for the cluster at this
-        # machine's network address)
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    keep_on_loopback(address)
     import ray
 
     if ray.is_initialized():

@@ -43,6 +43,15 @@ class CheckpointRecord:
     step: int
     scores: dict[str, float]
     snapshot: dict  # the trial_config.json written by the trainable
+    epoch: float = 0.0
+
+    def budget(self, unit: str) -> float:
+        """How far the trial had trained at this checkpoint, in the search's budget unit."""
+        if unit == "epochs":
+            return round(self.epoch, 2)
+        if unit == "samples":
+            return self.step * int(self.snapshot.get("samples_per_step") or 1)
+        return self.step
 
 
 def read_checkpoint(path: Path) -> CheckpointRecord | None:
@@ -57,7 +66,9 @@ def read_checkpoint(path: Path) -> CheckpointRecord | None:
     if not evaluations:
         return None
     scores = {k: evaluations[-1][f"eval_{k}"] for k in SCORE_KEYS if f"eval_{k}" in evaluations[-1]}
-    return CheckpointRecord(path, snapshot.get("trial_id", path.parent.name), step, scores, snapshot)
+    return CheckpointRecord(
+        path, snapshot.get("trial_id", path.parent.name), step, scores, snapshot, float(state.get("epoch") or 0.0)
+    )
 
 
 def find_checkpoints(experiment_dir: str | Path) -> list[CheckpointRecord]:
@@ -69,8 +80,26 @@ def find_checkpoints(experiment_dir: str | Path) -> list[CheckpointRecord]:
     return [r for r in records if r is not None]
 
 
+def score_key(metric: str) -> str:
+    """Where ``metric`` is found in a checkpoint's scores (``eval_loss`` is kept as ``loss``)."""
+    return "loss" if metric == "eval_loss" else metric
+
+
+def trial_decoding(config: dict) -> dict:
+    """The ``generate()`` settings a trial was scored with during training."""
+    decoding = {"num_beams": int(config.get("generation_num_beams") or 1)}
+    max_length = config.get("generation_max_length") or config.get("max_target_length")
+    if max_length:
+        decoding["max_length"] = int(max_length)
+    return decoding
+
+
+def find_record(records: list[CheckpointRecord], trial_id: str, step: int) -> CheckpointRecord | None:
+    return next((r for r in records if r.trial_id == trial_id and r.step == step), None)
+
+
 def best_checkpoint(records: list[CheckpointRecord], metric: str, mode: str, trial_id: str | None = None):
-    key = "loss" if metric == "eval_loss" else metric
+    key = score_key(metric)
     candidates = [
         r
         for r in records
@@ -94,20 +123,33 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
+def _score_table(scores: dict) -> str:
+    rows = "\n".join(f"| {k} | {scores[k]:.4f} |" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum") if k in scores)
+    return f"| metric | value |\n|---|---|\n{rows}"
+
+
 def _model_card(tuning: dict) -> str:
-    scores = "\n".join(f"| {k} | {v:.4f} |" for k, v in tuning["scores"].items())
     settings = "\n".join(f"| {k} | {v} |" for k, v in sorted(tuning["config"].items()))
+    test, full = tuning.get("test"), tuning.get("full_validation")
+    sections = []
+    if test:
+        sections.append(f"## Test scores ({test['examples']} examples, never used to choose)\n\n{_score_table(test)}")
+    if full:
+        sections.append(
+            f"## Validation scores, used for selection (all {full['examples']} examples)\n\n{_score_table(full)}"
+        )
+    sections.append(
+        f"## Validation scores during the search, used for ranking ({tuning['fidelity']})\n\n"
+        + _score_table(tuning["scores"])
+    )
+    body = "\n\n".join(sections)
     return f"""# {tuning["experiment"]}: best model
 
-Fine-tuned by tune_dialsum: trial `{tuning["trial_id"]}`, step {tuning["step"]}, chosen by `{tuning["metric"]}` ({tuning["mode"]}).
+Fine-tuned by tune_dialsum: trial `{tuning["trial_id"]}`, step {tuning["step"]}, chosen by `{tuning["metric"]}` ({tuning["mode"]}){" on the whole validation split among the best checkpoints on the subset" if full else ""}.
 Inputs are written in the `{tuning["recipe"]["dialogue_format"]}` dialogue format with the prefix
 `{tuning["recipe"]["prefix"]!r}`; `python -m tune_dialsum summarize --model DIR` applies both.
 
-## Scores (validation, {tuning["fidelity"]})
-
-| metric | value |
-|---|---|
-{scores}
+{body}
 
 ## Settings
 
@@ -115,6 +157,15 @@ Inputs are written in the `{tuning["recipe"]["dialogue_format"]}` dialogue forma
 |---|---|
 {settings}
 """
+
+
+def record_scores(model_dir: Path, **scores: dict | None) -> None:
+    """Add scores measured after export (``full_validation=``, ``test=``, ``selection=``) to tuning.json and the card."""
+    tuning_file = model_dir / TUNING_FILE
+    tuning = json.loads(tuning_file.read_text())
+    tuning.update({name: value for name, value in scores.items() if value is not None})
+    tuning_file.write_text(json.dumps(tuning, indent=2, default=str))
+    (model_dir / "README.md").write_text(_model_card(tuning))
 
 
 def export_checkpoint(
@@ -166,7 +217,7 @@ def fidelity(snapshot: dict) -> str:
 
 
 def _set_generation_defaults(model_dir: Path, config: dict) -> None:
-    """Decode with the settings the trial was scored with (pipeline() and generate() read these)."""
+    """Decode with the settings the trial was scored with (generate() reads these)."""
     from transformers import GenerationConfig
 
     generation = (
@@ -174,8 +225,6 @@ def _set_generation_defaults(model_dir: Path, config: dict) -> None:
         if (model_dir / "generation_config.json").exists()
         else GenerationConfig()
     )
-    generation.num_beams = int(config.get("generation_num_beams", generation.num_beams or 1))
-    max_length = config.get("generation_max_length") or config.get("max_target_length")
-    if max_length:
-        generation.max_length = int(max_length)
+    for name, value in trial_decoding(config).items():
+        setattr(generation, name, value)
     generation.save_pretrained(model_dir)

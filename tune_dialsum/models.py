@@ -14,6 +14,7 @@ saved with ``save_pretrained``: they load through exactly the same code path as
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import socket
@@ -57,12 +58,32 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TUNE_DIALSUM_CACHE", Path.home() / ".cache" / "tune_dialsum"))
 
 
-def resolve_model_path(name: str) -> str:
-    """Map ``tiny:FAMILY`` to its cached directory (building it if absent); return other names as is."""
+def resolve_model_path(name: str, data_dir: str | None = None) -> str:
+    """Map ``tiny:FAMILY`` to its cached directory (building it if absent); return other names as is.
+
+    A tiny model's tokenizer is learnt from the train split of ``data_dir``, so there is one tiny
+    model per family and per version of that data (see :func:`tiny_model_dir`).
+    """
     if name.startswith(TINY_PREFIX):
         family = name[len(TINY_PREFIX) :]
-        return str(ensure_tiny_model(family, cache_dir() / "tiny_models" / family))
+        return str(ensure_tiny_model(family, tiny_model_dir(family, data_dir), data_dir))
     return name
+
+
+def tiny_model_dir(family: str, data_dir: str | None) -> Path:
+    """Where ``tiny:FAMILY`` for ``data_dir`` is cached: keyed by the train split's fingerprint."""
+    from tune_dialsum.data import DialogueDataLoader
+
+    key = "synthetic" if data_dir is None else DialogueDataLoader(data_dir).fingerprint(("train",))
+    return cache_dir() / "tiny_models" / f"{family}-{key}"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of everything that decides how ``tokenizer`` splits text into ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    text += json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def family_of(name_or_path: str) -> ModelFamily:
@@ -133,12 +154,15 @@ def _in_hub_cache(name: str) -> bool:
         return False
 
 
-def load_model_and_tokenizer(name: str, trust_remote_code: bool = False):
-    """Load a seq2seq model and its tokenizer by hub name, local path or ``tiny:FAMILY``."""
+def load_model_and_tokenizer(name: str, trust_remote_code: bool = False, data_dir: str | None = None):
+    """Load a seq2seq model and its tokenizer by hub name, local path or ``tiny:FAMILY``.
+
+    ``data_dir`` matters for ``tiny:FAMILY`` only: the data whose train split its tokenizer learns.
+    """
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     check_model_available(name)
-    path = resolve_model_path(name)
+    path = resolve_model_path(name, data_dir)
     offline = not Path(path).expanduser().exists() and not hub_reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=offline)
@@ -231,10 +255,11 @@ def tiny_config(family: str, tokenizer):
 
 
 def _tokenizer_texts(data_dir: str | None):
+    """Train-split text only: a tokenizer that learnt validation or test text would leak them."""
     from tune_dialsum.data import DialogueDataLoader, format_dialogue
     from tune_dialsum.data.synthetic import generate_dialogues
 
-    if data_dir is None:
+    if data_dir is None:  # the trainer API with no data named: the project's own generator
         frame = generate_dialogues(2000, seed=0)
     else:
         frame = DialogueDataLoader(data_dir).load_splits()["train"]
@@ -264,8 +289,8 @@ def build_tiny_model(family: str, out_dir: str | Path, data_dir: str | None = No
     return out_dir
 
 
-def ensure_tiny_model(family: str, out_dir: Path) -> Path:
-    """The tiny model at ``out_dir``, built first if it is not there yet."""
+def ensure_tiny_model(family: str, out_dir: Path, data_dir: str | None = None) -> Path:
+    """The tiny model at ``out_dir``, built first (its tokenizer from ``data_dir``) if it is not there yet."""
     if (out_dir / "config.json").is_file():
         return out_dir
-    return build_tiny_model(family, out_dir)
+    return build_tiny_model(family, out_dir, data_dir=data_dir)

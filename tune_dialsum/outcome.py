@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tune_dialsum import selection
 from tune_dialsum.errors import SearchError, one_line
-from tune_dialsum.export import CHECKPOINT_METADATA, best_checkpoint, export_checkpoint, fidelity, find_checkpoints
+from tune_dialsum.export import (
+    CHECKPOINT_METADATA,
+    best_checkpoint,
+    export_checkpoint,
+    fidelity,
+    find_checkpoints,
+    record_scores,
+    score_key,
+)
 from tune_dialsum.space import SearchSpace
 from tune_dialsum.storage import ExperimentStore
-from tune_dialsum.trainable import ExperimentSettings
+from tune_dialsum.trainable import TRIAL_DIR_PREFIX, ExperimentSettings
 
 logger = logging.getLogger(__name__)
 
 BEST_MODEL_DIR = "best_model"
+# Training state a trial needs only to go on training; a trial that has ended needs none of it.
+OPTIMIZER_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt")
 
 
 @dataclass
@@ -40,9 +52,13 @@ class SearchOutcome:
     best: object | None = None  # export.CheckpointRecord
     best_model_dir: Path | None = None
     best_model_location: str | None = None  # best_model_dir in the store (the same path for a directory)
-    full_validation: dict | None = None  # the best model re-scored on every validation example
+    full_validation: dict | None = None  # the exported model on every validation example (used to choose it)
+    test: dict | None = None  # the exported model on the test split (not used to choose it)
+    candidates: list = field(default_factory=list)  # selection.Candidate: the checkpoints re-scored
     unfinished: int = 0  # trials left pending or running: the search was interrupted or ran out of time
-    disk_bytes: int = 0
+    at_once: int | None = None  # how many trials the cluster had room to run at once
+    disk_bytes: int = 0  # the experiment
+    scratch_bytes: int | None = None  # left in Ray's session directory on this machine (None: not known here)
 
     @property
     def stopped(self) -> list[TrialSummary]:
@@ -58,45 +74,40 @@ class SearchOutcome:
 
 
 def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore) -> SearchOutcome:
-    """Classify every trial, export the best checkpoint over all trials and reports, trim stopped trials."""
+    """Classify every trial, export the best model (see :func:`_choose_and_export`), trim ended trials.
+
+    ``results`` are this run's; trials of earlier runs of the experiment (a search continued with
+    more trials) are read from their directories.
+    """
     experiment_dir = store.pull(CHECKPOINT_METADATA)
     outcome = SearchOutcome(
         store.location, experiment_dir, space.metric, space.mode, settings.max_budget, settings.budget_unit
     )
     for result in results:
-        metrics = result.metrics or {}
-        used = float(metrics.get(settings.time_attr, 0) or 0)
-        if result.error is not None:
-            status, error = "ERROR", one_line(result.error)
-        elif not metrics.get("done"):
-            status, error = "UNFINISHED", None
-        else:
-            status, error = ("STOPPED" if used < settings.max_budget else "TERMINATED"), None
-        scores = [
-            m[space.metric]
-            for m in (result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else [])
-            if space.metric in m and not math.isnan(m[space.metric])
-        ]
-        best = (max if space.mode == "max" else min)(scores) if scores else None
-        outcome.trials.append(TrialSummary(metrics.get("trial_id", "?"), status, used, best, result.config, error))
-    set_aside_orphans(store, {t.trial_id for t in outcome.trials})
+        rows = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+        error = one_line(result.error) if result.error is not None else None
+        last = result.metrics or {}
+        outcome.trials.append(_classify(last.get("trial_id", "?"), rows, last, result.config, error, space, settings))
+    ran_now = {t.trial_id for t in outcome.trials}
+    recorded = recorded_trial_ids(experiment_dir)
+    for trial_dir in sorted(experiment_dir.glob(f"{TRIAL_DIR_PREFIX}*")):
+        trial_id = trial_dir.name.removeprefix(TRIAL_DIR_PREFIX)
+        if trial_id not in ran_now and trial_id in recorded:
+            outcome.trials.append(_classify_from_disk(trial_dir, trial_id, space, settings))
+    set_aside_orphans(store, {t.trial_id for t in outcome.trials} | recorded)
     outcome.unfinished = sum(t.status == "UNFINISHED" for t in outcome.trials)
     outcome.unfinished += max(0, space.trials["num_samples"] - len(outcome.trials))
     records = find_checkpoints(experiment_dir)
     if records:
-        outcome.best = best_checkpoint(records, space.metric, space.mode)
-        store.fetch(outcome.best.path)  # the mirror of a URI holds no weights until now
-        outcome.best_model_dir = export_checkpoint(
-            outcome.best,
-            experiment_dir / BEST_MODEL_DIR,
-            space.metric,
-            space.mode,
-            force=True,
-            source=store.where(outcome.best.path),
+        _choose_and_export(outcome, records, space, settings, store)
+        trim_ended_trials(
+            store,
+            records,
+            stopped={t.trial_id for t in outcome.stopped},
+            finished={t.trial_id for t in outcome.trials if t.status == "TERMINATED"},
+            metric=space.metric,
+            mode=space.mode,
         )
-        store.push(outcome.best_model_dir)
-        outcome.best_model_location = store.where(outcome.best_model_dir)
-        trim_stopped_trials(store, records, {t.trial_id for t in outcome.stopped}, space.metric, space.mode)
     elif not outcome.unfinished:
         reasons = "; ".join(f"{t.trial_id}: {t.error}" for t in outcome.failed[:3])
         raise SearchError(
@@ -107,6 +118,77 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: 
     return outcome
 
 
+def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, settings: ExperimentSettings, store):
+    """Re-score the best checkpoints on all of validation, export the best of those, score it on test.
+
+    An interrupted search exports its best checkpoint by the subset score at once, and says so: the
+    re-scoring waits for the search to be resumed and finished.
+    """
+    experiment_dir = outcome.experiment_dir
+    chosen = best_checkpoint(records, space.metric, space.mode)
+    rescoring = settings.max_eval_samples is not None and not outcome.unfinished
+    if rescoring:
+        top = selection.top_by_subset(records, space.metric, space.mode, space.top_k)
+        outcome.candidates = selection.rescore(top, [store.where(r.path) for r in top], settings, space.resources)
+        best = selection.choose(outcome.candidates, space.metric, space.mode)
+        chosen, outcome.full_validation = best.record, best.full
+        store.push(selection.write_selection(experiment_dir, best, outcome.candidates, space.metric, space.mode))
+    outcome.best = chosen
+    store.fetch(chosen.path)  # the mirror of a URI holds no weights until now
+    outcome.best_model_dir = export_checkpoint(
+        chosen, experiment_dir / BEST_MODEL_DIR, space.metric, space.mode, force=True, source=store.where(chosen.path)
+    )
+    if rescoring:
+        record_scores(
+            outcome.best_model_dir,
+            full_validation=outcome.full_validation,
+            selection=[c.as_dict(space.metric) for c in outcome.candidates],
+        )
+    store.push(outcome.best_model_dir)
+    outcome.best_model_location = store.where(outcome.best_model_dir)
+    if rescoring:
+        outcome.test = selection.score_on_test(outcome.best_model_location, settings, space.resources)
+        if outcome.test is not None:
+            record_scores(outcome.best_model_dir, test=outcome.test)
+            store.push(outcome.best_model_dir)
+
+
+def _classify(trial_id: str, rows: list[dict], last: dict, config: dict, error: str | None, space, settings):
+    used = float(last.get(settings.time_attr, 0) or 0)
+    if last.get("done"):
+        status, error = ("STOPPED" if used < settings.max_budget else "TERMINATED"), None
+    elif error is not None:
+        status = "ERROR"
+    else:
+        status = "UNFINISHED"
+    scores = [r[space.metric] for r in rows if space.metric in r and not math.isnan(r[space.metric])]
+    best = (max if space.mode == "max" else min)(scores) if scores else None
+    return TrialSummary(trial_id, status, used, best, config, error)
+
+
+def _classify_from_disk(trial_dir: Path, trial_id: str, space, settings) -> TrialSummary:
+    from tune_dialsum.analysis import read_reports
+
+    params = trial_dir / "params.json"
+    config = json.loads(params.read_text()) if params.is_file() else {}
+    error_file = trial_dir / "error.txt"
+    error = one_line(RuntimeError(error_file.read_text())) if error_file.is_file() else None
+    rows = read_reports(trial_dir)
+    return _classify(trial_id, rows, rows[-1] if rows else {}, config, error, space, settings)
+
+
+def recorded_trial_ids(experiment_dir: Path) -> set[str]:
+    """Every trial any run of the experiment recorded in its saved state (Ray's experiment_state-*.json)."""
+    ids = set()
+    for state_file in experiment_dir.glob("experiment_state-*.json"):
+        try:
+            trial_data = json.loads(state_file.read_text())["trial_data"]
+            ids |= {json.loads(trial_json)["trial_id"] for trial_json, _ in trial_data}
+        except (OSError, ValueError, KeyError, TypeError):  # a state file being written: its trials are in results
+            continue
+    return ids
+
+
 def set_aside_orphans(store: ExperimentStore, known_ids: set[str]) -> None:
     """Move trial directories the experiment does not know of into ``orphaned/``.
 
@@ -114,52 +196,69 @@ def set_aside_orphans(store: ExperimentStore, known_ids: set[str]) -> None:
     checkpoint) without any record in the saved experiment state; resuming runs a new trial in
     its place. Set aside, the orphan can neither be exported as "best" nor counted twice.
     """
-    for trial_dir in store.local.glob("trial_*"):
-        if trial_dir.name.removeprefix("trial_") not in known_ids:
+    for trial_dir in store.local.glob(f"{TRIAL_DIR_PREFIX}*"):
+        if trial_dir.name.removeprefix(TRIAL_DIR_PREFIX) not in known_ids:
             store.move(trial_dir, store.local / "orphaned" / trial_dir.name)
             logger.warning("set aside %s: the experiment has no record of it (its driver died)", trial_dir.name)
 
 
-def trim_stopped_trials(store: ExperimentStore, records, stopped_ids: set[str], metric: str, mode: str) -> None:
-    """Keep only the best checkpoint of each trial the scheduler stopped, without its optimizer state.
+def trim_ended_trials(store: ExperimentStore, records, stopped: set[str], finished: set[str], metric: str, mode: str):
+    """Drop what trials that ended can never use again.
 
-    A stopped trial never resumes, so its optimizer state is dead weight; its best checkpoint
-    stays so that ``export --trial`` still works.
+    A trial the scheduler stopped keeps only its best checkpoint (so that ``export --trial`` still
+    works); a trial that finished keeps its best ``checkpoints.keep``. Neither will train again, so
+    neither keeps optimizer state: for large models that is two thirds of every checkpoint. Failed
+    and unfinished trials keep theirs: ``--resume`` continues them from it.
     """
     by_trial: dict[str, list] = {}
     for record in records:
-        if record.trial_id in stopped_ids:
+        if record.trial_id in stopped | finished:
             by_trial.setdefault(record.trial_id, []).append(record)
     for trial_id, trial_records in by_trial.items():
-        keep = best_checkpoint(trial_records, metric, mode, trial_id=trial_id)
+        if trial_id in stopped:
+            keep = best_checkpoint(trial_records, metric, mode, trial_id=trial_id)
+            for record in trial_records:
+                if record is not keep:
+                    store.delete(record.path)
+            trial_records = [keep]
         for record in trial_records:
-            if record is not keep:
-                store.delete(record.path)
-        for name in ("optimizer.pt", "scheduler.pt", "scaler.pt"):
-            store.delete(keep.path / name)
+            for name in OPTIMIZER_STATE:
+                store.delete(record.path / name)
+
+
+def _scores(scores: dict) -> str:
+    return ", ".join(f"{k}={scores[k]:.4f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum") if k in scores)
 
 
 def format_summary(outcome: SearchOutcome) -> str:
     unit = outcome.budget_unit
+    at_once = f" ({outcome.at_once} at a time)" if outcome.at_once else ""
     lines = [
         "",
-        f"Search finished: {len(outcome.trials)} trials, {len(outcome.stopped)} stopped early by the "
+        f"Search finished: {len(outcome.trials)} trials{at_once}, {len(outcome.stopped)} stopped early by the "
         f"scheduler, {len(outcome.failed)} failed, {outcome.unfinished} unfinished.",
     ]
     best = outcome.best
     if best is not None:
-        lines += [
-            f"Best trial: {best.trial_id} at {unit[:-1]} {best.step}: "
-            + ", ".join(f"{k}={v:.4f}" for k, v in best.scores.items() if k.startswith("rouge")),
-            "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(best.snapshot.get("config", {}).items())),
-            f"Scores are on {fidelity(best.snapshot)}.",
-        ]
+        where = f"{unit[:-1] if unit != 'samples' else 'training examples'} {best.budget(unit):g}"
+        lines.append(f"Best trial: {best.trial_id} at {where}.")
+        if outcome.test:
+            lines.append(f"Test, {outcome.test['examples']} examples (not used to choose): {_scores(outcome.test)}")
         if outcome.full_validation:
-            full = outcome.full_validation
-            lines.append(
-                f"Best model on all {full['examples']} validation examples ({full['num_beams']} beam(s)): "
-                + ", ".join(f"{k}={full[k]:.4f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"))
+            full, key = outcome.full_validation, score_key(outcome.metric)
+            ranked = ", ".join(
+                f"{c.record.trial_id}@{c.record.budget(unit):g}: {c.full[key]:.4f}" for c in outcome.candidates
             )
+            lines += [
+                f"Validation, all {full['examples']} examples (used to choose among the top {len(outcome.candidates)} "
+                f"by the ranking score: {ranked}): {_scores(full)}",
+            ]
+        lines.append(f"Validation, {fidelity(best.snapshot)} (used by the scheduler to rank): {_scores(best.scores)}")
+        if outcome.unfinished:
+            lines.append(
+                "Chosen by the ranking score only: resume the search to re-score and test the best checkpoints."
+            )
+        lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(best.snapshot.get("config", {}).items())))
     if outcome.stopped:
         full = outcome.max_budget * len(outcome.trials)
         lines.append(
@@ -173,5 +272,8 @@ def format_summary(outcome: SearchOutcome) -> str:
         if outcome.best_model_location != str(outcome.best_model_dir):  # kept at a URI
             line += f" (a copy on this machine: {outcome.best_model_dir})"
         lines.append(line)
-    lines += [f"Experiment: {outcome.location} ({outcome.disk_bytes / 2**20:.1f} MiB stored)"]
+    disk = f"{outcome.disk_bytes / 2**20:.1f} MiB stored"
+    if outcome.scratch_bytes is not None:
+        disk += f"; {outcome.scratch_bytes / 2**20:.1f} MiB left in Ray's session directory"
+    lines += [f"Experiment: {outcome.location} ({disk})"]
     return "\n".join(lines)

@@ -9,24 +9,21 @@ classifies the trials and exports the best model.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-from tune_dialsum.cluster import check_resources, check_shared_paths, start_ray
+from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray
 from tune_dialsum.errors import UsageError
-from tune_dialsum.export import TUNING_FILE
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
 from tune_dialsum.outcome import BEST_MODEL_DIR, SearchOutcome, format_summary, summarize
 from tune_dialsum.searcher import make_sampler, pruned_aware_optuna_search_class
 from tune_dialsum.space import SearchSpace, parse_space
-from tune_dialsum.storage import OPTUNA_DB, SPACE_SNAPSHOT, ExperimentStore, download, is_uri
-from tune_dialsum.trainable import NODE_LOCAL, TOKENIZED_CACHE, ExperimentSettings, train_dialsum
+from tune_dialsum.storage import OPTUNA_DB, SPACE_SNAPSHOT, ExperimentStore
+from tune_dialsum.trainable import NODE_LOCAL, TOKENIZED_CACHE, TRIAL_DIR_PREFIX, ExperimentSettings, train_dialsum
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +50,7 @@ def experiment_settings(space: SearchSpace, store: ExperimentStore | None = None
         seed=space.seed,
         trust_remote_code=space.trust_remote_code,
         cache_dir=cache_dir,
+        experiment_location=store.location if store is not None else None,
     )
 
 
@@ -66,11 +64,11 @@ def preflight(space: SearchSpace, settings: ExperimentSettings) -> None:
     for model in space.models:
         check_model_available(model)
         if model.startswith(TINY_PREFIX):
-            resolve_model_path(model)  # build it once here rather than in every trial at once
+            resolve_model_path(model, settings.data_path)  # built once here, not in every trial at once
 
 
 def _trial_name(trial) -> str:
-    return f"trial_{trial.trial_id}"
+    return f"{TRIAL_DIR_PREFIX}{trial.trial_id}"
 
 
 def _trainable(space: SearchSpace, settings: ExperimentSettings):
@@ -82,14 +80,14 @@ def _trainable(space: SearchSpace, settings: ExperimentSettings):
     )
 
 
-def _build_tuner(space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore):
+def _build_tuner(space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore, num_samples: int):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     searcher = pruned_aware_optuna_search_class()(
         space=space.define_by_run,
-        metric=space.metric,
+        metric=settings.ranked_by,  # the best so far: a trial is exported at its best checkpoint
         mode=space.mode,
         sampler=make_sampler(space),
         # SQLite on the driver (object stores cannot hold a database); pushed to the store after the run
@@ -101,7 +99,7 @@ def _build_tuner(space: SearchSpace, settings: ExperimentSettings, store: Experi
     if space.scheduler["type"] == "asha":
         scheduler = ASHAScheduler(
             time_attr=settings.time_attr,
-            metric=space.metric,
+            metric=settings.ranked_by,
             mode=space.mode,
             max_t=settings.max_budget,
             grace_period=space.scheduler["grace_period"],
@@ -110,9 +108,9 @@ def _build_tuner(space: SearchSpace, settings: ExperimentSettings, store: Experi
     else:
         scheduler = FIFOScheduler()
     reporter = tune.CLIReporter(
-        metric_columns={settings.time_attr: settings.time_attr, space.metric: space.metric},
+        metric_columns={key: key for key in (settings.time_attr, space.metric, settings.ranked_by)},
         parameter_columns=space.searched_settings[:6],
-        metric=space.metric,
+        metric=settings.ranked_by,
         mode=space.mode,
         max_report_frequency=20,
         sort_by_metric=True,
@@ -122,7 +120,7 @@ def _build_tuner(space: SearchSpace, settings: ExperimentSettings, store: Experi
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
-            num_samples=space.trials["num_samples"],
+            num_samples=num_samples,
             max_concurrent_trials=space.trials["max_concurrent"],
             time_budget_s=space.trials["time_budget_s"],
             trial_name_creator=_trial_name,
@@ -145,23 +143,40 @@ def _build_tuner(space: SearchSpace, settings: ExperimentSettings, store: Experi
     )
 
 
-def run_search(space: SearchSpace, resume: bool = False, address: str | None = None) -> SearchOutcome:
-    """Run (or resume) the experiment ``space`` describes, export its best model, return a summary."""
-    from ray import tune
+def resume_search(
+    name: str, storage_path: str = "ray_results", address: str | None = None, num_samples: int | None = None
+) -> SearchOutcome:
+    """Continue experiment ``name`` with the space it started with.
 
-    store = ExperimentStore.of(space.storage_path, space.name)
+    Finished trials stay as they are; unfinished and failed ones continue from their last
+    checkpoint; ``num_samples`` above the trials it has adds trials (Optuna's study keeps every
+    earlier one, so TPE learns from them).
+    """
+    keep_on_loopback(address)
+    store = ExperimentStore.of(storage_path, name)
+    return _run(_resumed_space(store, name, num_samples), store, resume=True, address=address)
+
+
+def run_search(space: SearchSpace, resume: bool = False, address: str | None = None) -> SearchOutcome:
+    """Run the experiment ``space`` describes, export its best model, return a summary.
+
+    ``resume=True`` is :func:`resume_search` of the experiment of ``space``'s name and storage path.
+    """
     if resume:
-        store.pull(checkpoint_files=())
-        snapshot = store.local / SPACE_SNAPSHOT
-        if not snapshot.is_file():
-            raise UsageError(f"--resume: nothing to resume at {store.location}; run without --resume to start it")
-        space = parse_space(yaml.safe_load(snapshot.read_text()), source=str(snapshot), default_name=space.name)
-        space.storage_path = store.storage_path
-    elif store.exists():
+        return resume_search(space.name, space.storage_path, address)
+    keep_on_loopback(address)  # first: loading the models below imports ray
+    store = ExperimentStore.of(space.storage_path, space.name)
+    if store.exists():
         raise UsageError(
             f"experiment {space.name!r} already exists at {store.location}; pass --resume to continue it "
             "or --name to start a new one"
         )
+    return _run(space, store, resume=False, address=address)
+
+
+def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str | None) -> SearchOutcome:
+    from ray import tune
+
     settings = experiment_settings(space, store)
     clock = time.perf_counter()
     store.check_writable()
@@ -173,26 +188,27 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
         check_resources(space)
         store.local.mkdir(parents=True, exist_ok=True)
         check_shared_paths({"storage_path": store.location, "data.path": settings.data_path})
-        if not resume:
-            (store.local / SPACE_SNAPSHOT).write_text(yaml.safe_dump({**space.raw, "name": space.name}))
-            store.push(store.local / SPACE_SNAPSHOT)
+        (store.local / SPACE_SNAPSHOT).write_text(yaml.safe_dump({**space.raw, "name": space.name}))
+        store.push(store.local / SPACE_SNAPSHOT)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table shows every trial's state and score
+        results = []
         if resume and tune.Tuner.can_restore(store.location):
             tuner = tune.Tuner.restore(
                 store.location, trainable=_trainable(space, settings), resume_unfinished=True, resume_errored=True
             )
-        else:
-            tuner = _build_tuner(space, settings, store)
-        results = tuner.fit()
+            results = list(tuner.fit())
+            store.pull(checkpoint_files=())  # for a URI: the trial directories the restored run wrote
+        more = space.trials["num_samples"] - len(known_trial_dirs(store.local))
+        interrupted = any(r.error is None and not (r.metrics or {}).get("done") for r in results)
+        if more > 0 and not interrupted:
+            # a new search, or more trials for a finished one: Optuna's study holds every earlier trial
+            results += list(_build_tuner(space, settings, store, more).fit())
         store.push(store.local / OPTUNA_DB)
         logger.info("trials done after %.1fs", time.perf_counter() - clock)
         outcome = summarize(results, space, settings, store)
-        logger.info("summary and export done after %.1fs", time.perf_counter() - clock)
-        if outcome.best_model_dir is not None and settings.max_eval_samples and not outcome.unfinished:
-            outcome.full_validation = rescore_on_full_validation(
-                store, outcome.best_model_dir, settings, space.resources
-            )
-            logger.info("full-validation score done after %.1fs", time.perf_counter() - clock)
+        outcome.at_once = trials_at_once(space)
+        outcome.scratch_bytes = session_scratch_bytes() if started_ray else None
+        logger.info("summary, selection and export done after %.1fs", time.perf_counter() - clock)
     finally:
         if started_ray:
             import ray
@@ -201,38 +217,51 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
     return outcome
 
 
-def _score_model(model_location: str, settings: ExperimentSettings) -> dict:
-    """ROUGE of an exported model on the whole validation split, decoded as its generation config says."""
-    from tune_dialsum.metrics import compute_rouge
-    from tune_dialsum.summarize import DialogueSummarizer
-    from tune_dialsum.trainable import training_frames
+def _resumed_space(store: ExperimentStore, name: str, num_samples: int | None) -> SearchSpace:
+    """The experiment's own space, with ``trials.num_samples`` raised where asked."""
+    store.pull(checkpoint_files=())
+    snapshot = store.local / SPACE_SNAPSHOT
+    if not snapshot.is_file():
+        raise UsageError(f"--resume: nothing to resume at {store.location}; run without --resume to start it")
+    raw = yaml.safe_load(snapshot.read_text())
+    if num_samples is not None:
+        existing = len(known_trial_dirs(store.local))
+        if num_samples < existing:
+            raise UsageError(
+                f"--num-samples {num_samples}: experiment {name!r} already has {existing} trials; pass more "
+                f"than {existing} to add trials, or leave it out to finish the experiment as it was"
+            )
+        raw.setdefault("trials", {})["num_samples"] = num_samples
+    space = parse_space(raw, source=str(snapshot), default_name=name)
+    return dataclasses.replace(space, storage_path=store.storage_path)
 
-    full = dataclasses.replace(settings, max_eval_samples=None)
-    _, validation = training_frames(full)
-    with tempfile.TemporaryDirectory() as scratch:
-        model_dir = download(model_location, Path(scratch)) if is_uri(model_location) else model_location
-        summarizer = DialogueSummarizer(model_dir)
-        scores = compute_rouge(summarizer.summarize(list(validation["dialogue"])), list(validation["summary"]))
-    return {"examples": len(validation), "num_beams": summarizer.model.generation_config.num_beams, **scores}
+
+def known_trial_dirs(experiment_dir: Path) -> list[Path]:
+    """The experiment's trial directories (trials set aside as orphans are not among them)."""
+    return sorted(p for p in experiment_dir.glob(f"{TRIAL_DIR_PREFIX}*") if p.is_dir())
 
 
-def rescore_on_full_validation(store: ExperimentStore, model_dir: Path, settings: ExperimentSettings, resources: dict):
-    """Score the exported model on all validation examples, where ASHA only needed a subset to rank trials.
-
-    Runs as a Ray task with a trial's resources, so it uses a GPU where trials did (and reads the
-    model from the store, which every node reaches); the result goes into the model's
-    tuning.json and the summary.
-    """
+def trials_at_once(space: SearchSpace) -> int:
+    """How many trials the cluster has room for at once (``trials.max_concurrent`` caps it)."""
     import ray
 
-    task = ray.remote(_score_model).options(num_cpus=resources["cpus_per_trial"], num_gpus=resources["gpus_per_trial"])
-    scores = ray.get(task.remote(store.where(model_dir), settings))
-    tuning_file = model_dir / TUNING_FILE
-    tuning = json.loads(tuning_file.read_text())
-    tuning["full_validation"] = scores
-    tuning_file.write_text(json.dumps(tuning, indent=2, default=str))
-    store.push(tuning_file)
-    return scores
+    available = ray.cluster_resources()
+    room = [space.trials["num_samples"], space.trials["max_concurrent"] or space.trials["num_samples"]]
+    for resource, wanted in (("CPU", space.resources["cpus_per_trial"]), ("GPU", space.resources["gpus_per_trial"])):
+        if wanted:
+            room.append(int(available.get(resource, 0) // wanted))
+    return max(1, min(room))
 
 
-__all__ = ["BEST_MODEL_DIR", "SearchOutcome", "experiment_settings", "format_summary", "run_search"]
+def session_scratch_bytes() -> int | None:
+    """Bytes left under the local Ray session's artifacts (trial working directories); None where unknown."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)  # the session directory has no public accessor
+    if node is None:
+        return None
+    artifacts = Path(node.get_session_dir_path()) / "artifacts"
+    return sum(f.stat().st_size for f in artifacts.rglob("*") if f.is_file()) if artifacts.is_dir() else 0
+
+
+__all__ = ["BEST_MODEL_DIR", "SearchOutcome", "experiment_settings", "format_summary", "resume_search", "run_search"]

@@ -33,6 +33,9 @@ def pruned_aware_optuna_search_class():
             super().__init__(*args, **kwargs)
             self._time_attr = time_attr
             self._full_budget = full_budget
+            # Tune trials that had failed (FAIL in the study) and that a resume restarted: an ended
+            # Optuna trial cannot take new values, so their curve is gathered here and recorded anew.
+            self._restarted: dict[str, dict[int, float]] = {}
 
         def restore(self, checkpoint_path: str) -> None:
             """Restore, then close Optuna trials asked for after the last saved state.
@@ -44,6 +47,10 @@ def pruned_aware_optuna_search_class():
             super().restore(checkpoint_path)
             known = {trial.number for trial in self._ot_trials.values()}
             storage = self._ot_study._storage
+            for trial_id, ot_trial in self._ot_trials.items():
+                if storage.get_trial(ot_trial._trial_id).state == TrialState.FAIL:
+                    self._completed_trials.discard(trial_id)  # Tune restarts failed trials on resume
+                    self._restarted[trial_id] = {}
             for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if trial.number not in known:
                     storage.set_trial_user_attr(trial._trial_id, "abandoned", "asked before the driver died; never ran")
@@ -58,11 +65,18 @@ def pruned_aware_optuna_search_class():
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if trial_id in self._completed_trials or self.metric not in result:
                 return
-            # Keyed by training step, not by Tune's report count, so curves line up across trials.
-            self._ot_trials[trial_id].report(result[self.metric], int(result[self._time_attr]))
+            # Keyed by the training budget, not by Tune's report count, so curves line up across trials.
+            value, budget = result[self.metric], int(result[self._time_attr])
+            if trial_id in self._restarted:
+                self._restarted[trial_id][budget] = value
+            else:
+                self._ot_trials[trial_id].report(value, budget)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials:
+                return
+            if trial_id in self._restarted:
+                self._record_restarted(trial_id, result, error)
                 return
             if result and not error and self.metric in result:
                 # Tune hands the last result to on_trial_complete only; keep it as an intermediate value too.
@@ -72,5 +86,27 @@ def pruned_aware_optuna_search_class():
                     self._completed_trials.add(trial_id)
                     return
             super().on_trial_complete(trial_id, result, error)
+
+        def _record_restarted(self, trial_id: str, result: dict | None, error: bool) -> None:
+            """A restarted trial that ended: its FAIL record stays, and its new outcome is added beside it."""
+            import optuna
+
+            self._completed_trials.add(trial_id)
+            curve = self._restarted.pop(trial_id)
+            if error or not result or self.metric not in result:
+                return  # failed again: the FAIL record says so already
+            curve[int(result[self._time_attr])] = result[self.metric]
+            failed = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
+            complete = result[self._time_attr] >= self._full_budget
+            self._ot_study.add_trial(
+                optuna.trial.create_trial(
+                    state=TrialState.COMPLETE if complete else TrialState.PRUNED,
+                    value=result[self.metric] if complete else None,
+                    params=failed.params,
+                    distributions=failed.distributions,
+                    intermediate_values={**failed.intermediate_values, **curve},
+                    user_attrs={"tune_trial_id": trial_id, "resumed_after_failure": failed.number},
+                )
+            )
 
     return PrunedAwareOptunaSearch

@@ -12,14 +12,20 @@ A space file has these sections (all but ``search`` optional)::
     fixed: {SETTING: value}       # held fixed for every trial
     search: {SETTING: DISTRIBUTION}
     per_family: {bart|t5|pegasus: {SETTING: DISTRIBUTION}}   # overrides once the model is known
-    scheduler: {type: asha|fifo, budget_unit: steps|epochs, max_budget, grace_period,
+    scheduler: {type: asha|fifo, budget_unit: samples|steps|epochs, max_budget, grace_period,
                 reduction_factor, eval_interval}
     trials: {num_samples, max_concurrent, time_budget_s, sampler: tpe|random}
     resources: {cpus_per_trial, gpus_per_trial}
     checkpoints: {keep}
+    selection: {top_k}            # checkpoints re-scored on the whole validation split
     storage_path: ray_results
     seed: 0
     trust_remote_code: false
+
+``budget_unit: samples`` counts training examples seen (steps x batch x accumulation x workers),
+so trials with different batch sizes are compared after equal work; evaluations and ASHA's rungs
+fall at multiples of ``eval_interval`` examples. ``max_concurrent`` left out runs as many trials at
+once as the cluster's resources fit.
 
 A DISTRIBUTION is one of ``{choice: [..]}``, ``{uniform: [low, high]}``,
 ``{loguniform: [low, high]}``, ``{quniform: [low, high, step]}``,
@@ -29,6 +35,7 @@ A DISTRIBUTION is one of ``{choice: [..]}``, ``{uniform: [low, high]}``,
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +47,9 @@ from tune_dialsum.data.formats import DIALOGUE_FORMATS
 from tune_dialsum.errors import SpaceError
 from tune_dialsum.models import FAMILIES, family_of
 
+logger = logging.getLogger(__name__)
+
+BUDGET_UNITS = ("samples", "steps", "epochs")
 OBJECTIVES = ("rougeL", "rougeLsum", "rouge1", "rouge2", "eval_loss")
 # Every setting a trial takes, with its type. ``fixed`` and ``search`` draw from these.
 SETTINGS: dict[str, type] = {
@@ -92,6 +102,7 @@ SECTIONS = {
     "trials": {"num_samples", "max_concurrent", "time_budget_s", "sampler"},
     "resources": {"cpus_per_trial", "gpus_per_trial"},
     "checkpoints": {"keep"},
+    "selection": {"top_k"},
     "storage_path": None,
     "seed": None,
     "trust_remote_code": None,
@@ -134,6 +145,7 @@ class SearchSpace:
     resources: dict[str, float]
     keep_checkpoints: int
     storage_path: str
+    top_k: int  # checkpoints, best on the subset first, re-scored on the whole validation split
     seed: int
     trust_remote_code: bool = False
     raw: dict = field(default_factory=dict, repr=False)
@@ -159,9 +171,8 @@ class SearchSpace:
 
     @property
     def searched_settings(self) -> list[str]:
-        names = list(self.search)
-        names += [n for family in self.per_family.values() for n in family if n not in names]
-        return names
+        names = [*self.search, *(n for family in self.per_family.values() for n in family)]
+        return list(dict.fromkeys(names))
 
     @property
     def models(self) -> list[str]:
@@ -171,6 +182,10 @@ class SearchSpace:
 
 
 # -- loading and validation --------------------------------------------------------------
+
+
+def _searched(search: dict, per_family: dict) -> set[str]:
+    return set(search) | {name for block in per_family.values() for name in block}
 
 
 def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSpace:
@@ -264,7 +279,10 @@ class _Checker:
             "generation_num_beams",
             "generation_max_length",
         )
-        return self.number(key, value, kind, minimum=0, strict=positive)
+        number = self.number(key, value, kind, minimum=0, strict=positive)
+        if name in ("warmup_ratio", "label_smoothing") and number >= 1:
+            self.fail(key, f"{name} is a fraction: it must be below 1 but got {value!r}")
+        return number
 
     def distribution(self, key: str, name: str, spec) -> Distribution:
         if not isinstance(spec, dict) or len(spec) != 1:
@@ -338,6 +356,9 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
     mode = objective.get("mode", "min" if metric == "eval_loss" else "max")
     if mode not in ("min", "max"):
         check.fail("objective.mode", f"must be 'min' or 'max' but got {mode!r}")
+    if (mode == "min") != (metric == "eval_loss"):
+        better = "lower" if metric == "eval_loss" else "higher"
+        check.fail("objective.mode", f"{metric} is better {better}: use mode: {'min' if better == 'lower' else 'max'}")
 
     fixed = {**DEFAULT_SETTINGS}
     for name, value in check.section(raw, "fixed", SECTIONS["fixed"]).items():
@@ -357,6 +378,12 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
                 check.fail(f"per_family.{family}.model", "the model decides the family; search it under 'search'")
     if "model" not in search and "model" not in fixed:
         check.fail("search", "no model: set fixed.model or search model: {choice: [...]}")
+    for where, block in (("search", search), *((f"per_family.{f}", b) for f, b in per_family.items())):
+        if "num_train_epochs" in block:
+            check.fail(
+                f"{where}.num_train_epochs",
+                "has no effect: the scheduler sets every trial's budget (scheduler.max_budget); remove it from the search",
+            )
 
     scheduler = check.section(raw, "scheduler", SECTIONS["scheduler"])
     scheduler = {
@@ -370,10 +397,12 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
     }
     if scheduler["type"] not in ("asha", "fifo"):
         check.fail("scheduler.type", f"must be 'asha' or 'fifo' but got {scheduler['type']!r}")
-    if scheduler["budget_unit"] not in ("steps", "epochs"):
-        check.fail("scheduler.budget_unit", f"must be 'steps' or 'epochs' but got {scheduler['budget_unit']!r}")
+    if scheduler["budget_unit"] not in BUDGET_UNITS:
+        check.fail(
+            "scheduler.budget_unit", f"must be one of {', '.join(BUDGET_UNITS)} but got {scheduler['budget_unit']!r}"
+        )
     if scheduler["max_budget"] is None:
-        check.fail("scheduler.max_budget", "missing: the most steps (or epochs) a trial may train")
+        check.fail("scheduler.max_budget", f"missing: the most {scheduler['budget_unit']} a trial may train")
     scheduler["max_budget"] = check.number("scheduler.max_budget", scheduler["max_budget"], int, minimum=1)
     for key, default in (("eval_interval", max(1, scheduler["max_budget"] // 4)), ("grace_period", None)):
         value = scheduler[key] if scheduler[key] is not None else (default or scheduler["eval_interval"])
@@ -381,19 +410,29 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
     scheduler["reduction_factor"] = check.number(
         "scheduler.reduction_factor", scheduler["reduction_factor"], float, minimum=1, strict=True
     )
-    if scheduler["grace_period"] > scheduler["max_budget"]:
-        check.fail(
-            "scheduler.grace_period", f"{scheduler['grace_period']} exceeds max_budget {scheduler['max_budget']}"
+    for key in ("eval_interval", "grace_period"):
+        if scheduler[key] > scheduler["max_budget"]:
+            check.fail(
+                f"scheduler.{key}",
+                f"{scheduler[key]} exceeds max_budget {scheduler['max_budget']}; lower it or raise max_budget",
+            )
+    batch_searched = [n for n in ("batch_size", "gradient_accumulation_steps") if n in _searched(search, per_family)]
+    if scheduler["budget_unit"] == "steps" and batch_searched and scheduler["type"] == "asha":
+        # Not refused: a user may mean it. But a step of batch 16 is twice the work of a step of batch 8.
+        logger.warning(
+            "%s: %s searched with budget_unit: steps, so ASHA compares trials after unequal work; "
+            "budget_unit: samples compares them after the same number of training examples",
+            source,
+            " and ".join(batch_searched) + (" are" if len(batch_searched) > 1 else " is"),
         )
-    if scheduler["budget_unit"] == "epochs" and "num_train_epochs" in search:
-        check.fail("search.num_train_epochs", "the scheduler's budget is in epochs; set scheduler.max_budget instead")
 
     trials = check.section(raw, "trials", SECTIONS["trials"])
-    trials = {"num_samples": 8, "max_concurrent": 1, "time_budget_s": None, "sampler": "tpe", **trials}
+    trials = {"num_samples": 8, "max_concurrent": None, "time_budget_s": None, "sampler": "tpe", **trials}
     if trials["sampler"] not in ("tpe", "random"):
         check.fail("trials.sampler", f"must be 'tpe' or 'random' but got {trials['sampler']!r}")
     trials["num_samples"] = check.number("trials.num_samples", trials["num_samples"], int, minimum=1)
-    trials["max_concurrent"] = check.number("trials.max_concurrent", trials["max_concurrent"], int, minimum=1)
+    if trials["max_concurrent"] is not None:  # None: as many as the cluster's resources fit
+        trials["max_concurrent"] = check.number("trials.max_concurrent", trials["max_concurrent"], int, minimum=1)
     if trials["time_budget_s"] is not None:
         trials["time_budget_s"] = check.number(
             "trials.time_budget_s", trials["time_budget_s"], float, minimum=0, strict=True
@@ -415,6 +454,9 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
 
     keep = check.number(
         "checkpoints.keep", check.section(raw, "checkpoints", SECTIONS["checkpoints"]).get("keep", 2), int, minimum=1
+    )
+    top_k = check.number(
+        "selection.top_k", check.section(raw, "selection", SECTIONS["selection"]).get("top_k", 3), int, minimum=1
     )
     storage_path = raw.get("storage_path", "ray_results")
     if not isinstance(storage_path, str) or not storage_path:
@@ -440,6 +482,7 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
         resources=resources,
         keep_checkpoints=keep,
         storage_path=storage_path,
+        top_k=top_k,
         seed=check.number("seed", raw.get("seed", 0), int),
         trust_remote_code=trust,
         raw=copy.deepcopy(raw),

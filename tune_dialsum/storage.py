@@ -97,6 +97,17 @@ def write_text(location: str, text: str) -> None:
             out.write(text.encode())
 
 
+def read_text(location: str) -> str | None:
+    """The text of the file at ``location``; None where there is none."""
+    fs, path = filesystem(location)
+    with _failing_in_one_line(location, "read"):
+        try:
+            with fs.open_input_stream(path) as stream:
+                return stream.read().decode()
+        except FileNotFoundError:
+            return None
+
+
 def delete_file(location: str) -> None:
     fs, path = filesystem(location)
     with _failing_in_one_line(location, "delete"):

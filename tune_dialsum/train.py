@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tune_dialsum.data.formats import check_dialogue_format, format_dialogue
+from tune_dialsum.data.splits import hold_out
 from tune_dialsum.metrics import RougeMetric, compute_rouge
 from tune_dialsum.models import family_of, load_model_and_tokenizer
 
@@ -104,8 +105,9 @@ class _SaveRecipe:
 class DialogueSummarizationTrainer:
     """Fine-tune a BART, T5, PEGASUS (or other seq2seq) model on dialogues.
 
-    ``model_name`` is a hub name, a local directory, or ``tiny:FAMILY``.
-    ``prefix`` defaults to the family's (``summarize: `` for T5).
+    ``model_name`` is a hub name, a local directory, or ``tiny:FAMILY``; for the latter,
+    ``data_dir`` names the data whose train split its tokenizer learns (the project's synthetic
+    dialogues when None). ``prefix`` defaults to the family's (``summarize: `` for T5).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class DialogueSummarizationTrainer:
         prefix: str | None = None,
         trust_remote_code: bool = False,
         tensorboard: bool = True,
+        data_dir: str | None = None,
     ) -> None:
         self.model_name = model_name
         self.tensorboard = tensorboard
@@ -127,7 +130,9 @@ class DialogueSummarizationTrainer:
         self.dialogue_format = check_dialogue_format(dialogue_format)
         self.family = family_of(model_name)
         self.prefix = self.family.prefix if prefix is None else prefix
-        self.model, self.tokenizer = load_model_and_tokenizer(model_name, trust_remote_code=trust_remote_code)
+        self.model, self.tokenizer = load_model_and_tokenizer(
+            model_name, trust_remote_code=trust_remote_code, data_dir=data_dir
+        )
         self.metric = RougeMetric()
 
     @property
@@ -171,15 +176,13 @@ class DialogueSummarizationTrainer:
     ):
         """Tokenize the splits into a DatasetDict (``train``, ``validation``, and ``test`` if given).
 
-        With no ``val_df``, ``val_split`` of ``train_df`` is held out (at least one row).
+        With no ``val_df``, ``val_split`` of ``train_df`` is held out (at least one row), the
+        same rows a search or ``train`` with this ``seed`` holds out (:func:`data.hold_out`).
         """
         from datasets import DatasetDict
 
         if val_df is None:
-            if not 0.0 < val_split < 1.0:
-                raise ValueError(f"val_split must be between 0 and 1 (exclusive) but got {val_split}")
-            val_df = train_df.sample(n=max(1, round(len(train_df) * val_split)), random_state=seed)
-            train_df = train_df.drop(val_df.index)
+            train_df, val_df = hold_out(train_df, val_split, seed)
         splits = {"train": train_df, "validation": val_df}
         if test_df is not None:
             splits["test"] = test_df

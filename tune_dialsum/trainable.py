@@ -18,18 +18,32 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tune_dialsum import storage
+from tune_dialsum.data import DialogueDataLoader, training_splits
+from tune_dialsum.errors import TuneDialsumError, one_line
+from tune_dialsum.models import tokenizer_fingerprint
 from tune_dialsum.train import RECIPE_FILE, DialogueSummarizationTrainer
 
 TRIAL_CONFIG_FILE = "trial_config.json"
+TRIAL_DIR_PREFIX = "trial_"  # a trial's directory in the experiment: trial_<trial id>
+# Written into a trial's directory when it failed in a way another attempt cannot fix; the retry
+# Ray makes of every failed trial then ends at once with the same error instead of training again.
+NOT_RETRYABLE_FILE = "not_retryable.json"
 # ExperimentSettings.cache_dir for experiments kept at a URI: each node caches under its own tune_dialsum cache.
 NODE_LOCAL = "node-local"
 TOKENIZED_CACHE = "tokenized"  # the cache's directory, in the experiment or in a node's tune_dialsum cache
 # Scores copied from the transformers evaluation into every Tune report, minus "eval_".
 REPORTED_SCORES = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len", "loss")
+# The result key that measures a trial's training budget, per budget unit.
+TIME_ATTRS = {"steps": "step", "epochs": "epoch", "samples": "samples"}
 
 
 class TrialDiverged(RuntimeError):
     """The loss became NaN or infinite: more steps cannot help this trial."""
+
+
+class NotRetryable(RuntimeError):
+    """A trial's earlier attempt failed in a way that trying again cannot fix."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +59,7 @@ class ExperimentSettings:
     max_eval_samples: int | None
     metric: str
     mode: str
-    budget_unit: str  # "steps" or "epochs"
+    budget_unit: str  # "steps", "epochs" or "samples" (training examples seen)
     max_budget: int
     eval_interval: int
     seed: int
@@ -53,11 +67,22 @@ class ExperimentSettings:
     # Tokenized datasets are shared here by every trial with the same tokenizer, format and lengths
     # (None: not cached; NODE_LOCAL: in the tune_dialsum cache of the node a trial runs on).
     cache_dir: str | None = None
+    # The experiment (a directory or a URI): where a trial records an error that must not be retried.
+    experiment_location: str | None = None
 
     @property
     def time_attr(self) -> str:
         """The result key that measures a trial's training budget."""
-        return "step" if self.budget_unit == "steps" else "epoch"
+        return TIME_ATTRS[self.budget_unit]
+
+    @property
+    def ranked_by(self) -> str:
+        """The result key the scheduler and the searcher rank on: the objective's best value so far.
+
+        A trial is exported at its best checkpoint, so a curve that dips at a rung must not get a
+        trial stopped whose best checkpoint is the best of all; the raw value stays under ``metric``.
+        """
+        return f"best_{self.metric}"
 
 
 @functools.lru_cache(maxsize=4)
@@ -68,16 +93,19 @@ def _load_splits(data_path, dialogue_column, summary_column, id_column):
     return DialogueDataLoader(data_path, dialogue_column, summary_column, id_column).load_splits()
 
 
+def load_splits(settings: ExperimentSettings) -> dict:
+    """Every split of the experiment's data, as read (and cleaned) once per process."""
+    return _load_splits(settings.data_path, settings.dialogue_column, settings.summary_column, settings.id_column)
+
+
 def training_frames(settings: ExperimentSettings):
-    splits = _load_splits(settings.data_path, settings.dialogue_column, settings.summary_column, settings.id_column)
-    train_df, val_df = splits["train"], splits["validation"]
-    if settings.max_train_samples:
-        train_df = train_df.head(settings.max_train_samples)
-    if val_df is None:  # hold out part of train, the same rows for every trial
-        val_df = train_df.sample(frac=settings.validation_split, random_state=settings.seed)
-        train_df = train_df.drop(val_df.index)
-    if settings.max_eval_samples:
-        val_df = val_df.head(settings.max_eval_samples)
+    train_df, val_df = training_splits(
+        load_splits(settings),
+        settings.validation_split,
+        settings.seed,
+        settings.max_train_samples,
+        settings.max_eval_samples,
+    )
     # Longest first: generation batches of similar length pad less, and a too-long batch fails at once.
     val_df = val_df.iloc[val_df["dialogue"].str.len().argsort()[::-1]]
     return train_df, val_df
@@ -90,9 +118,12 @@ def _prepared_datasets(trainer: DialogueSummarizationTrainer, settings: Experime
     if settings.cache_dir is None:
         train_df, val_df = training_frames(settings)
         return trainer.load_and_prepare_data(train_df, val_df=val_df)
-    # What decides the tokenized rows: how inputs are built, and which rows are read.
+    # What decides the tokenized rows: the files read (by size and mtime), which rows of them, the
+    # tokenizer itself (not only its name) and how inputs are built.
     identity = {
         **trainer.recipe,
+        "tokenizer": tokenizer_fingerprint(trainer.tokenizer),
+        "data": DialogueDataLoader(settings.data_path).fingerprint(("train", "validation")),
         **{
             field: getattr(settings, field)
             for field in (
@@ -128,7 +159,39 @@ def _prepared_datasets(trainer: DialogueSummarizationTrainer, settings: Experime
     return dataset_dict
 
 
-def _report_callback(trial_config: dict, settings: ExperimentSettings, recipe: dict):
+def resident_memory_mb() -> float:
+    """This process's resident memory now (Linux), or its peak where /proc is absent."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _memory_in_use() -> dict[str, float]:
+    """What a report records of this worker's memory, to show it stays flat over reused trials."""
+    import torch
+
+    memory = {"worker_rss_mb": round(resident_memory_mb(), 1)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        memory["cuda_allocated_mb"] = round(torch.cuda.memory_allocated() / 2**20, 1)
+    return memory
+
+
+def best_so_far(log_history: list[dict], metric: str, mode: str) -> float:
+    """The best value of ``metric`` over every evaluation in a trainer's history (resumed runs included)."""
+    key = metric if metric.startswith("eval_") else f"eval_{metric}"
+    values = [entry[key] for entry in log_history if key in entry and math.isfinite(entry[key])]
+    if not values:
+        return math.nan
+    return max(values) if mode == "max" else min(values)
+
+
+def _report_callback(
+    trial_config: dict, settings: ExperimentSettings, recipe: dict, samples_per_step: int, rss_at_start: float
+):
     import ray
     from ray import tune
     from transformers import TrainerCallback
@@ -161,23 +224,42 @@ def _report_callback(trial_config: dict, settings: ExperimentSettings, recipe: d
                 "config": trial_config,
                 "settings": asdict(settings),
                 "recipe": recipe,
+                "samples_per_step": samples_per_step,
             }
             (checkpoint_dir / TRIAL_CONFIG_FILE).write_text(json.dumps(snapshot, indent=2, default=str))
             train_losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
             report = {
                 **self.scores,
                 "eval_loss": self.scores.get("loss"),
+                settings.ranked_by: best_so_far(state.log_history, settings.metric, settings.mode),
                 "step": state.global_step,
                 "epoch": state.epoch,
+                "samples": state.global_step * samples_per_step,
                 "train_loss": train_losses[-1] if train_losses else float("nan"),
                 "devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
                 "node_id": ray.get_runtime_context().get_node_id(),
+                "rss_at_start_mb": round(rss_at_start, 1),  # what earlier trials on this worker left behind
+                **_memory_in_use(),
             }
             report.pop("loss", None)
             self.scores = None
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
     return ReportToTune()
+
+
+def _evaluate_every_samples(interval: int, samples_per_step: int):
+    """Evaluate (and save) each time the examples seen cross a multiple of ``interval``, and at the end."""
+    from transformers import TrainerCallback
+
+    class EvaluateEverySamples(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen, before = state.global_step * samples_per_step, (state.global_step - 1) * samples_per_step
+            if seen // interval > before // interval or state.global_step >= state.max_steps:
+                control.should_evaluate = control.should_save = True
+            return control
+
+    return EvaluateEverySamples()
 
 
 def _restore_checkpoint(output_dir: Path) -> str | None:
@@ -194,18 +276,73 @@ def _restore_checkpoint(output_dir: Path) -> str | None:
     return str(target)
 
 
+def is_retryable(error: BaseException) -> bool:
+    """Whether another attempt at a trial that raised ``error`` could end differently.
+
+    A diverged loss, running out of memory and a bad setting fail the same way every time; a lost
+    worker or node, or an I/O hiccup, may not.
+    """
+    import torch
+
+    if isinstance(
+        error, (TrialDiverged, NotRetryable, torch.OutOfMemoryError, TuneDialsumError, ValueError, TypeError)
+    ):
+        return False
+    return not (isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+
+
+def _not_retryable_marker(settings: ExperimentSettings, trial_id: str) -> str | None:
+    if settings.experiment_location is None:
+        return None
+    return storage.join(settings.experiment_location, f"{TRIAL_DIR_PREFIX}{trial_id}", NOT_RETRYABLE_FILE)
+
+
+def _release_memory() -> None:
+    """Give back what a trial held, so that the next trial on this reused worker starts from the same place."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
-    """Ray Tune function trainable; ``config`` holds one trial's settings (see space.SETTINGS)."""
+    """Ray Tune function trainable; ``config`` holds one trial's settings (see space.SETTINGS).
+
+    Whatever way the trial ends (finished, stopped by the scheduler, failed), its scratch directory is
+    removed and its memory released; an error another attempt cannot fix is recorded so that Ray's
+    retry of the trial ends at once with it.
+    """
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    marker = _not_retryable_marker(settings, trial_id)
+    earlier = storage.read_text(marker) if marker else None
+    if earlier:
+        raise NotRetryable(f"{json.loads(earlier)['error']} (not retried: another attempt would fail the same way)")
+    # The trainer's own checkpoints are scratch: Tune copies what it keeps into the experiment. A
+    # reused worker runs several trials, each in its own working directory of Ray's session.
+    output_dir = Path.cwd() / f"hf-{trial_id}"
+    try:
+        _train(config, settings, output_dir)
+    except Exception as err:
+        if marker and not is_retryable(err):
+            storage.write_text(marker, json.dumps({"error": f"{type(err).__name__}: {one_line(err)}"}))
+        raise
+    finally:  # also on SystemExit, which is how Tune ends a trial its scheduler stopped
+        shutil.rmtree(output_dir, ignore_errors=True)
+        _release_memory()
+
+
+def _train(config: dict, settings: ExperimentSettings, output_dir: Path) -> None:
     import datasets
     import transformers
-    from ray import tune
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
-    # The trainer's own checkpoints are scratch: Tune copies what it keeps into the experiment. Ray
-    # starts each trial in a working directory of its session, which it cleans up, so the
-    # experiment directory holds only what Tune persisted.
-    output_dir = Path.cwd() / f"hf-{tune.get_context().get_trial_id()}"  # a reused worker runs several trials
+    rss_at_start = resident_memory_mb()
     trainer = DialogueSummarizationTrainer(
         model_name=config["model"],
         output_dir=str(output_dir),
@@ -214,36 +351,55 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
         dialogue_format=config["dialogue_format"],
         trust_remote_code=settings.trust_remote_code,
         tensorboard=False,  # Tune logs every report to TensorBoard in the trial directory already
+        data_dir=settings.data_path,
     )
     dataset_dict = _prepared_datasets(trainer, settings)
-    by_steps = settings.budget_unit == "steps"
+    unit = settings.budget_unit
+    interval = settings.eval_interval
+    strategy = {"steps": "steps", "epochs": "epoch", "samples": "no"}[unit]  # samples: EvaluateEverySamples
     training_args = trainer.get_training_arguments(
         learning_rate=config.get("learning_rate"),
         batch_size=config.get("batch_size"),
         gradient_accumulation_steps=config["gradient_accumulation_steps"],
-        num_train_epochs=config["num_train_epochs"] if by_steps else settings.max_budget,
-        max_steps=settings.max_budget if by_steps else -1,
+        num_train_epochs=settings.max_budget if unit == "epochs" else config["num_train_epochs"],
+        max_steps=settings.max_budget if unit == "steps" else -1,
         warmup_steps=config.get("warmup_ratio") or config["warmup_steps"],
         weight_decay=config["weight_decay"],
         label_smoothing_factor=config["label_smoothing"],
         lr_scheduler_type=config["lr_scheduler_type"],
         generation_num_beams=config["generation_num_beams"],
         generation_max_length=config.get("generation_max_length"),
-        eval_steps=settings.eval_interval,
-        save_steps=settings.eval_interval,
-        eval_strategy="steps" if by_steps else "epoch",
-        save_strategy="steps" if by_steps else "epoch",
-        logging_steps=max(1, settings.eval_interval // 4) if by_steps else 50,
+        eval_steps=interval,  # read in steps mode only
+        save_steps=interval,
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        logging_steps=max(1, interval // 4) if unit == "steps" else 50,
         save_total_limit=1,  # Tune keeps the checkpoints that matter; the trainer's copy is scratch
         seed=settings.seed,
     )
+    samples_per_step = (
+        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+    )
+    callbacks = [_report_callback(config, settings, trainer.recipe, samples_per_step, rss_at_start)]
+    if unit == "samples":
+        training_args.max_steps = math.ceil(settings.max_budget / samples_per_step)
+        training_args.logging_steps = max(1, interval // samples_per_step // 4)
+        callbacks.append(_evaluate_every_samples(interval, samples_per_step))
     trainer.train(
         train_dataset=dataset_dict,
         training_args=training_args,
         resume_from_checkpoint=_restore_checkpoint(output_dir),
-        callbacks=[_report_callback(config, settings, trainer.recipe)],
+        callbacks=callbacks,
         save_final_model=False,  # the checkpoints Tune persisted are the results; nothing else is read
     )
 
 
-__all__ = ["ExperimentSettings", "NODE_LOCAL", "RECIPE_FILE", "TRIAL_CONFIG_FILE", "TrialDiverged", "train_dialsum"]
+__all__ = [
+    "ExperimentSettings",
+    "NODE_LOCAL",
+    "RECIPE_FILE",
+    "TRIAL_CONFIG_FILE",
+    "TrialDiverged",
+    "is_retryable",
+    "train_dialsum",
+]

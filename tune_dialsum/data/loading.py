@@ -10,6 +10,7 @@ works too, and so does a hub dataset name where the hub is reachable.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -134,6 +135,25 @@ class DialogueDataLoader:
             split: None if frame is None else self._prepare(frame, split)
             for split, frame in ((s, raw.get(s)) for s in SPLIT_ALIASES)
         }
+
+    def fingerprint(self, splits: tuple[str, ...] = tuple(SPLIT_ALIASES)) -> str:
+        """A short hash that changes when the files behind ``splits`` change (names, sizes, mtimes).
+
+        Anything derived from the data (a tokenizer trained on it, tokenized datasets) is cached
+        under this, so editing the data in place never reuses what was built from the old files.
+        """
+        path = Path(self.data_dir).expanduser()
+        if path.is_dir() and (path / "dataset_dict.json").is_file():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+        elif path.is_dir():
+            files = [f for f in (_find_split_file(path, split) for split in splits) if f is not None]
+        else:  # a hub dataset: its name is all there is to go by
+            files = []
+        identity = [str(path.resolve()) if path.exists() else self.data_dir, *splits]
+        for file in files:
+            stat = file.stat()
+            identity.append(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}")
+        return hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
 
     # -- reading --------------------------------------------------------------------
     def _read_raw_splits(self) -> dict[str, tuple[pd.DataFrame, str] | None]:
