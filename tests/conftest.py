@@ -126,10 +126,66 @@ def trial_results(experiment_dir: Path) -> dict[str, list[dict]]:
     return {trial_dir.name: read_reports(trial_dir) for trial_dir in sorted(experiment_dir.glob("trial_*"))}
 
 
+# A private network namespace (unshare -n) holding loopback and a veth with a TEST-NET address and a
+# default route: a program in it sees a machine on a network, and whatever it binds stays inside.
+PRIVATE_NETWORK = (
+    "ip link set lo up && ip link add v0 type veth peer name v1 && ip addr add 192.0.2.77/24 dev v0 && "
+    "ip link set v0 up && ip link set v1 up && ip route add default via 192.0.2.1"
+)
+
+
+def private_network_unavailable() -> str | None:
+    """Why commands cannot run in a private network namespace here; None when they can."""
+    try:
+        probe = subprocess.run(
+            ["unshare", "-n", "sh", "-c", PRIVATE_NETWORK], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"unshare is not usable here ({err})"
+    return None if probe.returncode == 0 else f"unshare -n with a veth pair failed: {probe.stderr.strip()[-200:]}"
+
+
+def in_private_network(command: list[str]) -> list[str]:
+    return ["unshare", "-n", "sh", "-c", f'{PRIVATE_NETWORK} && exec "$@"', "sh", *command]
+
+
 @pytest.fixture(scope="session")
 def tiny_search(tmp_path_factory):
-    """The offline demo search, run once for every test that needs a finished experiment."""
-    storage = tmp_path_factory.mktemp("ray_results")
-    completed = run_cli("search", "--space", str(TINY), "--storage-path", str(storage))
+    """The offline demo search, run once for every test that needs a finished experiment.
+
+    It runs as a user runs it: ``python -m tune_dialsum search`` with nothing set in the
+    environment for Ray (no RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER), under a watcher that records every
+    address its process tree listens on, with Ray's session directory moved into the test's
+    directory (RAY_TMPDIR) so that everything the search leaves on disk can be looked at. Where a
+    private network namespace can be made, it runs in one (see PRIVATE_NETWORK); LISTENING_FILE
+    then holds what it bound. Returns (completed process, experiment directory).
+    """
+    root = tmp_path_factory.mktemp("demo")
+    storage, ray_tmp, listening = root / "ray_results", root / "ray_tmp", root / LISTENING_FILE
+    ray_tmp.mkdir()
+    command = [sys.executable, str(REPO / "tests" / "helpers" / "watch_listeners.py"), str(listening), "--"]
+    command += cli_command("search", "--space", str(TINY), "--storage-path", str(storage))
+    isolated = private_network_unavailable() is None
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "TUNE_DIALSUM_CACHE": str(root / "cache")}
+    if isolated:  # the user's path; outside a private namespace the variable stays, to keep off the network
+        env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    completed = subprocess.run(
+        in_private_network(command) if isolated else command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    if not isolated:
+        listening.unlink(missing_ok=True)  # bound in this machine's namespace: not a test of anything
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return completed, storage / "tiny-demo"
+
+
+LISTENING_FILE = "listening.json"  # beside the demo's ray_results: what its processes listened on
+
+
+def demo_root(experiment_dir: Path) -> Path:
+    """The directory holding the demo's storage, Ray session directory and listening record."""
+    return experiment_dir.parent.parent

@@ -23,7 +23,7 @@ def test_trials_frame_has_a_row_per_trial_with_state_and_scores(tiny_search):
         rows = results[f"trial_{row.trial_id}"]
         assert row.best_rougeL == pytest.approx(max(r["rougeL"] for r in rows))
         assert row.last_rougeL == pytest.approx(rows[-1]["rougeL"])
-        assert row.step == rows[-1]["step"] and row.stopped_early == (row.step < 600)
+        assert row.samples == rows[-1]["samples"] and row.stopped_early == (row.samples < 6400)
         assert row.wall_time_s > 0 and row.model in ("tiny:bart", "tiny:t5")
 
 

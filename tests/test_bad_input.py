@@ -158,7 +158,7 @@ def test_cli_cases(tmp_path, capsys, experiment_without_checkpoints, tiny_models
     existing.mkdir()
     cases = [
         (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
-        (["search"], 2, "the following arguments are required: --space"),
+        (["search"], 2, "--space is required"),
         (["search", "--space", str(tmp_path / "none.yaml")], 2, "no such space file"),
         (["search", "--space", str(REPO / "search_spaces" / "tiny.yaml"), "--set", "trials"], 2, "expected KEY=VALUE"),
         (

@@ -74,7 +74,67 @@ def test_model_card_figures_equal_tuning_json(fake_experiment, tmp_path):
     tuning = json.loads((out / "tuning.json").read_text())
     card = (out / "README.md").read_text()
     for key, value in tuning["scores"].items():
-        assert f"| {key} | {value:.4f} |" in card
+        if key.startswith("rouge"):
+            assert f"| {key} | {value:.4f} |" in card
+    assert "Test scores" not in card  # nothing claims a test figure that was never measured
+
+
+def test_test_scores_lead_the_card_and_validation_is_labelled_as_used_for_selection(fake_experiment, tmp_path):
+    record = best_checkpoint(find_checkpoints(fake_experiment), "rougeL", "max")
+    out = export_checkpoint(record, tmp_path / "model", "rougeL", "max")
+    full = {"examples": 300, "rouge1": 0.5, "rouge2": 0.25, "rougeL": 0.4, "rougeLsum": 0.41}
+    test = {"examples": 200, "rouge1": 0.45, "rouge2": 0.2, "rougeL": 0.35, "rougeLsum": 0.36}
+    export.record_scores(out, full_validation=full, test=test)
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert tuning["test"] == test and tuning["full_validation"] == full
+    card = (out / "README.md").read_text()
+    test_at, full_at, ranking_at = (
+        card.index("## Test scores (200 examples, never used to choose)"),
+        card.index("## Validation scores, used for selection (all 300 examples)"),
+        card.index("used for ranking"),
+    )
+    assert test_at < full_at < ranking_at
+    assert "| rougeL | 0.3500 |" in card[test_at:full_at] and "| rougeL | 0.4000 |" in card[full_at:ranking_at]
+
+
+def test_replacing_an_export_swaps_by_rename_and_honours_the_umask(fake_experiment, tmp_path):
+    import os
+
+    record = best_checkpoint(find_checkpoints(fake_experiment), "rougeL", "max")
+    previous = os.umask(0o022)
+    try:
+        out = export_checkpoint(record, tmp_path / "model", "rougeL", "max")
+        assert out.stat().st_mode & 0o777 == 0o755  # mkdtemp alone would give 0o700
+        os.umask(0o077)
+        export_checkpoint(record, out, "rougeL", "max", force=True)
+        assert out.stat().st_mode & 0o777 == 0o700
+    finally:
+        os.umask(previous)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging, no old copy
+
+
+def test_a_crash_between_the_renames_leaves_the_old_model_aside(fake_experiment, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    record = best_checkpoint(find_checkpoints(fake_experiment), "rougeL", "max")
+    out = export_checkpoint(record, tmp_path / "model", "rougeL", "max")
+    original = Path.rename
+
+    def rename(self, target):
+        if self.name.startswith(".model.partial-"):
+            raise OSError("simulated crash before the new model takes its name")
+        return original(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError):
+        export_checkpoint(record, out, "rougeL", "max", force=True)
+    kept = list(tmp_path.glob(".model.old-*/model/model.safetensors"))
+    assert len(kept) == 1  # never no copy at all
+
+
+def test_export_by_eval_loss_prints_its_value(fake_experiment, tmp_path):
+    completed = run_cli("export", str(fake_experiment), "--out", str(tmp_path / "m"), "--metric", "eval_loss")
+    assert "eval_loss=nan" not in completed.stdout
 
 
 def test_export_refuses_to_overwrite_without_force(fake_experiment, tmp_path):

@@ -1,3 +1,4 @@
+import json
 import time
 
 import pytest
@@ -100,4 +101,40 @@ def test_unknown_tiny_family_is_refused():
 def test_tiny_name_is_built_on_first_use_in_the_cache(_isolated_cache):
     model, tokenizer = load_model_and_tokenizer("tiny:t5")
     assert model.config.model_type == "t5"
-    assert (_isolated_cache / "tiny_models" / "t5" / "config.json").is_file()
+    assert (_isolated_cache / "tiny_models" / "t5-synthetic" / "config.json").is_file()
+
+
+def _split_files(root, train_word: str, held_out_word: str):
+    root.mkdir(parents=True, exist_ok=True)
+    for split, word in (("train", train_word), ("validation", held_out_word), ("test", held_out_word)):
+        rows = [
+            {"id": f"{split}{i}", "dialogue": f"Anna: {word} {i}\nTom: ok", "summary": f"{word} {i}"} for i in range(5)
+        ]
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_tiny_tokenizers_learn_the_train_split_of_their_data_only(tmp_path):
+    from tune_dialsum.models import _tokenizer_texts
+
+    data = _split_files(tmp_path / "data", "trainword", "heldoutword")
+    texts = list(_tokenizer_texts(str(data)))
+    assert any("trainword" in t for t in texts)
+    assert not any("heldoutword" in t for t in texts)
+
+
+def test_tiny_models_are_cached_per_version_of_their_data(tmp_path, _isolated_cache):
+    import os
+
+    from tune_dialsum.models import resolve_model_path
+
+    data = _split_files(tmp_path / "data", "alpha", "beta")
+    first = resolve_model_path("tiny:bart", str(data))
+    assert resolve_model_path("tiny:bart", str(data)) == first  # built once
+    assert resolve_model_path("tiny:bart", None) != first  # the synthetic fallback is another model
+    other = _split_files(tmp_path / "other", "gamma", "beta")
+    assert resolve_model_path("tiny:bart", str(other)) != first
+    os.utime(data / "validation.jsonl", (1, 1))  # the held-out splits do not decide the tokenizer
+    assert resolve_model_path("tiny:bart", str(data)) == first
+    (data / "train.jsonl").write_text((data / "train.jsonl").read_text() + (data / "train.jsonl").read_text())
+    assert resolve_model_path("tiny:bart", str(data)) != first  # edited in place: a new tokenizer

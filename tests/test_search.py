@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import REPO, TINY, run_cli, tiny_search_command, trial_results
+from tests.conftest import REPO, TINY, demo_root, run_cli, tiny_search_command, trial_results
 
 pytestmark = pytest.mark.slow
 
@@ -22,18 +22,37 @@ def _search(*args: str, storage: Path, timeout: int = 600) -> subprocess.Complet
     return run_cli("search", "--space", str(TINY), "--storage-path", str(storage), *args, timeout=timeout)
 
 
+RUNGS = {1600, 3200, 4800, 6400}  # tiny.yaml: eval_interval and max_budget, in training examples
+
+
 def test_tiny_search_runs_to_the_end_and_prints_its_summary(tiny_search):
     completed, experiment_dir = tiny_search
-    assert "Search finished: 8 trials" in completed.stdout
+    assert "Search finished: 8 trials (2 at a time)" in completed.stdout  # as many as the 2 CPUs fit
     assert "Best trial:" in completed.stdout and f"Best model: {experiment_dir / 'best_model'}" in completed.stdout
     assert "RUNNING" in completed.stdout and "rougeL" in completed.stdout  # the live table
 
 
-def test_asha_stops_some_trials_early(tiny_search):
+def test_budgets_count_training_examples_so_batch_sizes_compare_after_equal_work(tiny_search):
     _, experiment_dir = tiny_search
-    last_steps = [rows[-1]["step"] for rows in trial_results(experiment_dir).values()]
-    assert len(last_steps) == 8
-    assert any(step < 600 for step in last_steps) and any(step == 600 for step in last_steps)
+    results = trial_results(experiment_dir)
+    batches = set()
+    for name, rows in results.items():
+        batch = json.loads((experiment_dir / name / "params.json").read_text())["batch_size"]
+        batches.add(batch)
+        assert {row["samples"] for row in rows} <= RUNGS, name  # evaluated at the same work whatever the batch
+        assert all(row["samples"] == row["step"] * batch for row in rows)
+    assert batches == {8, 16}
+    last = [rows[-1]["samples"] for rows in results.values()]
+    assert any(s < 6400 for s in last) and any(s == 6400 for s in last)  # ASHA stopped some at a rung
+
+
+def test_the_scheduler_ranks_on_the_best_score_so_far(tiny_search):
+    _, experiment_dir = tiny_search
+    for rows in trial_results(experiment_dir).values():
+        running_best = 0.0
+        for row in rows:
+            running_best = max(running_best, row["rougeL"])
+            assert row["best_rougeL"] == pytest.approx(running_best)  # the raw value stays under rougeL
 
 
 def test_stopped_trials_reach_optuna_as_pruned_with_their_curves(tiny_search):
@@ -43,10 +62,34 @@ def test_stopped_trials_reach_optuna_as_pruned_with_their_curves(tiny_search):
     assert len(states) == 8
     assert states.count(optuna.trial.TrialState.PRUNED) >= 3
     for trial in study.trials:
-        assert trial.intermediate_values, trial  # keyed by training step
-        assert set(trial.intermediate_values) <= {100, 200, 300, 400, 500, 600}
+        assert trial.intermediate_values, trial  # keyed by training examples seen
+        assert set(trial.intermediate_values) <= RUNGS
+        values = [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
+        assert values == sorted(values)  # best so far: never falls
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            assert max(trial.intermediate_values) == 600
+            assert max(trial.intermediate_values) == 6400
+
+
+def test_the_export_is_the_best_of_the_top_checkpoints_on_all_of_validation(tiny_search):
+    completed, experiment_dir = tiny_search
+    selection = json.loads((experiment_dir / "selection.json").read_text())
+    candidates = selection["candidates"]
+    assert len(candidates) == 3  # selection.top_k
+    subset_scores = sorted(
+        (row["rougeL"] for rows in trial_results(experiment_dir).values() for row in rows), reverse=True
+    )
+    assert [c["subset"] for c in candidates] == pytest.approx(subset_scores[:3])  # the top 3 by the ranking score
+    chosen = max(candidates, key=lambda c: c["full_validation"])
+    tuning = json.loads((experiment_dir / "best_model" / "tuning.json").read_text())
+    assert (tuning["trial_id"], tuning["step"]) == (chosen["trial_id"], chosen["step"])
+    assert tuning["full_validation"]["examples"] == 300
+    assert tuning["full_validation"]["rougeL"] == pytest.approx(chosen["full_validation"])
+    # the model's figure is on test, which chose nothing
+    assert tuning["test"]["examples"] == 300 and 0 < tuning["test"]["rougeL"] < 1
+    assert f"Test, 300 examples (not used to choose): rouge1={tuning['test']['rouge1']:.4f}" in completed.stdout
+    assert "Validation, all 300 examples (used to choose among the top 3" in completed.stdout
+    card = (experiment_dir / "best_model" / "README.md").read_text()
+    assert card.index("## Test scores") < card.index("used for selection")
 
 
 def test_best_model_is_exported_loadable_and_summarises(tiny_search):
@@ -55,8 +98,6 @@ def test_best_model_is_exported_loadable_and_summarises(tiny_search):
     _, experiment_dir = tiny_search
     best = experiment_dir / "best_model"
     tuning = json.loads((best / "tuning.json").read_text())
-    all_scores = [row["rougeL"] for rows in trial_results(experiment_dir).values() for row in rows]
-    assert tuning["scores"]["rougeL"] == pytest.approx(max(all_scores))
     assert not (best / "optimizer.pt").exists()
     model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(best), AutoTokenizer.from_pretrained(best)
     prefix = tuning["recipe"]["prefix"]
@@ -66,13 +107,25 @@ def test_best_model_is_exported_loadable_and_summarises(tiny_search):
     assert tokenizer.decode(ids[0], skip_special_tokens=True).strip()
 
 
+def test_the_demo_tokenizers_learnt_the_train_split_of_the_searched_data(tiny_search):
+    from tests.conftest import BUNDLED_DATA
+    from tune_dialsum import DialogueDataLoader
+
+    _, experiment_dir = tiny_search
+    fingerprint = DialogueDataLoader(BUNDLED_DATA).fingerprint(("train",))
+    cache = demo_root(experiment_dir) / "cache" / "tiny_models"  # the demo's own TUNE_DIALSUM_CACHE
+    assert {p.name for p in cache.iterdir()} == {f"bart-{fingerprint}", f"t5-{fingerprint}"}
+
+
 def test_every_checkpoint_carries_the_resolved_config(tiny_search):
     _, experiment_dir = tiny_search
     checkpoints = list(experiment_dir.glob("trial_*/checkpoint_*"))
     assert checkpoints
     for checkpoint in checkpoints:
         snapshot = json.loads((checkpoint / "trial_config.json").read_text())
-        assert {"model", "learning_rate", "dialogue_format", "batch_size"} <= set(snapshot["config"])
+        assert {"model", "learning_rate", "dialogue_format", "batch_size", "max_target_length"} <= set(
+            snapshot["config"]
+        )
         assert not any("@" in key for key in snapshot["config"])
 
 
@@ -127,7 +180,12 @@ def test_unreachable_hub_model_fails_fast_with_one_line(tmp_path):
 def test_resume_after_the_driver_is_killed(tmp_path):
     """SIGKILL the driver (and its local Ray) mid-search; --resume finishes the experiment."""
     command = tiny_search_command(
-        tmp_path, "killed", "trials.num_samples=4", "scheduler.max_budget=300", "scheduler.grace_period=100"
+        tmp_path,
+        "killed",
+        "trials.num_samples=4",
+        "scheduler.budget_unit=steps",
+        "scheduler.max_budget=300",
+        "scheduler.grace_period=100",
     )
     driver = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -149,7 +207,9 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     time.sleep(2)
-    resumed = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    # the experiment is named, not described again: its own space is what resuming uses
+    resume = ["search", "--resume", "--name", "killed", "--storage-path", str(tmp_path)]
+    resumed = run_cli(*resume)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     after = trial_results(experiment_dir)
     assert len(after) == 4  # no trial re-run under a second id
@@ -164,6 +224,19 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert len(ran) == 4  # the history of every trial that ran is whole
     # A trial Optuna handed out after the last saved state, if any, is closed and labelled, not left RUNNING.
     assert all(t.user_attrs.get("abandoned") for t in study.trials if t not in ran)
+
+    # A finished search continues with more trials; TPE learns from every earlier one (one study).
+    refused = run_cli(*resume, "--set", "scheduler.max_budget=600")
+    assert refused.returncode == 2 and "--set scheduler.max_budget=600 cannot apply" in refused.stderr
+    more = run_cli(*resume, "--num-samples", "5")
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    assert "Search finished: 5 trials" in more.stdout
+    grown = trial_results(experiment_dir)
+    assert len(grown) == 5 and all(grown[name] == rows for name, rows in after.items())
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment_dir / 'optuna.db'}")
+    assert len([t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]) == 5
+    fewer = run_cli(*resume, "--num-samples", "3")
+    assert fewer.returncode == 2 and "already has 5 trials" in fewer.stderr
     assert (experiment_dir / "best_model" / "tuning.json").is_file()
 
 
@@ -181,7 +254,8 @@ ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
 from tune_dialsum.space import load_space
 from tune_dialsum.search import run_search
 space = load_space({str(TINY)!r}, ["trials.num_samples=4", "trials.max_concurrent=4", "resources.gpus_per_trial=1",
-                   "scheduler.max_budget=200", "scheduler.grace_period=200", "name=gpus", "storage_path={tmp_path}"])
+                   "scheduler.budget_unit=steps", "scheduler.max_budget=200", "scheduler.grace_period=200",
+                   "name=gpus", "storage_path={tmp_path}"])
 run_search(space)
 """
     completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -117,6 +117,36 @@ BAD_SPACES = {
         r"resources.cpus_per_trial: must be greater than 0",
     ),
     "bad name": (MINIMAL + "name: ../escape\n", r"name: '../escape' must be letters"),
+    "num_train_epochs searched while the scheduler sets the budget": (
+        MINIMAL.replace("search:\n", "search:\n  num_train_epochs: {choice: [3, 5]}\n"),
+        r"search.num_train_epochs: has no effect: the scheduler sets every trial's budget",
+    ),
+    "num_train_epochs searched per family": (
+        MINIMAL + "per_family: {bart: {num_train_epochs: {choice: [3, 5]}}}\n",
+        r"per_family.bart.num_train_epochs: has no effect",
+    ),
+    "eval_interval above budget": (
+        MINIMAL.replace("max_budget: 100", "max_budget: 100\n  eval_interval: 150"),
+        r"scheduler.eval_interval: 150 exceeds max_budget 100",
+    ),
+    "warmup_ratio of one": (
+        MINIMAL.replace("fixed:\n", "fixed:\n  warmup_ratio: 1.0\n"),
+        r"fixed.warmup_ratio: warmup_ratio is a fraction: it must be below 1",
+    ),
+    "warmup_ratio range reaching one": (
+        MINIMAL.replace("search:\n", "search:\n  warmup_ratio: {uniform: [0.0, 1.5]}\n"),
+        r"search.warmup_ratio.uniform: warmup_ratio is a fraction",
+    ),
+    "eval_loss maximised": (
+        MINIMAL + "objective: {metric: eval_loss, mode: max}\n",
+        r"objective.mode: eval_loss is better lower: use mode: min",
+    ),
+    "rougeL minimised": (MINIMAL + "objective: {metric: rougeL, mode: min}\n", r"use mode: max"),
+    "unknown budget unit": (
+        MINIMAL.replace("max_budget: 100", "max_budget: 100\n  budget_unit: tokens"),
+        r"scheduler.budget_unit: must be one of samples, steps, epochs but got 'tokens'",
+    ),
+    "top_k of zero": (MINIMAL + "selection: {top_k: 0}\n", r"selection.top_k: must be at least 1"),
     "trust_remote_code not a bool": (
         MINIMAL + "trust_remote_code: 'yes'\n",
         r"trust_remote_code: expected true or false",
@@ -167,3 +197,33 @@ def test_parse_space_accepts_a_dict():
     space = parse_space(yaml.safe_load(MINIMAL), source="inline")
     assert space.name == "search" and space.metric == "rougeL" and space.mode == "max"
     assert Path(space.storage_path) == Path("ray_results")
+
+
+def test_samples_budget_and_room_for_as_many_trials_as_fit(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(MINIMAL)
+    space = load_space(path, ["scheduler.budget_unit=samples", "scheduler.max_budget=6400"])
+    assert space.scheduler["budget_unit"] == "samples" and space.trials["max_concurrent"] is None
+    assert space.top_k == 3
+
+
+def test_searching_the_batch_size_over_a_step_budget_is_warned_about(tmp_path, caplog):
+    path = tmp_path / "s.yaml"
+    path.write_text(MINIMAL.replace("search:\n", "search:\n  batch_size: {choice: [4, 8]}\n"))
+    load_space(path)
+    assert "budget_unit: samples compares them after the same number of training examples" in caplog.text
+    caplog.clear()
+    load_space(path, ["scheduler.budget_unit=samples"])
+    assert "unequal work" not in caplog.text
+
+
+def test_bundled_spaces_that_search_batch_or_accumulation_budget_in_samples():
+    for path in sorted((REPO / "search_spaces").glob("*.yaml")):
+        space = load_space(path)
+        if {"batch_size", "gradient_accumulation_steps"} & set(space.searched_settings):
+            assert space.scheduler["budget_unit"] in ("samples", "epochs"), path.name
+
+
+def test_the_demo_searches_model_rate_format_and_a_length():
+    space = load_space(REPO / "search_spaces" / "tiny.yaml")
+    assert {"model", "learning_rate", "dialogue_format", "max_target_length"} <= set(space.searched_settings)

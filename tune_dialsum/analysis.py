@@ -24,6 +24,7 @@ from tune_dialsum.export import CHECKPOINT_METADATA
 from tune_dialsum.models import family_of
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.storage import OPTUNA_DB, SPACE_SNAPSHOT, ExperimentStore
+from tune_dialsum.trainable import TIME_ATTRS
 
 
 def read_reports(trial_dir: Path) -> list[dict]:
@@ -68,7 +69,7 @@ class Experiment:
 
     @property
     def time_attr(self) -> str:
-        return "step" if self.space.scheduler["budget_unit"] == "steps" else "epoch"
+        return TIME_ATTRS[self.space.scheduler["budget_unit"]]
 
     # -- frames -----------------------------------------------------------------------
     @cached_property
@@ -78,7 +79,7 @@ class Experiment:
         for trial_dir in sorted(self.path.glob("trial_*")):
             trial_id = trial_dir.name.removeprefix("trial_")
             rows += [{"trial_id": trial_id, **report} for report in read_reports(trial_dir)]
-        columns = ["trial_id", "step", "epoch", self.metric, "time_total_s"]
+        columns = ["trial_id", "step", "epoch", "samples", self.metric, "time_total_s"]
         frame = pd.DataFrame(rows)
         return frame if not frame.empty else pd.DataFrame(columns=columns)
 

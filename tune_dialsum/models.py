@@ -81,8 +81,12 @@ def tiny_model_dir(family: str, data_dir: str | None) -> Path:
 def tokenizer_fingerprint(tokenizer) -> str:
     """A short hash of everything that decides how ``tokenizer`` splits text into ids."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    text += json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
+    if backend is not None:
+        # truncation and padding are the state of the last call, not how text is split
+        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+    else:
+        state = tokenizer.get_vocab()
+    text = json.dumps([state, tokenizer.special_tokens_map], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

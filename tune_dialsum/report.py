@@ -44,7 +44,7 @@ def plot_curves(experiment: Experiment, path: Path) -> Path:
         )
     ax.plot([], [], linestyle="--", color="grey", label="stopped by the scheduler")
     ax.set(
-        xlabel=f"training {experiment.time_attr}s",
+        xlabel={"step": "training steps", "epoch": "epochs", "samples": "training examples seen"}[experiment.time_attr],
         ylabel=experiment.metric,
         title=f"{experiment.space.name}: {experiment.metric} during training",
     )

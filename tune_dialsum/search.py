@@ -23,7 +23,14 @@ from tune_dialsum.outcome import BEST_MODEL_DIR, SearchOutcome, format_summary, 
 from tune_dialsum.searcher import make_sampler, pruned_aware_optuna_search_class
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.storage import OPTUNA_DB, SPACE_SNAPSHOT, ExperimentStore
-from tune_dialsum.trainable import NODE_LOCAL, TOKENIZED_CACHE, TRIAL_DIR_PREFIX, ExperimentSettings, train_dialsum
+from tune_dialsum.trainable import (
+    NODE_LOCAL,
+    NOT_RETRYABLE_FILE,
+    TOKENIZED_CACHE,
+    TRIAL_DIR_PREFIX,
+    ExperimentSettings,
+    train_dialsum,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +199,9 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
         store.push(store.local / SPACE_SNAPSHOT)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table shows every trial's state and score
         results = []
+        if resume:  # the user asks for failed trials to be tried again: errors not retried before are, now
+            for marker in store.local.glob(f"{TRIAL_DIR_PREFIX}*/{NOT_RETRYABLE_FILE}"):
+                store.delete(marker)
         if resume and tune.Tuner.can_restore(store.location):
             tuner = tune.Tuner.restore(
                 store.location, trainable=_trainable(space, settings), resume_unfinished=True, resume_errored=True

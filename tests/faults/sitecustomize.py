@@ -7,6 +7,9 @@ trainer of every trial whose dialogue format is FORMAT raises at training step S
 - ``oom``: ``torch.OutOfMemoryError``, every time (a trial that cannot fit);
 - ``raise``: ``RuntimeError``, every time;
 - ``once``: ``RuntimeError`` the first time only (a transient fault that a retry survives).
+
+Every fault that fires leaves a file ``fired-KIND-FORMAT-*`` in ``TUNE_DIALSUM_TEST_FAULT_MARKERS``,
+so a test can count how many times each one was trained into.
 """
 
 import hashlib
@@ -14,6 +17,7 @@ import importlib.abc
 import importlib.util
 import os
 import sys
+import uuid
 from pathlib import Path
 
 SPECS = [s for s in os.environ.get("TUNE_DIALSUM_TEST_FAULTS", "").split(",") if s]
@@ -43,6 +47,7 @@ def _inject(train_module) -> None:
                     if marker.exists():
                         continue
                     marker.touch()
+                (MARKERS / f"fired-{kind}-{dialogue_format}-{uuid.uuid4().hex}").touch()
                 if kind == "oom":
                     raise torch.OutOfMemoryError("CUDA out of memory (simulated by the test)")
                 raise RuntimeError(f"injected failure at step {step}")

@@ -1,0 +1,56 @@
+"""The trainable's decisions that need no Ray: best-so-far, which failures are retried, the summary's wording."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tune_dialsum.errors import UsageError
+from tune_dialsum.export import CheckpointRecord
+from tune_dialsum.outcome import SearchOutcome, format_summary
+from tune_dialsum.trainable import NotRetryable, TrialDiverged, best_so_far, is_retryable
+
+
+def test_best_so_far_keeps_the_peak_of_a_dipping_curve():
+    # seen on DialogSum: 0.145 at epoch 1, then 0.09: ASHA must see 0.145 at the second rung
+    history = [{"eval_rougeL": 0.145}, {"loss": 2.0}, {"eval_rougeL": 0.09}, {"eval_rougeL": float("nan")}]
+    assert best_so_far(history, "rougeL", "max") == 0.145
+    assert best_so_far([{"eval_loss": 3.0}, {"eval_loss": 2.5}, {"eval_loss": 2.7}], "eval_loss", "min") == 2.5
+    assert math.isnan(best_so_far([{"loss": 1.0}], "rougeL", "max"))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        TrialDiverged("training loss became nan"),
+        torch.OutOfMemoryError("CUDA out of memory"),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 GB (out of memory)"),
+        UsageError("unknown dialogue format"),
+        ValueError("a bad setting"),
+        NotRetryable("failed before"),
+    ],
+)
+def test_failures_another_attempt_cannot_fix_are_not_retried(error):
+    assert not is_retryable(error)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("NCCL timeout"), OSError("connection reset"), ConnectionError()])
+def test_transient_failures_are_retried(error):
+    assert is_retryable(error)
+
+
+def _outcome(unit: str, record: CheckpointRecord) -> SearchOutcome:
+    outcome = SearchOutcome("exp", None, "rougeL", "max", 5, unit, best=record)
+    outcome.at_once = 2
+    return outcome
+
+
+def test_the_summary_names_the_budget_in_its_own_unit():
+    snapshot = {"config": {"generation_num_beams": 1}, "settings": {}, "samples_per_step": 16}
+    record = CheckpointRecord(None, "t1", 1250, {"rougeL": 0.3}, snapshot, epoch=2.0)
+    assert "at epoch 2." in format_summary(_outcome("epochs", record))  # not the step count, 1250
+    assert "at training examples 20000." in format_summary(_outcome("samples", record))
+    assert "at step 1250." in format_summary(_outcome("steps", record))
+    assert "(2 at a time)" in format_summary(_outcome("steps", record))
