@@ -42,11 +42,12 @@ def dialogsum_subset(args) -> tuple[Path, Path]:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tune_dialsum_bench_"))
     data_dir = workdir / "data"
-    if not (data_dir / "train.jsonl").is_file():
+    if not (data_dir / "test.jsonl").is_file():
         splits = DialogueDataLoader(source).load_splits()
         data_dir.mkdir(parents=True, exist_ok=True)
         splits["train"].head(args.train_size).to_json(data_dir / "train.jsonl", orient="records", lines=True)
         splits["validation"].to_json(data_dir / "validation.jsonl", orient="records", lines=True)
+        splits["test"].to_json(data_dir / "test.jsonl", orient="records", lines=True)
     model_dir = workdir / f"tiny-{args.family}"
     if not (model_dir / "config.json").is_file():
         build_tiny_model(args.family, model_dir, data_dir=str(data_dir))

@@ -39,7 +39,14 @@ def test_importance_comes_from_the_optuna_study(tiny_search):
     importance = Experiment.load(tiny_search[1]).importance()
     if importance.empty:
         pytest.skip("too few finished trials for importance in this run")
-    assert set(importance.index) <= {"model", "learning_rate", "dialogue_format", "batch_size", "learning_rate@t5"}
+    assert set(importance.index) <= {
+        "model",
+        "learning_rate",
+        "dialogue_format",
+        "batch_size",
+        "max_target_length",
+        "learning_rate@t5",
+    }
     assert math.isclose(importance.sum(), 1.0, rel_tol=1e-6)
 
 
