@@ -63,6 +63,7 @@ def test_failed_trials_keep_optimizer_state_for_resume_and_scratch_is_removed_an
             "scheduler.budget_unit=steps",
             "scheduler.max_budget=200",
             "scheduler.grace_period=100",
+            "scheduler.eval_interval=100",
             "search.model={choice: ['tiny:t5']}",
         ),
         cwd=REPO,

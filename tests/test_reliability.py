@@ -50,6 +50,7 @@ def test_failing_trials_end_as_failed_while_the_others_go_on(tmp_path):
         "scheduler.budget_unit=steps",
         "scheduler.max_budget=300",
         "scheduler.grace_period=100",
+        "scheduler.eval_interval=100",
         "search.model={choice: ['tiny:t5']}",
         env=env,
     )
@@ -100,6 +101,7 @@ def test_no_trial_finishing_is_exit_1_and_nothing_exported(tmp_path):
         "scheduler.budget_unit=steps",
         "scheduler.max_budget=200",
         "scheduler.grace_period=100",
+        "scheduler.eval_interval=100",
         "search.learning_rate={choice: [1.0e+6]}",
         "per_family={}",
         "search.model={choice: ['tiny:t5']}",
@@ -123,7 +125,12 @@ def _reports_written(experiment: str) -> bool:
 def test_ctrl_c_stops_within_seconds_and_resume_finishes(kept_in, tmp_path, request):
     storage = str(tmp_path) if kept_in == "directory" else request.getfixturevalue("s3_storage")
     command = tiny_search_command(
-        storage, "interrupted", "trials.num_samples=4", "scheduler.budget_unit=steps", "scheduler.max_budget=300"
+        storage,
+        "interrupted",
+        "trials.num_samples=4",
+        "scheduler.budget_unit=steps",
+        "scheduler.max_budget=300",
+        "scheduler.eval_interval=100",
     )
     driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store = ExperimentStore(join(storage, "interrupted"))

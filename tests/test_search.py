@@ -186,6 +186,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         "scheduler.budget_unit=steps",
         "scheduler.max_budget=300",
         "scheduler.grace_period=100",
+        "scheduler.eval_interval=100",
     )
     driver = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -254,7 +255,7 @@ ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
 from tune_dialsum.space import load_space
 from tune_dialsum.search import run_search
 space = load_space({str(TINY)!r}, ["trials.num_samples=4", "trials.max_concurrent=4", "resources.gpus_per_trial=1",
-                   "scheduler.budget_unit=steps", "scheduler.max_budget=200", "scheduler.grace_period=200",
+                   "scheduler.budget_unit=steps", "scheduler.max_budget=200", "scheduler.grace_period=200", "scheduler.eval_interval=100",
                    "name=gpus", "storage_path={tmp_path}"])
 run_search(space)
 """
