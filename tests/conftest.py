@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -161,8 +163,9 @@ def tiny_search(tmp_path_factory):
     then holds what it bound. Returns (completed process, experiment directory).
     """
     root = tmp_path_factory.mktemp("demo")
-    storage, ray_tmp, listening = root / "ray_results", root / "ray_tmp", root / LISTENING_FILE
-    ray_tmp.mkdir()
+    storage, listening = root / "ray_results", root / LISTENING_FILE
+    ray_tmp = short_ray_tmpdir()
+    (root / "ray_tmp").symlink_to(ray_tmp)
     command = [sys.executable, str(REPO / "tests" / "helpers" / "watch_listeners.py"), str(listening), "--"]
     command += cli_command("search", "--space", str(TINY), "--storage-path", str(storage))
     isolated = private_network_unavailable() is None
@@ -180,7 +183,14 @@ def tiny_search(tmp_path_factory):
     if not isolated:
         listening.unlink(missing_ok=True)  # bound in this machine's namespace: not a test of anything
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return completed, storage / "tiny-demo"
+    yield completed, storage / "tiny-demo"
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def short_ray_tmpdir() -> Path:
+    """A new directory for RAY_TMPDIR with a short path: Ray's socket paths under it must fit in
+    the 107 bytes of a Unix socket address, which a pytest temporary directory can overrun."""
+    return Path(tempfile.mkdtemp(prefix="tds-ray-", dir="/tmp"))
 
 
 LISTENING_FILE = "listening.json"  # beside the demo's ray_results: what its processes listened on

@@ -82,6 +82,8 @@ def _search_on(address: str, storage: str, env: dict, timeout: int = 600) -> sub
         "scheduler.grace_period=1600",
         "--set",
         "search.model={choice: ['tiny:t5']}",
+        "--set",
+        "selection.top_k=1",
         env=env,
         timeout=timeout,
     )

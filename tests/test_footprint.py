@@ -22,7 +22,7 @@ def test_the_demo_run_as_a_user_runs_it_listens_on_loopback_only(tiny_search):
     processes = {entry.split(" ", 1)[1] for entry in listening}
     assert {"(gcs_server)", "(raylet)"} <= processes  # the watcher saw Ray's own services, and trial workers
     assert any("ImplicitFunc" in p for p in processes)
-    beyond = [entry for entry in listening if entry.rsplit(":", 1)[0] not in LOOPBACK]
+    beyond = [entry for entry in listening if entry.split(" ", 1)[0].rsplit(":", 1)[0] not in LOOPBACK]
     assert not beyond, beyond
 
 
@@ -36,46 +36,6 @@ def test_no_trial_scratch_or_optimizer_state_outlives_the_search(tiny_search):
     assert not list(experiment_dir.rglob("optimizer.pt"))
     assert len(trial_results(experiment_dir)) == 8
     assert "MiB left in Ray's session directory)" in completed.stdout
-
-
-def test_failed_trials_keep_optimizer_state_for_resume_and_scratch_is_removed_anyway(tmp_path):
-    """A trial that fails keeps the optimizer state --resume continues from; its scratch goes all the same."""
-    import os
-
-    from tests.conftest import REPO, tiny_search_command
-
-    ray_tmp = tmp_path / "ray_tmp"
-    ray_tmp.mkdir()
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{REPO / 'tests' / 'faults'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "TUNE_DIALSUM_TEST_FAULTS": "raise@150:standard,raise@150:turns,raise@150:compact",
-        "TUNE_DIALSUM_TEST_FAULT_MARKERS": str(tmp_path),
-        "RAY_TMPDIR": str(ray_tmp),
-    }
-    import subprocess
-
-    completed = subprocess.run(
-        tiny_search_command(
-            tmp_path,
-            "failing",
-            "trials.num_samples=1",
-            "scheduler.budget_unit=steps",
-            "scheduler.max_budget=200",
-            "scheduler.grace_period=100",
-            "scheduler.eval_interval=100",
-            "search.model={choice: ['tiny:t5']}",
-        ),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    assert "1 failed" in completed.stdout
-    assert list((tmp_path / "failing").glob("trial_*/checkpoint_*/optimizer.pt"))
-    assert not list(ray_tmp.rglob("hf-*"))
 
 
 MEMORY_SETS = (
