@@ -182,3 +182,19 @@ def test_export_command_on_a_real_experiment(tiny_search, tmp_path):
 def test_export_of_a_missing_experiment_is_a_clear_error(tmp_path):
     completed = run_cli("export", str(tmp_path / "nope"), "--out", str(tmp_path / "m"), timeout=120)
     assert completed.returncode == 2 and "not an experiment directory" in completed.stderr
+
+
+def test_trimming_a_stopped_trial_keeps_the_checkpoints_selection_chose(fake_experiment):
+    from tune_dialsum.outcome import trim_ended_trials
+    from tune_dialsum.storage import ExperimentStore
+
+    records = find_checkpoints(fake_experiment)
+    later = next(r for r in records if (r.trial_id, r.step) == ("a", 300))  # chosen on all of validation
+    trim_ended_trials(ExperimentStore(str(fake_experiment)), records, {"a"}, {"b"}, "rougeL", "max", keep={later.path})
+    left = {(r.trial_id, r.step) for r in find_checkpoints(fake_experiment)}
+    assert left == {("a", 200), ("a", 300), ("b", 300)}  # the subset's best and the chosen one stay
+    assert not list(fake_experiment.rglob("optimizer.pt"))  # ended trials: weights only
+    trim_ended_trials(
+        ExperimentStore(str(fake_experiment)), find_checkpoints(fake_experiment), {"a"}, set(), "rougeL", "max"
+    )
+    assert {(r.trial_id, r.step) for r in find_checkpoints(fake_experiment)} == {("a", 200), ("b", 300)}

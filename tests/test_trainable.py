@@ -54,3 +54,17 @@ def test_the_summary_names_the_budget_in_its_own_unit():
     assert "at training examples 20000." in format_summary(_outcome("samples", record))
     assert "at step 1250." in format_summary(_outcome("steps", record))
     assert "(2 at a time)" in format_summary(_outcome("steps", record))
+
+
+def test_a_trial_that_ran_its_whole_budget_is_finished_even_without_a_done_mark():
+    from types import SimpleNamespace
+
+    from tune_dialsum.outcome import _classify
+
+    space = SimpleNamespace(metric="rougeL", mode="max")
+    settings = SimpleNamespace(time_attr="step", max_budget=300)
+    rows = [{"step": 100, "rougeL": 0.2}, {"step": 300, "rougeL": 0.3}]  # FIFO: the last report is not marked
+    assert _classify("t", rows, rows[-1], {}, None, space, settings).status == "TERMINATED"
+    assert _classify("t", rows[:1], rows[0], {}, None, space, settings).status == "UNFINISHED"
+    assert _classify("t", rows[:1], {**rows[0], "done": True}, {}, None, space, settings).status == "STOPPED"
+    assert _classify("t", rows[:1], rows[0], {}, "boom", space, settings).status == "ERROR"

@@ -107,6 +107,7 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: 
             finished={t.trial_id for t in outcome.trials if t.status == "TERMINATED"},
             metric=space.metric,
             mode=space.mode,
+            keep={outcome.best.path, *(c.record.path for c in outcome.candidates)},
         )
     elif not outcome.unfinished:
         reasons = "; ".join(f"{t.trial_id}: {t.error}" for t in outcome.failed[:3])
@@ -126,7 +127,8 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
     """
     experiment_dir = outcome.experiment_dir
     chosen = best_checkpoint(records, space.metric, space.mode)
-    rescoring = settings.max_eval_samples is not None and not outcome.unfinished
+    # ROUGE is re-scored by decoding; a loss objective is not (the subset's loss is what ranks)
+    rescoring = settings.max_eval_samples is not None and not outcome.unfinished and space.metric != "eval_loss"
     if rescoring:
         top = selection.top_by_subset(records, space.metric, space.mode, space.top_k)
         outcome.candidates = selection.rescore(top, [store.where(r.path) for r in top], settings, space.resources)
@@ -146,7 +148,7 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
         )
     store.push(outcome.best_model_dir)
     outcome.best_model_location = store.where(outcome.best_model_dir)
-    if rescoring:
+    if not outcome.unfinished:
         outcome.test = selection.score_on_test(outcome.best_model_location, settings, space.resources)
         if outcome.test is not None:
             record_scores(outcome.best_model_dir, test=outcome.test)
@@ -155,7 +157,9 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
 
 def _classify(trial_id: str, rows: list[dict], last: dict, config: dict, error: str | None, space, settings):
     used = float(last.get(settings.time_attr, 0) or 0)
-    if last.get("done"):
+    # Ray marks the last logged report done only where its scheduler stopped the trial; a trial
+    # that ran its whole budget under FIFO may end on an unmarked one
+    if last.get("done") or used >= settings.max_budget:
         status, error = ("STOPPED" if used < settings.max_budget else "TERMINATED"), None
     elif error is not None:
         status = "ERROR"
@@ -202,13 +206,16 @@ def set_aside_orphans(store: ExperimentStore, known_ids: set[str]) -> None:
             logger.warning("set aside %s: the experiment has no record of it (its driver died)", trial_dir.name)
 
 
-def trim_ended_trials(store: ExperimentStore, records, stopped: set[str], finished: set[str], metric: str, mode: str):
+def trim_ended_trials(
+    store: ExperimentStore, records, stopped: set[str], finished: set[str], metric: str, mode: str, keep=frozenset()
+):
     """Drop what trials that ended can never use again.
 
     A trial the scheduler stopped keeps only its best checkpoint (so that ``export --trial`` still
     works); a trial that finished keeps its best ``checkpoints.keep``. Neither will train again, so
     neither keeps optimizer state: for large models that is two thirds of every checkpoint. Failed
-    and unfinished trials keep theirs: ``--resume`` continues them from it.
+    and unfinished trials keep theirs: ``--resume`` continues them from it. Checkpoints in ``keep``
+    (the exported one, the re-scored candidates) stay whatever their subset score.
     """
     by_trial: dict[str, list] = {}
     for record in records:
@@ -216,11 +223,11 @@ def trim_ended_trials(store: ExperimentStore, records, stopped: set[str], finish
             by_trial.setdefault(record.trial_id, []).append(record)
     for trial_id, trial_records in by_trial.items():
         if trial_id in stopped:
-            keep = best_checkpoint(trial_records, metric, mode, trial_id=trial_id)
+            best = best_checkpoint(trial_records, metric, mode, trial_id=trial_id)
             for record in trial_records:
-                if record is not keep:
+                if record is not best and record.path not in keep:
                     store.delete(record.path)
-            trial_records = [keep]
+            trial_records = [r for r in trial_records if r is best or r.path in keep]
         for record in trial_records:
             for name in OPTIMIZER_STATE:
                 store.delete(record.path / name)

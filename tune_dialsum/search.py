@@ -19,7 +19,7 @@ import yaml
 from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray
 from tune_dialsum.errors import UsageError
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
-from tune_dialsum.outcome import BEST_MODEL_DIR, SearchOutcome, format_summary, summarize
+from tune_dialsum.outcome import BEST_MODEL_DIR, SearchOutcome, format_summary, recorded_trial_ids, summarize
 from tune_dialsum.searcher import make_sampler, pruned_aware_optuna_search_class
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.storage import OPTUNA_DB, SPACE_SNAPSHOT, ExperimentStore
@@ -87,18 +87,23 @@ def _trainable(space: SearchSpace, settings: ExperimentSettings):
     )
 
 
-def _build_tuner(space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore, num_samples: int):
+def _build_tuner(
+    space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore, num_samples: int, continuing: bool
+):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    study = optuna.storages.RDBStorage(f"sqlite:///{store.local / OPTUNA_DB}")
+    # a continued search draws anew: the same seed would repeat the first run's first configurations
+    earlier = len(optuna.load_study(study_name=space.name, storage=study).trials) if continuing else 0
     searcher = pruned_aware_optuna_search_class()(
         space=space.define_by_run,
         metric=settings.ranked_by,  # the best so far: a trial is exported at its best checkpoint
         mode=space.mode,
-        sampler=make_sampler(space),
+        sampler=make_sampler(space, seed_offset=earlier),
         # SQLite on the driver (object stores cannot hold a database); pushed to the store after the run
-        storage=optuna.storages.RDBStorage(f"sqlite:///{store.local / OPTUNA_DB}"),
+        storage=study,
         study_name=space.name,
         time_attr=settings.time_attr,
         full_budget=settings.max_budget,
@@ -185,6 +190,9 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
     from ray import tune
 
     settings = experiment_settings(space, store)
+    # Tune gives a reused worker's trial 2 s to end before the next one starts there; ending one frees
+    # its scratch and memory (workers of a local Ray inherit this)
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     clock = time.perf_counter()
     store.check_writable()
     preflight(space, settings)
@@ -208,11 +216,11 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
             )
             results = list(tuner.fit())
             store.pull(checkpoint_files=())  # for a URI: the trial directories the restored run wrote
-        more = space.trials["num_samples"] - len(known_trial_dirs(store.local))
+        more = space.trials["num_samples"] - (len(recorded_trial_ids(store.local)) if resume else 0)
         interrupted = any(r.error is None and not (r.metrics or {}).get("done") for r in results)
         if more > 0 and not interrupted:
             # a new search, or more trials for a finished one: Optuna's study holds every earlier trial
-            results += list(_build_tuner(space, settings, store, more).fit())
+            results += list(_build_tuner(space, settings, store, more, continuing=resume).fit())
         store.push(store.local / OPTUNA_DB)
         logger.info("trials done after %.1fs", time.perf_counter() - clock)
         outcome = summarize(results, space, settings, store)
@@ -235,20 +243,16 @@ def _resumed_space(store: ExperimentStore, name: str, num_samples: int | None) -
         raise UsageError(f"--resume: nothing to resume at {store.location}; run without --resume to start it")
     raw = yaml.safe_load(snapshot.read_text())
     if num_samples is not None:
-        existing = len(known_trial_dirs(store.local))
+        planned = int((raw.get("trials") or {}).get("num_samples", 8))
+        existing = max(planned, len(recorded_trial_ids(store.local)))
         if num_samples < existing:
             raise UsageError(
-                f"--num-samples {num_samples}: experiment {name!r} already has {existing} trials; pass more "
-                f"than {existing} to add trials, or leave it out to finish the experiment as it was"
+                f"--num-samples {num_samples}: experiment {name!r} already has {existing} trials (run or planned); "
+                f"pass {existing + 1} or more to add trials, or leave it out to finish the experiment as it was"
             )
         raw.setdefault("trials", {})["num_samples"] = num_samples
     space = parse_space(raw, source=str(snapshot), default_name=name)
     return dataclasses.replace(space, storage_path=store.storage_path)
-
-
-def known_trial_dirs(experiment_dir: Path) -> list[Path]:
-    """The experiment's trial directories (trials set aside as orphans are not among them)."""
-    return sorted(p for p in experiment_dir.glob(f"{TRIAL_DIR_PREFIX}*") if p.is_dir())
 
 
 def trials_at_once(space: SearchSpace) -> int:

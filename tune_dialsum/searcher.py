@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 from tune_dialsum.space import SearchSpace
 
 
-def make_sampler(space: SearchSpace):
+def make_sampler(space: SearchSpace, seed_offset: int = 0):
+    """Optuna's sampler for ``space``; ``seed_offset`` (the trials already in the study) when a search continues."""
     import optuna
 
+    seed = space.seed + seed_offset
     if space.trials["sampler"] == "random":
-        return optuna.samplers.RandomSampler(seed=space.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     # TPE's default of 10 random start-up trials would leave a search of 8 trials entirely random;
     # constant_liar keeps trials that run at the same time from being sampled on top of each other.
     startup = min(10, max(3, space.trials["num_samples"] // 4))
-    return optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=startup, constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
 
 
 def pruned_aware_optuna_search_class():
@@ -97,7 +101,7 @@ def pruned_aware_optuna_search_class():
                 return  # failed again: the FAIL record says so already
             curve[int(result[self._time_attr])] = result[self.metric]
             failed = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
-            complete = result[self._time_attr] >= self._full_budget
+            complete = result[self._time_attr] >= self._full_budget and math.isfinite(result[self.metric])
             self._ot_study.add_trial(
                 optuna.trial.create_trial(
                     state=TrialState.COMPLETE if complete else TrialState.PRUNED,

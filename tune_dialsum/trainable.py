@@ -11,18 +11,22 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
+import traceback
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tune_dialsum import storage
 from tune_dialsum.data import DialogueDataLoader, training_splits
-from tune_dialsum.errors import TuneDialsumError, one_line
+from tune_dialsum.errors import ModelNotFoundError, TuneDialsumError, one_line
 from tune_dialsum.models import tokenizer_fingerprint
 from tune_dialsum.train import RECIPE_FILE, DialogueSummarizationTrainer
+
+logger = logging.getLogger(__name__)
 
 TRIAL_CONFIG_FILE = "trial_config.json"
 TRIAL_DIR_PREFIX = "trial_"  # a trial's directory in the experiment: trial_<trial id>
@@ -284,6 +288,8 @@ def is_retryable(error: BaseException) -> bool:
     """
     import torch
 
+    if isinstance(error, ModelNotFoundError):  # checked before any trial: in a trial, a hub or disk hiccup
+        return True
     if isinstance(
         error, (TrialDiverged, NotRetryable, torch.OutOfMemoryError, TuneDialsumError, ValueError, TypeError)
     ):
@@ -312,13 +318,9 @@ def _release_memory() -> None:
 def _return_freed_heap_to_the_system() -> None:
     """glibc keeps freed memory in its arenas; a long-lived worker's resident size then only grows."""
     import ctypes
-    import ctypes.util
 
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return
-    try:
-        ctypes.CDLL(libc_name).malloc_trim(0)
+    try:  # quick: Tune gives a reused worker's trial thread 2 seconds to end (TUNE_FUNCTION_THREAD_TIMEOUT_S)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
         pass
 
@@ -342,13 +344,23 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
     output_dir = Path.cwd() / f"hf-{trial_id}"
     try:
         _train(config, settings, output_dir)
-    except Exception as err:
-        if marker and not is_retryable(err):
-            storage.write_text(marker, json.dumps({"error": f"{type(err).__name__}: {one_line(err)}"}))
+    except BaseException as err:  # SystemExit too: that is how Tune ends a trial its scheduler stopped
+        if marker and isinstance(err, Exception) and not is_retryable(err):
+            _record_not_retryable(marker, err)
+        # The traceback holds the trainer's frames, and through them the model and optimizer: let go
+        # of them, or nothing below can free that memory while the exception propagates.
+        traceback.clear_frames(err.__traceback__)
         raise
-    finally:  # also on SystemExit, which is how Tune ends a trial its scheduler stopped
+    finally:
         shutil.rmtree(output_dir, ignore_errors=True)
         _release_memory()
+
+
+def _record_not_retryable(marker: str, error: Exception) -> None:
+    try:
+        storage.write_text(marker, json.dumps({"error": f"{type(error).__name__}: {one_line(error)}"}))
+    except (OSError, TuneDialsumError) as failed:  # the trial's own error is the one to report
+        logger.warning("could not record that %s is not retryable: %s", error, one_line(failed))
 
 
 def _train(config: dict, settings: ExperimentSettings, output_dir: Path) -> None:
