@@ -31,6 +31,7 @@ TRAINING_ONLY = {
     TRIAL_CONFIG_FILE,
 }
 TUNING_FILE = "tuning.json"
+MODEL_CARD = "README.md"
 # What find_checkpoints reads of a checkpoint (all that is mirrored of one kept at a URI).
 CHECKPOINT_METADATA = (TRIAL_CONFIG_FILE, "trainer_state.json")
 SCORE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len", "loss")
@@ -165,7 +166,7 @@ def record_scores(model_dir: Path, **scores: dict | None) -> None:
     tuning = json.loads(tuning_file.read_text())
     tuning.update({name: value for name, value in scores.items() if value is not None})
     tuning_file.write_text(json.dumps(tuning, indent=2, default=str))
-    (model_dir / "README.md").write_text(_model_card(tuning))
+    (model_dir / MODEL_CARD).write_text(_model_card(tuning))
 
 
 def export_checkpoint(
@@ -204,7 +205,7 @@ def export_checkpoint(
                 shutil.copy2(item, staging / item.name)
         _set_generation_defaults(staging, config)
         (staging / TUNING_FILE).write_text(json.dumps(tuning, indent=2, default=str))
-        (staging / "README.md").write_text(_model_card(tuning))
+        (staging / MODEL_CARD).write_text(_model_card(tuning))
     return out_dir
 
 

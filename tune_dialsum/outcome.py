@@ -12,6 +12,8 @@ from tune_dialsum import selection
 from tune_dialsum.errors import SearchError, one_line
 from tune_dialsum.export import (
     CHECKPOINT_METADATA,
+    MODEL_CARD,
+    TUNING_FILE,
     best_checkpoint,
     export_checkpoint,
     fidelity,
@@ -152,7 +154,8 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
         outcome.test = selection.score_on_test(outcome.best_model_location, settings, space.resources)
         if outcome.test is not None:
             record_scores(outcome.best_model_dir, test=outcome.test)
-            store.push(outcome.best_model_dir)
+            for name in (TUNING_FILE, MODEL_CARD):  # the weights are in the store already
+                store.push(outcome.best_model_dir / name)
 
 
 def _classify(trial_id: str, rows: list[dict], last: dict, config: dict, error: str | None, space, settings):
