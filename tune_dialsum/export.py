@@ -21,10 +21,10 @@ from tune_dialsum.errors import ExportError, UsageError
 from tune_dialsum.trainable import TRIAL_CONFIG_FILE
 
 # Training state that a model directory does not need.
+# What a checkpoint holds only so that its trial can go on training.
+OPTIMIZER_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt")
 TRAINING_ONLY = {
-    "optimizer.pt",
-    "scheduler.pt",
-    "scaler.pt",
+    *OPTIMIZER_STATE,
     "trainer_state.json",
     "training_args.bin",
     "rng_state.pth",

@@ -13,6 +13,7 @@ from tune_dialsum.errors import SearchError, one_line
 from tune_dialsum.export import (
     CHECKPOINT_METADATA,
     MODEL_CARD,
+    OPTIMIZER_STATE,
     TUNING_FILE,
     best_checkpoint,
     export_checkpoint,
@@ -28,8 +29,6 @@ from tune_dialsum.trainable import TRIAL_DIR_PREFIX, ExperimentSettings
 logger = logging.getLogger(__name__)
 
 BEST_MODEL_DIR = "best_model"
-# Training state a trial needs only to go on training; a trial that has ended needs none of it.
-OPTIMIZER_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt")
 
 
 @dataclass
