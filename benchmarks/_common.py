@@ -111,3 +111,10 @@ def machine() -> str:
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     return f"{platform.node()} ({os.cpu_count()} cores, {device}), torch {torch.__version__}"
+
+
+def versions() -> dict[str, str]:
+    """The versions a recorded figure depends on."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "transformers", "ray", "optuna", "tune_dialsum")}

@@ -9,6 +9,7 @@ Target: tune_dialsum at least 2x faster. The last line prints the ratio.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -101,16 +102,8 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args) -> tu
     return storage / f"transformers-{args.seed}-{int(start)}", start
 
 
-def main() -> None:
-    p = _common.parser(__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--concurrent", type=int, default=2)
-    p.add_argument("--max-budget", type=int, default=600)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
-    data_dir, model_dir = _common.dialogsum_subset(args)
-    storage = model_dir.parent / "ray_results"
-
+def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
+    """Both searches with ``args.seed``; each side's best score and its time to the common best."""
     space = _common.search_space(data_dir, model_dir, storage, f"vs-transformers-{args.seed}-{int(time.time())}", args)
     space["fixed"]["dialogue_format"] = "standard"  # transformers' search cannot change the data format
     del space["search"]["dialogue_format"]
@@ -123,13 +116,39 @@ def main() -> None:
 
     target = min(ours[-1][1], theirs[-1][1])
     ours_t, theirs_t = time_to(ours, target), time_to(theirs, target)
-    print(f"tune_dialsum: best ROUGE-L {ours[-1][1]:.4f}, search wall {ours_wall:.1f}s")
-    print(f"transformers: best ROUGE-L {theirs[-1][1]:.4f}, search wall {theirs[-1][0]:.1f}s (to its last report)")
+    print(f"seed {args.seed}: tune_dialsum best ROUGE-L {ours[-1][1]:.4f}, search wall {ours_wall:.1f}s")
+    print(f"seed {args.seed}: transformers best ROUGE-L {theirs[-1][1]:.4f}, {theirs[-1][0]:.1f}s to its last report")
     print(
-        f"common target ROUGE-L {target:.4f}: tune_dialsum reached it at {ours_t:.1f}s, transformers at {theirs_t:.1f}s"
+        f"seed {args.seed}: common target ROUGE-L {target:.4f}: tune_dialsum reached it at {ours_t:.1f}s, "
+        f"transformers at {theirs_t:.1f}s; {theirs_t / ours_t:.2f}x",
+        flush=True,
     )
+    return {"ratio": theirs_t / ours_t, "ours_best": ours[-1][1], "theirs_best": theirs[-1][1]}
+
+
+def main() -> None:
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--concurrent", type=int, default=2)
+    p.add_argument("--max-budget", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--seeds", type=int, default=1, help="how many seeds (--seed, --seed + 1, ...)")
+    args = p.parse_args()
+    data_dir, model_dir = _common.dialogsum_subset(args)
+    storage = model_dir.parent / "ray_results"
+    runs = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        args.seed = seed
+        runs.append(one_seed(args, data_dir, model_dir, storage))
     print(f"machine: {_common.machine()}")
-    print(f"vs_transformers: {theirs_t / ours_t:.2f}x faster to the common best (target >= 2)")
+    ratios = sorted(r["ratio"] for r in runs)
+    wins = sum(r["ours_best"] >= r["theirs_best"] for r in runs)
+    print(
+        f"vs_transformers: median {statistics.median(ratios):.2f}x faster to the common best "
+        f"(range {ratios[0]:.2f}..{ratios[-1]:.2f}, {len(runs)} seeds; target >= 2); "
+        f"our best >= theirs in {wins}/{len(runs)}, median best {statistics.median(r['ours_best'] for r in runs):.4f} "
+        f"vs {statistics.median(r['theirs_best'] for r in runs):.4f}"
+    )
 
 
 if __name__ == "__main__":

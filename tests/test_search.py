@@ -200,11 +200,14 @@ def test_resume_after_the_driver_is_killed(tmp_path):
             time.sleep(2)
             results = trial_results(experiment_dir) if experiment_dir.exists() else {}
             finished_before = {k: v for k, v in results.items() if v and v[-1].get("done")}
-            running = [k for k, v in results.items() if v and not v[-1].get("done")]
-            if finished_before and running:
+            # Mid-search: a trial has finished and another has yet to. A trial between its start and
+            # its first report has no rows yet, and ASHA may stop one at its first report, so "a
+            # trial with rows that is not done" is not always seen between two polls.
+            if finished_before and len(finished_before) < 4:
                 break
+            assert driver.poll() is None, "the search ended before it could be killed mid-way"
         else:
-            pytest.fail("the search never had a finished and a running trial at once")
+            pytest.fail("the search never had a finished trial while others were still to finish")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()

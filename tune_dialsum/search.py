@@ -87,38 +87,52 @@ def _trainable(space: SearchSpace, settings: ExperimentSettings):
     )
 
 
+def build_searcher(space: SearchSpace, settings: ExperimentSettings, storage=None, seed_offset: int = 0):
+    """Optuna (TPE or random) behind Ray's OptunaSearch, ranking trials on the best score so far.
+
+    ``storage``: the Optuna storage (None: in memory); ``seed_offset``: the trials already in the
+    study when a search continues, so that it draws anew. The replay benchmark builds the same.
+    """
+    return pruned_aware_optuna_search_class()(
+        space=space.define_by_run,
+        metric=settings.ranked_by,  # the best so far: a trial is exported at its best checkpoint
+        mode=space.mode,
+        sampler=make_sampler(space, seed_offset=seed_offset),
+        storage=storage,
+        study_name=space.name,
+        time_attr=settings.time_attr,
+        full_budget=settings.max_budget,
+    )
+
+
+def build_scheduler(space: SearchSpace, settings: ExperimentSettings):
+    """ASHA on the best score so far, in the space's budget unit; or FIFO (every trial to the full budget)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if space.scheduler["type"] != "asha":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr=settings.time_attr,
+        metric=settings.ranked_by,
+        mode=space.mode,
+        max_t=settings.max_budget,
+        grace_period=space.scheduler["grace_period"],
+        reduction_factor=space.scheduler["reduction_factor"],
+    )
+
+
 def _build_tuner(
     space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore, num_samples: int, continuing: bool
 ):
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    # SQLite on the driver (object stores cannot hold a database); pushed to the store after the run
     study = optuna.storages.RDBStorage(f"sqlite:///{store.local / OPTUNA_DB}")
     # a continued search draws anew: the same seed would repeat the first run's first configurations
     earlier = len(optuna.load_study(study_name=space.name, storage=study).trials) if continuing else 0
-    searcher = pruned_aware_optuna_search_class()(
-        space=space.define_by_run,
-        metric=settings.ranked_by,  # the best so far: a trial is exported at its best checkpoint
-        mode=space.mode,
-        sampler=make_sampler(space, seed_offset=earlier),
-        # SQLite on the driver (object stores cannot hold a database); pushed to the store after the run
-        storage=study,
-        study_name=space.name,
-        time_attr=settings.time_attr,
-        full_budget=settings.max_budget,
-    )
-    if space.scheduler["type"] == "asha":
-        scheduler = ASHAScheduler(
-            time_attr=settings.time_attr,
-            metric=settings.ranked_by,
-            mode=space.mode,
-            max_t=settings.max_budget,
-            grace_period=space.scheduler["grace_period"],
-            reduction_factor=space.scheduler["reduction_factor"],
-        )
-    else:
-        scheduler = FIFOScheduler()
+    searcher = build_searcher(space, settings, storage=study, seed_offset=earlier)
+    scheduler = build_scheduler(space, settings)
     reporter = tune.CLIReporter(
         metric_columns={key: key for key in (settings.time_attr, space.metric, settings.ranked_by)},
         parameter_columns=space.searched_settings[:6],

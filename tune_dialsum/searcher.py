@@ -14,10 +14,8 @@ def make_sampler(space: SearchSpace, seed_offset: int = 0):
     seed = space.seed + seed_offset
     if space.trials["sampler"] == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    # TPE's default of 10 random start-up trials would leave a search of 8 trials entirely random;
     # constant_liar keeps trials that run at the same time from being sampled on top of each other.
-    startup = min(10, max(3, space.trials["num_samples"] // 4))
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=space.trials["startup_trials"], constant_liar=True)
 
 
 def pruned_aware_optuna_search_class():

@@ -14,7 +14,7 @@ A space file has these sections (all but ``search`` optional)::
     per_family: {bart|t5|pegasus: {SETTING: DISTRIBUTION}}   # overrides once the model is known
     scheduler: {type: asha|fifo, budget_unit: samples|steps|epochs, max_budget, grace_period,
                 reduction_factor, eval_interval}
-    trials: {num_samples, max_concurrent, time_budget_s, sampler: tpe|random}
+    trials: {num_samples, max_concurrent, time_budget_s, sampler: tpe|random, startup_trials}
     resources: {cpus_per_trial, gpus_per_trial}
     checkpoints: {keep}
     selection: {top_k}            # checkpoints re-scored on the whole validation split
@@ -99,7 +99,7 @@ SECTIONS = {
     "search": set(SETTINGS),
     "per_family": set(FAMILIES),
     "scheduler": {"type", "budget_unit", "max_budget", "grace_period", "reduction_factor", "eval_interval"},
-    "trials": {"num_samples", "max_concurrent", "time_budget_s", "sampler"},
+    "trials": {"num_samples", "max_concurrent", "time_budget_s", "sampler", "startup_trials"},
     "resources": {"cpus_per_trial", "gpus_per_trial"},
     "checkpoints": {"keep"},
     "selection": {"top_k"},
@@ -182,6 +182,15 @@ class SearchSpace:
 
 
 # -- loading and validation --------------------------------------------------------------
+
+
+def default_startup_trials(num_samples: int) -> int:
+    """Random trials before TPE models the results.
+
+    Optuna's default of 10 would leave a search of 8 trials entirely random; fewer than 3 gives
+    TPE nothing to split into good and bad.
+    """
+    return min(10, max(3, num_samples // 4))
 
 
 def _searched(search: dict, per_family: dict) -> set[str]:
@@ -427,12 +436,22 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
         )
 
     trials = check.section(raw, "trials", SECTIONS["trials"])
-    trials = {"num_samples": 8, "max_concurrent": None, "time_budget_s": None, "sampler": "tpe", **trials}
+    trials = {
+        "num_samples": 8,
+        "max_concurrent": None,
+        "time_budget_s": None,
+        "sampler": "tpe",
+        "startup_trials": None,
+        **trials,
+    }
     if trials["sampler"] not in ("tpe", "random"):
         check.fail("trials.sampler", f"must be 'tpe' or 'random' but got {trials['sampler']!r}")
     trials["num_samples"] = check.number("trials.num_samples", trials["num_samples"], int, minimum=1)
     if trials["max_concurrent"] is not None:  # None: as many as the cluster's resources fit
         trials["max_concurrent"] = check.number("trials.max_concurrent", trials["max_concurrent"], int, minimum=1)
+    if trials["startup_trials"] is None:  # TPE's random start-up, sized to the search (benchmarks/replay.py)
+        trials["startup_trials"] = default_startup_trials(trials["num_samples"])
+    trials["startup_trials"] = check.number("trials.startup_trials", trials["startup_trials"], int, minimum=1)
     if trials["time_budget_s"] is not None:
         trials["time_budget_s"] = check.number(
             "trials.time_budget_s", trials["time_budget_s"], float, minimum=0, strict=True

@@ -1,0 +1,308 @@
+"""Replay searches against recorded learning curves: many seeds in seconds, no training.
+
+The searcher and scheduler are the ones ``search`` builds (``search.build_searcher`` /
+``search.build_scheduler``: Optuna behind the project's OptunaSearch with its PRUNED handling, ASHA
+on the best score so far), driven by a simulated clock with ``max_concurrent`` simulated workers.
+Instead of training, a trial reads its configuration's curve from a table that
+``benchmarks/record_curves.py`` recorded: at each report it hands over the subset score a real
+trial would have reported, after the seconds that segment took to train and score. The space's
+learning rate stays continuous (as ``search`` samples it) and is read at the nearest recorded rate.
+
+Per policy and seed it measures:
+
+- compute to 1%: training examples spent (over all trials, at the reports so far) until the
+  incumbent (the reported checkpoint with the best subset score, what the search believes best)
+  scores within 1% of the table's best full-validation score;
+- regret: the table's best full-validation score minus that of the checkpoint the search exports
+  (the best on full validation among the ``selection.top_k`` best by subset score);
+- wall: simulated seconds until the last trial ends.
+
+The last line prints the median compute-to-1% of ours (TPE+ASHA) over random+FIFO and over random+ASHA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402,F401  (keeps Ray on loopback should anything start it)
+
+DEFAULT_TABLE = Path(__file__).resolve().parent / "curves" / "dialogsum-t5.json"
+
+
+class CurveTable:
+    """A recorded table: each configuration's rows, looked up by the settings a searcher samples."""
+
+    def __init__(self, path: Path) -> None:
+        raw = json.loads(path.read_text())
+        self.meta, columns = raw["meta"], raw["columns"]
+        self.settings = self.meta["settings"]
+        self.curves = {
+            self._key(c["config"]): {
+                "setup_s": c["setup_s"],
+                "rows": [dict(zip(columns, row, strict=True)) for row in c["rows"]],
+            }
+            for c in raw["curves"]
+        }
+        configs = [c["config"] for c in raw["curves"]]
+        self.learning_rates = sorted({c["learning_rate"] for c in configs})
+        self.formats = sorted({c["dialogue_format"] for c in configs})
+        self.batch_sizes = sorted({c["batch_size"] for c in configs})
+        self.best_full = max(r["full_rougeL"] for c in self.curves.values() for r in c["rows"])
+        self.trial_start_s = statistics.median(c["setup_s"] for c in self.curves.values())
+
+    @staticmethod
+    def _key(config: dict) -> tuple:
+        return (config["learning_rate"], config["dialogue_format"], config["batch_size"])
+
+    def nearest_rate(self, rate: float) -> float:
+        return min(self.learning_rates, key=lambda r: abs(math.log(r) - math.log(rate)))
+
+    def rows(self, config: dict) -> list[dict]:
+        key = (self.nearest_rate(config["learning_rate"]), config["dialogue_format"], config["batch_size"])
+        return self.curves[key]["rows"]
+
+
+def benchmark_space(table: CurveTable, name: str, **overrides) -> object:
+    """The space a user would search over this table, parsed by the project's own parser."""
+    from tune_dialsum.space import parse_space
+
+    budget = table.settings["budget"]
+    raw = {
+        "name": name,
+        "data": {"path": ".", "max_eval_samples": table.settings["subset"]},
+        "fixed": {"model": f"tiny:{table.settings['family']}"},
+        "search": {
+            "learning_rate": {"loguniform": [table.learning_rates[0], table.learning_rates[-1]]},
+            "dialogue_format": {"choice": table.formats},
+            "batch_size": {"choice": table.batch_sizes},
+        },
+        "scheduler": {"type": "asha", "budget_unit": "samples", "max_budget": budget},
+        "trials": {"num_samples": 16, "max_concurrent": 2, "sampler": "tpe"},
+        "selection": {"top_k": 3},
+        "seed": 0,
+    }
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if key:
+            raw[section][key] = value
+        else:
+            raw[section] = value
+    return parse_space(raw, source=f"<replay {name}>")
+
+
+@dataclass
+class _Trial:
+    """What Ray's schedulers read of a trial."""
+
+    trial_id: str
+    rows: list[dict]
+    report_rows: list[int]  # indices into rows at which this trial reports
+    reported: int = 0
+    best: float = -math.inf
+    status: str = "RUNNING"
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class ReplayResult:
+    compute_to_target: float  # training examples; inf where never reached
+    time_to_target: float
+    regret: float
+    wall_s: float
+    samples: int
+    busy_s: float  # seconds the workers spent in trials (for slot utilization)
+
+
+def _report_rows(rows: list[dict], eval_interval: int) -> list[int]:
+    """Rows at which a trial with this evaluation interval reports: every multiple of it, and the end."""
+    before = [0] + [r["samples"] for r in rows[:-1]]
+    picked = [i for i, r in enumerate(rows) if r["samples"] // eval_interval > before[i] // eval_interval]
+    if picked[-1] != len(rows) - 1:
+        picked.append(len(rows) - 1)
+    return picked
+
+
+def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
+    """One search over the table; deterministic for a given space (its seed included)."""
+    import numpy as np
+    from ray.tune.schedulers import TrialScheduler
+
+    from tune_dialsum.search import build_scheduler, build_searcher, experiment_settings
+
+    np.random.seed(space.seed)  # ASHA draws its bracket from numpy's global generator
+    settings = experiment_settings(space)
+    searcher, scheduler = build_searcher(space, settings), build_scheduler(space, settings)
+    metric, ranked_by = settings.metric, settings.ranked_by
+    workers = space.trials["max_concurrent"] or 1
+    eval_interval = space.scheduler["eval_interval"]
+    goal = target * table.best_full
+
+    events: list[tuple[float, int, _Trial]] = []  # (time of the trial's next report, tie-break, trial)
+    order = itertools.count()
+    started = samples = 0
+    busy = 0.0
+    reports: list[tuple[float, float]] = []  # (subset score, full score) of every checkpoint reported
+    incumbent = (-math.inf, -math.inf)
+    reached_compute = reached_time = math.inf
+    clock = 0.0
+
+    def segment_seconds(trial: _Trial) -> float:
+        first = trial.report_rows[trial.reported - 1] + 1 if trial.reported else 0
+        last = trial.report_rows[trial.reported]
+        return sum(r["train_s"] for r in trial.rows[first : last + 1]) + trial.rows[last]["subset_s"]
+
+    def start(now: float) -> None:
+        nonlocal started
+        trial_id = f"{started:05d}"
+        config = searcher.suggest(trial_id)
+        rows = table.rows(config)
+        trial = _Trial(trial_id, rows, _report_rows(rows, eval_interval), config=config)
+        scheduler.on_trial_add(None, trial)
+        started += 1
+        heapq.heappush(events, (now + table.trial_start_s + segment_seconds(trial), next(order), trial))
+
+    for _ in range(min(workers, space.trials["num_samples"])):
+        start(0.0)
+    trial_began: dict[str, float] = {}
+    while events:
+        clock, _, trial = heapq.heappop(events)
+        row = trial.rows[trial.report_rows[trial.reported]]
+        trial.best = max(trial.best, row["subset_rougeL"])
+        result = {metric: row["subset_rougeL"], ranked_by: trial.best, settings.time_attr: row["samples"]}
+        previous = trial.rows[trial.report_rows[trial.reported - 1]]["samples"] if trial.reported else 0
+        samples += row["samples"] - previous
+        trial.reported += 1
+        reports.append((row["subset_rougeL"], row["full_rougeL"]))
+        if row["subset_rougeL"] > incumbent[0]:
+            incumbent = (row["subset_rougeL"], row["full_rougeL"])
+        if incumbent[1] >= goal and math.isinf(reached_compute):
+            reached_compute, reached_time = samples, clock
+        # As Tune's controller does: the scheduler decides first; a stopped trial's result reaches
+        # the searcher only through on_trial_complete.
+        decision = scheduler.on_trial_result(None, trial, result)
+        if decision != TrialScheduler.STOP:
+            searcher.on_trial_result(trial.trial_id, result)
+        finished = trial.reported == len(trial.report_rows)
+        if decision == TrialScheduler.STOP or finished:
+            trial.status = "TERMINATED"
+            searcher.on_trial_complete(trial.trial_id, result)
+            scheduler.on_trial_complete(None, trial, result)
+            busy += clock - trial_began.pop(trial.trial_id, 0.0)
+            if started < space.trials["num_samples"]:
+                trial_began[f"{started:05d}"] = clock
+                start(clock)
+        else:
+            heapq.heappush(events, (clock + segment_seconds(trial), next(order), trial))
+    top = sorted(reports, key=lambda r: -r[0])[: space.top_k]
+    exported = max(full for _, full in top)
+    return ReplayResult(reached_compute, reached_time, table.best_full - exported, clock, samples, busy)
+
+
+# -- the comparison ----------------------------------------------------------------------------
+
+POLICIES = {
+    "ours (TPE+ASHA)": {},
+    "random+FIFO": {"trials.sampler": "random", "scheduler.type": "fifo"},
+    "random+ASHA": {"trials.sampler": "random"},
+    "TPE+FIFO": {"scheduler.type": "fifo"},
+}
+
+
+def variants(budget: int) -> dict[str, dict]:
+    """Our policy with one default changed at a time."""
+    eighth = budget // 8
+    return {
+        "ours, TPE start-up 3": {"trials.startup_trials": 3},
+        "ours, TPE start-up 8": {"trials.startup_trials": 8},
+        f"ours, grace {eighth}": {"scheduler.grace_period": eighth, "scheduler.eval_interval": eighth},
+        f"ours, grace {2 * eighth}, eval every {eighth}": {
+            "scheduler.grace_period": 2 * eighth,
+            "scheduler.eval_interval": eighth,
+        },
+        "ours, reduction factor 2": {"scheduler.reduction_factor": 2},
+        "ours, reduction factor 4": {"scheduler.reduction_factor": 4},
+    }
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    finite = sorted(values)
+    q1, median, q3 = statistics.quantiles(finite, n=4, method="inclusive") if len(finite) > 1 else (finite[0],) * 3
+    return q1, median, q3
+
+
+def fmt(values: list[float], scale: float = 1.0, digits: int = 0) -> str:
+    q1, median, q3 = quartiles(values)
+    if math.isinf(median):
+        return "not reached"
+    show = lambda v: "inf" if math.isinf(v) else f"{v / scale:.{digits}f}"  # noqa: E731
+    return f"{show(median)} [{show(q1)}, {show(q3)}]"
+
+
+def compare(table: CurveTable, policies: dict[str, dict], seeds: int, base: dict) -> dict[str, list[ReplayResult]]:
+    results = {}
+    for label, overrides in policies.items():
+        results[label] = [
+            replay(table, benchmark_space(table, f"replay-{seed}", **{**base, **overrides, "seed": seed}))
+            for seed in range(seeds)
+        ]
+    return results
+
+
+def print_table(results: dict[str, list[ReplayResult]], table: CurveTable) -> None:
+    print(
+        f"{'policy':42s} {'compute to 1% (examples)':>28s} {'reached':>8s} {'regret (ROUGE-L)':>26s} "
+        f"{'simulated wall (s)':>22s}"
+    )
+    for label, runs in results.items():
+        reached = sum(math.isfinite(r.compute_to_target) for r in runs)
+        print(
+            f"{label:42s} {fmt([r.compute_to_target for r in runs]):>28s} {reached:>4d}/{len(runs):<3d} "
+            f"{fmt([r.regret for r in runs], digits=4):>26s} {fmt([r.wall_s for r in runs]):>22s}"
+        )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--table", type=Path, default=DEFAULT_TABLE)
+    p.add_argument("--seeds", type=int, default=30)
+    p.add_argument("--trials", type=int, default=16, help="trials per search")
+    p.add_argument("--concurrent", type=int, default=2, help="simulated workers")
+    p.add_argument("--variants", action="store_true", help="also replay our policy with one default changed")
+    p.add_argument("--json", type=Path, default=None, help="write every replay's figures here")
+    args = p.parse_args()
+    import logging
+
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    table = CurveTable(args.table)
+    print(
+        f"table {args.table.name}: {len(table.curves)} configurations, best full-validation ROUGE-L "
+        f"{table.best_full:.4f}, recorded on {table.meta['machine']} ({table.meta['recorded']})"
+    )
+    print(f"{args.seeds} seeds per policy, {args.trials} trials per search, {args.concurrent} at once")
+    base = {"trials.num_samples": args.trials, "trials.max_concurrent": args.concurrent}
+    policies = {**POLICIES, **(variants(table.settings["budget"]) if args.variants else {})}
+    results = compare(table, policies, args.seeds, base)
+    print_table(results, table)
+    if args.json:
+        args.json.write_text(
+            json.dumps({label: [r.__dict__ for r in runs] for label, runs in results.items()}, indent=1)
+        )
+    median = lambda label: quartiles([r.compute_to_target for r in results[label]])[1]  # noqa: E731
+    ours = median("ours (TPE+ASHA)")
+    print(
+        f"replay: ours / random+FIFO compute to 1% {ours / median('random+FIFO'):.2f} (target <= 0.40), "
+        f"ours / random+ASHA {ours / median('random+ASHA'):.2f} (target < 1), medians over {args.seeds} seeds"
+    )
+
+
+if __name__ == "__main__":
+    main()
