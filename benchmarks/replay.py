@@ -230,6 +230,8 @@ def variants(budget: int) -> dict[str, dict]:
         },
         "ours, reduction factor 2": {"scheduler.reduction_factor": 2},
         "ours, reduction factor 4": {"scheduler.reduction_factor": 4},
+        "ours, 8 trials": {"trials.num_samples": 8},
+        "ours, 24 trials": {"trials.num_samples": 24},
     }
 
 
@@ -254,6 +256,7 @@ def compare(table: CurveTable, policies: dict[str, dict], seeds: int, base: dict
             replay(table, benchmark_space(table, f"replay-{seed}", **{**base, **overrides, "seed": seed}))
             for seed in range(seeds)
         ]
+        print(f"replayed {label} over {seeds} seeds", file=sys.stderr, flush=True)
     return results
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import TINY, run_cli, trial_results
+from tests.conftest import TINY, mechanics_sets, run_cli, trial_results
 from tune_dialsum.storage import ExperimentStore, download, join
 
 pytestmark = pytest.mark.slow
@@ -84,6 +84,7 @@ def _search_on(address: str, storage: str, env: dict, timeout: int = 600) -> sub
         "search.model={choice: ['tiny:t5']}",
         "--set",
         "selection.top_k=1",
+        *(arg for item in mechanics_sets() for arg in ("--set", item)),
         env=env,
         timeout=timeout,
     )
