@@ -84,6 +84,7 @@ def shared_gpu_search(model_dir: Path, data_dir: Path, storage: Path, gpus_per_t
     outcome = run_search(space)
     wall = time.perf_counter() - start
     trials = {d.name: read_reports(d) for d in sorted(Path(outcome.location).glob("trial_*"))}
+    trials = {name: rows for name, rows in trials.items() if rows}  # a trial that failed before reporting
     spans = [(rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"]) for rows in trials.values()]
     at_once = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
     by_start = sorted(trials.items(), key=lambda item: item[1][0]["timestamp"])
@@ -141,6 +142,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "steps": args.steps,
     }
+    args.out.write_text(json.dumps(record, indent=2))  # kept should the search fail
     gpus = 0 if args.rehearse else 0.5
     record["search"] = shared_gpu_search(model_dir, data_dir, data_dir.parent / "ray_results", gpus, args.budget)
     record["wall_s"] = round(time.perf_counter() - started, 1)

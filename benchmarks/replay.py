@@ -63,6 +63,12 @@ class CurveTable:
     def _key(config: dict) -> tuple:
         return (config["learning_rate"], config["dialogue_format"], config["batch_size"])
 
+    def rate_bounds(self) -> tuple[float, float]:
+        """The range to sample: half a (log) grid step beyond each end, so each recorded rate is as likely."""
+        logs = [math.log(r) for r in self.learning_rates]
+        half = (logs[-1] - logs[0]) / (2 * (len(logs) - 1)) if len(logs) > 1 else 0.1
+        return math.exp(logs[0] - half), math.exp(logs[-1] + half)
+
     def nearest_rate(self, rate: float) -> float:
         return min(self.learning_rates, key=lambda r: abs(math.log(r) - math.log(rate)))
 
@@ -81,7 +87,7 @@ def benchmark_space(table: CurveTable, name: str, **overrides) -> object:
         "data": {"path": ".", "max_eval_samples": table.settings["subset"]},
         "fixed": {"model": f"tiny:{table.settings['family']}"},
         "search": {
-            "learning_rate": {"loguniform": [table.learning_rates[0], table.learning_rates[-1]]},
+            "learning_rate": {"loguniform": list(table.rate_bounds())},
             "dialogue_format": {"choice": table.formats},
             "batch_size": {"choice": table.batch_sizes},
         },
@@ -144,6 +150,12 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
     metric, ranked_by = settings.metric, settings.ranked_by
     workers = space.trials["max_concurrent"] or 1
     eval_interval = space.scheduler["eval_interval"]
+    for key in ("eval_interval", "grace_period"):
+        if space.scheduler[key] % table.settings["interval"]:
+            raise ValueError(
+                f"scheduler.{key} {space.scheduler[key]} is not a multiple of the table's interval "
+                f"{table.settings['interval']}: a trial can only report where the table has a row"
+            )
     goal = target * table.best_full
 
     events: list[tuple[float, int, _Trial]] = []  # (time of the trial's next report, tie-break, trial)
@@ -151,6 +163,7 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
     started = samples = 0
     busy = 0.0
     reports: list[tuple[float, float]] = []  # (subset score, full score) of every checkpoint reported
+    kept: dict[str, list[tuple[float, int, float]]] = {}  # per trial: (subset, samples, full), as Tune keeps them
     incumbent = (-math.inf, -math.inf)
     reached_compute = reached_time = math.inf
     clock = 0.0
@@ -182,6 +195,10 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
         samples += row["samples"] - previous
         trial.reported += 1
         reports.append((row["subset_rougeL"], row["full_rougeL"]))
+        checkpoints = kept.setdefault(trial.trial_id, [])
+        checkpoints.append((row["subset_rougeL"], row["samples"], row["full_rougeL"]))
+        checkpoints.sort(key=lambda c: (-c[0], c[1]))
+        del checkpoints[space.keep_checkpoints :]
         if row["subset_rougeL"] > incumbent[0]:
             incumbent = (row["subset_rougeL"], row["full_rougeL"])
         if incumbent[1] >= goal and math.isinf(reached_compute):
@@ -194,16 +211,17 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
         finished = trial.reported == len(trial.report_rows)
         if decision == TrialScheduler.STOP or finished:
             trial.status = "TERMINATED"
-            searcher.on_trial_complete(trial.trial_id, result)
             scheduler.on_trial_complete(None, trial, result)
+            searcher.on_trial_complete(trial.trial_id, result)
             busy += clock - trial_began.pop(trial.trial_id, 0.0)
             if started < space.trials["num_samples"]:
                 trial_began[f"{started:05d}"] = clock
                 start(clock)
         else:
             heapq.heappush(events, (clock + segment_seconds(trial), next(order), trial))
-    top = sorted(reports, key=lambda r: -r[0])[: space.top_k]
-    exported = max(full for _, full in top)
+    # selection.top_by_subset over the checkpoints Tune kept: best subset score first, ties the earlier step
+    top = sorted((c for cs in kept.values() for c in cs), key=lambda c: (-c[0], c[1]))[: space.top_k]
+    exported = max(full for _, _, full in top)
     return ReplayResult(reached_compute, reached_time, table.best_full - exported, clock, samples, busy)
 
 
@@ -236,9 +254,11 @@ def variants(budget: int) -> dict[str, dict]:
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
-    finite = sorted(values)
-    q1, median, q3 = statistics.quantiles(finite, n=4, method="inclusive") if len(finite) > 1 else (finite[0],) * 3
-    return q1, median, q3
+    """(lower quartile, median, upper quartile) by rank: no interpolation, so runs that never
+    reached the target (inf) count as the slowest instead of turning the figure into nan."""
+    ordered = sorted(values)
+    at = lambda q: ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]  # noqa: E731
+    return at(0.25), at(0.5), at(0.75)
 
 
 def fmt(values: list[float], scale: float = 1.0, digits: int = 0) -> str:
@@ -300,10 +320,12 @@ def main() -> None:
             json.dumps({label: [r.__dict__ for r in runs] for label, runs in results.items()}, indent=1)
         )
     median = lambda label: quartiles([r.compute_to_target for r in results[label]])[1]  # noqa: E731
+    ratio = lambda a, b: "n/a" if math.isinf(a) or math.isinf(b) else f"{a / b:.2f}"  # noqa: E731
     ours = median("ours (TPE+ASHA)")
     print(
-        f"replay: ours / random+FIFO compute to 1% {ours / median('random+FIFO'):.2f} (target <= 0.40), "
-        f"ours / random+ASHA {ours / median('random+ASHA'):.2f} (target < 1), medians over {args.seeds} seeds"
+        f"replay: ours / random+FIFO compute to 1% {ratio(ours, median('random+FIFO'))} (target <= 0.40), "
+        f"ours / random+ASHA {ratio(ours, median('random+ASHA'))} (target < 1), medians over {args.seeds} seeds "
+        "(n/a: a median run never reached within 1%)"
     )
 
 
