@@ -28,30 +28,15 @@ BART_BASE = dict(d_model=768, layers=6, heads=12, ffn=3072, vocab_size=50265, ma
 def build_bart_base_sized(out_dir: Path, data_dir: Path) -> Path:
     """bart-base's shape, randomly initialised; the tokenizer's ids fill the first rows of its vocabulary."""
     import torch
-    from transformers import AutoModelForSeq2SeqLM, BartConfig
+    from transformers import AutoModelForSeq2SeqLM
 
-    from tune_dialsum.models import _tokenizer_texts, train_tokenizer
+    from tune_dialsum.models import _tokenizer_texts, tiny_config, train_tokenizer
 
     if (out_dir / "config.json").is_file():
         return out_dir
     tokenizer = train_tokenizer("bart", _tokenizer_texts(str(data_dir)), vocab_size=8000)
-    d = BART_BASE
-    config = BartConfig(
-        vocab_size=d["vocab_size"],
-        d_model=d["d_model"],
-        encoder_layers=d["layers"],
-        decoder_layers=d["layers"],
-        encoder_attention_heads=d["heads"],
-        decoder_attention_heads=d["heads"],
-        encoder_ffn_dim=d["ffn"],
-        decoder_ffn_dim=d["ffn"],
-        max_position_embeddings=d["max_positions"],
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.eos_token_id,
-        forced_bos_token_id=None,
-    )
+    config = tiny_config("bart", tokenizer, dimensions=BART_BASE)
+    config.vocab_size = BART_BASE["vocab_size"]  # bart-base's embedding and output layer, whatever the tokenizer uses
     torch.manual_seed(0)
     model = AutoModelForSeq2SeqLM.from_config(config)
     model.generation_config.max_length = 64

@@ -220,11 +220,14 @@ def train_tokenizer(family: str, texts, vocab_size: int = TINY_VOCAB_SIZE):
     )
 
 
-def tiny_config(family: str, tokenizer):
-    """A small config of ``family`` whose special-token ids match ``tokenizer``."""
+def tiny_config(family: str, tokenizer, dimensions: dict | None = None):
+    """A small config of ``family`` whose special-token ids match ``tokenizer``.
+
+    ``dimensions`` (keys as TINY_DIMENSIONS) gives other sizes: benchmarks/gpu_check.py builds bart-base's.
+    """
     from transformers import BartConfig, PegasusConfig, T5Config
 
-    d = TINY_DIMENSIONS
+    d = dimensions or TINY_DIMENSIONS
     ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, vocab_size=len(tokenizer))
     if family == "t5":
         return T5Config(
