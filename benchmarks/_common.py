@@ -118,3 +118,26 @@ def versions() -> dict[str, str]:
     from importlib.metadata import version
 
     return {name: version(name) for name in ("torch", "transformers", "ray", "optuna", "tune_dialsum")}
+
+
+def comparison_parser(description: str) -> argparse.ArgumentParser:
+    """The flags of a real side-by-side comparison repeated over seeds."""
+    p = parser(description)
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--concurrent", type=int, default=2)
+    p.add_argument("--max-budget", type=int, default=600, help="training steps of a full trial")
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--seeds", type=int, default=1, help="how many seeds (--seed, --seed + 1, ...)")
+    return p
+
+
+def over_seeds(args, one_seed) -> list:
+    """``one_seed(args, data_dir, model_dir, storage)`` for each seed in turn, on one data subset and model."""
+    data_dir, model_dir = dialogsum_subset(args)
+    storage = model_dir.parent / "ray_results"
+    first, runs = args.seed, []
+    for seed in range(first, first + args.seeds):
+        args.seed = seed
+        runs.append(one_seed(args, data_dir, model_dir, storage))
+    print(f"machine: {machine()}")
+    return runs

@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -144,7 +145,10 @@ def record_one(config: dict, data_dir: str, model_dir: str, args_dict: dict) -> 
     callback.hf_trainer = hf_trainer
     setup_s = time.perf_counter() - started
     callback.mark = time.perf_counter()
-    hf_trainer.train()
+    try:
+        hf_trainer.train()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # the trainer's output directory: nothing in it is kept
     return {"config": config, "setup_s": round(setup_s, 2), "rows": rows}
 
 

@@ -31,20 +31,8 @@ def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
 
 
 def main() -> None:
-    p = _common.parser(__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--concurrent", type=int, default=2)
-    p.add_argument("--max-budget", type=int, default=600, help="training steps of a full trial")
-    p.add_argument("--seed", type=int, default=0, help="the first seed")
-    p.add_argument("--seeds", type=int, default=1, help="how many seeds (--seed, --seed + 1, ...)")
-    args = p.parse_args()
-    data_dir, model_dir = _common.dialogsum_subset(args)
-    storage = model_dir.parent / "ray_results"
-    ratios = []
-    for seed in range(args.seed, args.seed + args.seeds):
-        args.seed = seed
-        ratios.append(one_seed(args, data_dir, model_dir, storage))
-    print(f"machine: {_common.machine()}")
+    args = _common.comparison_parser(__doc__.splitlines()[0]).parse_args()
+    ratios = _common.over_seeds(args, one_seed)
     spread = {k: sorted(r[k] for r in ratios) for k in ("steps", "wall", "best")}
     show = lambda k: f"{statistics.median(spread[k]):.2f} (range {spread[k][0]:.2f}..{spread[k][-1]:.2f})"  # noqa: E731
     print(

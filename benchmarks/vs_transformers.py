@@ -127,20 +127,8 @@ def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
 
 
 def main() -> None:
-    p = _common.parser(__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--concurrent", type=int, default=2)
-    p.add_argument("--max-budget", type=int, default=600)
-    p.add_argument("--seed", type=int, default=0, help="the first seed")
-    p.add_argument("--seeds", type=int, default=1, help="how many seeds (--seed, --seed + 1, ...)")
-    args = p.parse_args()
-    data_dir, model_dir = _common.dialogsum_subset(args)
-    storage = model_dir.parent / "ray_results"
-    runs = []
-    for seed in range(args.seed, args.seed + args.seeds):
-        args.seed = seed
-        runs.append(one_seed(args, data_dir, model_dir, storage))
-    print(f"machine: {_common.machine()}")
+    args = _common.comparison_parser(__doc__.splitlines()[0]).parse_args()
+    runs = _common.over_seeds(args, one_seed)
     ratios = sorted(r["ratio"] for r in runs)
     wins = sum(r["ours_best"] >= r["theirs_best"] for r in runs)
     print(
