@@ -27,8 +27,23 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=int, default=2000, help="DialogSum train rows to use")
     p.add_argument("--eval-size", type=int, default=64, help="validation rows scored at each evaluation")
     p.add_argument("--family", default="t5", choices=["bart", "t5", "pegasus"])
+    p.add_argument(
+        "--bed",
+        choices=["dialogsum", "bundled"],
+        default="dialogsum",
+        help="the data: a DialogSum subset, or the repo's synthetic dialogues (data/), where a tiny model learns",
+    )
+    p.add_argument("--d-model", type=int, default=64, help="the tiny model's width (the project's tiny model: 64)")
+    p.add_argument("--layers", type=int, default=2, help="encoder and decoder layers of the tiny model")
     p.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new temporary one)")
     return p
+
+
+def dimensions(args) -> dict:
+    """The bench model's shape: the project's tiny model, widened to ``--d-model`` and ``--layers``."""
+    from tune_dialsum.models import TINY_DIMENSIONS
+
+    return {**TINY_DIMENSIONS, "d_model": args.d_model, "layers": args.layers, "ffn": 2 * args.d_model}
 
 
 def dialogsum_subset(args) -> tuple[Path, Path]:
@@ -48,38 +63,74 @@ def dialogsum_subset(args) -> tuple[Path, Path]:
         splits["train"].head(args.train_size).to_json(data_dir / "train.jsonl", orient="records", lines=True)
         splits["validation"].to_json(data_dir / "validation.jsonl", orient="records", lines=True)
         splits["test"].to_json(data_dir / "test.jsonl", orient="records", lines=True)
-    model_dir = workdir / f"tiny-{args.family}"
+    shape = dimensions(args)
+    model_dir = workdir / f"tiny-{args.family}-d{shape['d_model']}-l{shape['layers']}"
     if not (model_dir / "config.json").is_file():
-        build_tiny_model(args.family, model_dir, data_dir=str(data_dir))
+        build_tiny_model(args.family, model_dir, data_dir=str(data_dir), dimensions=shape)
     return data_dir, model_dir
 
 
+def bundled_bed(args) -> tuple[Path, Path]:
+    """(data_dir, model_dir): the repo's own synthetic dialogues (data/) and a tiny model trained on them.
+
+    The one bed on which a randomly initialised model learns to summarise within a CPU budget (on
+    DialogSum it stays input-independent, see BENCHMARKS.md); it needs nothing from ../shared.
+    """
+    from tune_dialsum.models import build_tiny_model
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tune_dialsum_bench_"))
+    shape = dimensions(args)
+    model_dir = workdir / f"tiny-{args.family}-d{shape['d_model']}-l{shape['layers']}-bundled"
+    if not (model_dir / "config.json").is_file():
+        build_tiny_model(args.family, model_dir, data_dir=str(REPO / "data"), dimensions=shape)
+    return REPO / "data", model_dir
+
+
+def bed(args) -> tuple[Path, Path]:
+    """(data_dir, model_dir) of the bed ``--bed`` names; settles ``--max-budget``'s default for it."""
+    if getattr(args, "max_budget", 0) is None:
+        args.max_budget = 6400 if args.bed == "bundled" else 600
+    return bundled_bed(args) if args.bed == "bundled" else dialogsum_subset(args)
+
+
 def search_space(data_dir: Path, model_dir: Path, storage: Path, name: str, args, **overrides) -> dict:
-    """The space both sides of a comparison search: learning rate, format, batch size, warm-up."""
-    space = {
-        "name": name,
-        "data": {"path": str(data_dir), "max_eval_samples": args.eval_size},
-        "fixed": {
-            "model": str(model_dir),
-            "max_input_length": 256,
-            "max_target_length": 64,
-            "generation_num_beams": 1,
-            "weight_decay": 0.01,
-        },
-        "search": {
-            "learning_rate": {"loguniform": [3.0e-4, 1.0e-2]},
-            "dialogue_format": {"choice": ["standard", "turns", "compact"]},
-            "batch_size": {"choice": [8, 16]},
-            "warmup_steps": {"int": [0, 60]},
-        },
-        "scheduler": {
+    """The space both sides of a comparison search: learning rate, format, batch size, warm-up.
+
+    On the DialogSum bed a trial's budget is ``--max-budget`` steps with the scheduler settings of the
+    first benchmarks; on the bundled bed it is ``--max-budget`` training examples with the space-file
+    defaults that the replay chose (BENCHMARKS.md), the lengths and warm-up of the recorded table.
+    """
+    bundled = args.bed == "bundled"
+    scheduler = (
+        {"type": "asha", "budget_unit": "samples", "max_budget": args.max_budget}
+        if bundled
+        else {
             "type": "asha",
             "budget_unit": "steps",
             "max_budget": args.max_budget,
             "grace_period": args.max_budget // 6,
             "reduction_factor": 3,
             "eval_interval": args.max_budget // 6,
+        }
+    )
+    space = {
+        "name": name,
+        "data": {"path": str(data_dir), "max_eval_samples": args.eval_size},
+        "fixed": {
+            "model": str(model_dir),
+            "max_input_length": 192 if bundled else 256,
+            "max_target_length": 48 if bundled else 64,
+            "generation_num_beams": 1,
+            "weight_decay": 0.01,
+            **({"warmup_steps": 20} if bundled else {}),
         },
+        "search": {
+            "learning_rate": {"loguniform": [1.0e-3, 1.0e-2] if bundled else [3.0e-4, 1.0e-2]},
+            "dialogue_format": {"choice": ["standard", "turns", "compact"]},
+            "batch_size": {"choice": [8, 16]},
+            **({} if bundled else {"warmup_steps": {"int": [0, 60]}}),
+        },
+        "scheduler": scheduler,
         "trials": {"num_samples": args.trials, "max_concurrent": args.concurrent, "sampler": "tpe"},
         "resources": {"cpus_per_trial": 1},
         "storage_path": str(storage),
@@ -125,7 +176,12 @@ def comparison_parser(description: str) -> argparse.ArgumentParser:
     p = parser(description)
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--concurrent", type=int, default=2)
-    p.add_argument("--max-budget", type=int, default=600, help="training steps of a full trial")
+    p.add_argument(
+        "--max-budget",
+        type=int,
+        default=None,
+        help="a full trial: training steps on DialogSum (default 600), training examples on the bundled bed (6400)",
+    )
     p.add_argument("--seed", type=int, default=0, help="the first seed")
     p.add_argument("--seeds", type=int, default=1, help="how many seeds (--seed, --seed + 1, ...)")
     return p
@@ -133,7 +189,7 @@ def comparison_parser(description: str) -> argparse.ArgumentParser:
 
 def over_seeds(args, one_seed) -> list:
     """``one_seed(args, data_dir, model_dir, storage)`` for each seed in turn, on one data subset and model."""
-    data_dir, model_dir = dialogsum_subset(args)
+    data_dir, model_dir = bed(args)
     storage = model_dir.parent / "ray_results"
     first, runs = args.seed, []
     for seed in range(first, first + args.seeds):

@@ -176,12 +176,17 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--limit", type=int, default=None, help="record only the first N configurations (a smoke run)")
-    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/curves/dialogsum-<family>.json")
+    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/curves/<bed>-<family>.json")
     args = p.parse_args()
     args.subset = args.eval_size
     if args.budget % args.interval:
         p.error(f"--budget {args.budget} must be a multiple of --interval {args.interval}")
-    data_dir, model_dir = _common.dialogsum_subset(args)
+    data_dir, model_dir = _common.bed(args)
+    described = (
+        f"the repo's synthetic dialogues (data/): all train rows, first {args.validation_size} validation rows"
+        if args.bed == "bundled"
+        else f"DialogSum: first {args.train_size} train rows, first {args.validation_size} validation rows"
+    )
     configs = grid(args)[: args.limit]
     settings = {
         key: getattr(args, key)
@@ -196,6 +201,9 @@ def main() -> None:
             "warmup_steps",
             "seed",
             "family",
+            "d_model",
+            "layers",
+            "bed",
         )
     }
     print(f"recording {len(configs)} configurations, {args.workers} at a time, on {_common.machine()}")
@@ -216,7 +224,7 @@ def main() -> None:
             "python": platform.python_version(),
             "versions": _common.versions(),
             "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *sys.argv[1:]]),
-            "data": f"DialogSum: first {args.train_size} train rows, first {args.validation_size} validation rows",
+            "data": described,
             "settings": settings,
             "workers": args.workers,
             "wall_s": round(wall, 1),
@@ -224,7 +232,7 @@ def main() -> None:
         "columns": [*COLUMNS, *(f"first{n}_rougeL" for n in PREFIXES)],
         "curves": curves,
     }
-    out = args.out or CURVES_DIR / f"dialogsum-{args.family}.json"
+    out = args.out or CURVES_DIR / f"{args.bed}-{args.family}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(table, separators=(",", ":")) + "\n")
     first = [c["rows"][0][COLUMNS.index("subset_rougeL")] for c in curves]

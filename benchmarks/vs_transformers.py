@@ -37,7 +37,9 @@ def time_to(timeline, target: float) -> float:
     return next(t for t, best in timeline if best >= target - 1e-12)
 
 
-def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args) -> tuple[Path, float]:
+def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space) -> tuple[Path, float]:
+    """transformers' own search over what ``space`` (ours, parsed) searches, as alike as it allows:
+    the same learning-rate range, lengths, budget, evaluations and ASHA rungs."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -45,19 +47,32 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args) -> tu
 
     from tune_dialsum import DialogueDataLoader, DialogueSummarizationTrainer
 
+    fixed, scheduler = space.fixed, space.scheduler
     ours = DialogueSummarizationTrainer(
         str(model_dir),
         str(storage / "hf-scratch"),
-        max_input_length=256,
-        max_target_length=64,
+        max_input_length=fixed["max_input_length"],
+        max_target_length=fixed["max_target_length"],
         dialogue_format="standard",
     )
     splits = DialogueDataLoader(data_dir).load_splits()
     datasets = ours.load_and_prepare_data(splits["train"], val_df=splits["validation"].head(args.eval_size))
-    step = args.max_budget // 6
+    # transformers counts a trial's budget in steps whatever its batch size: on the bundled bed both
+    # sides train batch 16, so its steps are our examples / 16 (equal work)
+    per_step = 16 if scheduler["budget_unit"] == "samples" else 1
+    max_steps, step = scheduler["max_budget"] // per_step, scheduler["eval_interval"] // per_step
+    hp_space = {"learning_rate": tune.loguniform(*space.search["learning_rate"].bounds)}
+    if "batch_size" in space.search:
+        hp_space["per_device_train_batch_size"] = tune.choice(list(space.search["batch_size"].args))
+    if "warmup_steps" in space.search:
+        hp_space["warmup_steps"] = tune.randint(
+            space.search["warmup_steps"].bounds[0], space.search["warmup_steps"].bounds[1] + 1
+        )
     training_args = Seq2SeqTrainingArguments(
         output_dir=str(storage / "hf-scratch"),
-        max_steps=args.max_budget,
+        max_steps=max_steps,
+        per_device_train_batch_size=16 if per_step == 16 else 8,
+        warmup_steps=fixed.get("warmup_steps", 0),
         eval_strategy="steps",
         eval_steps=step,
         save_strategy="steps",
@@ -65,7 +80,7 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args) -> tu
         logging_steps=step,
         predict_with_generate=True,
         generation_num_beams=1,
-        generation_max_length=64,
+        generation_max_length=fixed["max_target_length"],
         weight_decay=0.01,
         report_to="none",
         disable_tqdm=True,
@@ -81,17 +96,18 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args) -> tu
     )
     ray.init(include_dashboard=False, log_to_driver=False)
     start = time.time()
+    rungs = dict(
+        max_t=max_steps // step,
+        grace_period=max(1, scheduler["grace_period"] // scheduler["eval_interval"]),
+        reduction_factor=scheduler["reduction_factor"],
+    )
     trainer.hyperparameter_search(
-        hp_space=lambda _: {
-            "learning_rate": tune.loguniform(3e-4, 1e-2),
-            "per_device_train_batch_size": tune.choice([8, 16]),
-            "warmup_steps": tune.randint(0, 61),
-        },
+        hp_space=lambda _: hp_space,
         backend="ray",
         n_trials=args.trials,
         direction="maximize",
         compute_objective=lambda m: m["eval_rougeL"],
-        scheduler=ASHAScheduler(metric="objective", mode="max", max_t=6, grace_period=1, reduction_factor=3),
+        scheduler=ASHAScheduler(metric="objective", mode="max", **rungs),
         resources_per_trial={"cpu": 1},
         max_concurrent_trials=args.concurrent,
         storage_path=str(storage),
@@ -107,11 +123,17 @@ def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
     space = _common.search_space(data_dir, model_dir, storage, f"vs-transformers-{args.seed}-{int(time.time())}", args)
     space["fixed"]["dialogue_format"] = "standard"  # transformers' search cannot change the data format
     del space["search"]["dialogue_format"]
+    if args.bed == "bundled":  # see run_transformers: batch 16 on both sides
+        space["fixed"]["batch_size"] = 16
+        del space["search"]["batch_size"]
+    from tune_dialsum.space import parse_space
+
+    parsed = parse_space(space, source="<vs_transformers>")
     start = time.time()
     outcome, ours_wall = _common.run(space)
     ours = best_so_far_timeline(outcome.experiment_dir, "rougeL", start)
 
-    hf_dir, hf_start = run_transformers(data_dir, model_dir, storage, args)
+    hf_dir, hf_start = run_transformers(data_dir, model_dir, storage, args, parsed)
     theirs = best_so_far_timeline(hf_dir, "eval_rougeL", hf_start)
 
     target = min(ours[-1][1], theirs[-1][1])

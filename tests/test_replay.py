@@ -96,3 +96,20 @@ def test_the_gpu_check_without_a_gpu_says_it_skipped_and_records_it(tmp_path):
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "no GPU: skipped" in completed.stdout.strip().splitlines()[-1]
     assert json.loads(out.read_text())["skipped"] == "no GPU"
+
+
+def test_overhead_splits_slot_time_into_before_between_inside_and_after():
+    import overhead
+    import pandas as pd
+
+    # two slots; a runs 5..15 s, b 6..16 s, c waits for a's slot and runs 18..28 s; the search ran 0..35 s
+    curves = pd.DataFrame(
+        [
+            {"trial_id": "a", "timestamp": 10.0, "time_total_s": 5.0},
+            {"trial_id": "a", "timestamp": 15.0, "time_total_s": 10.0},
+            {"trial_id": "b", "timestamp": 16.0, "time_total_s": 10.0},
+            {"trial_id": "c", "timestamp": 28.0, "time_total_s": 10.0},
+        ]
+    )
+    parts = overhead.slot_breakdown(curves, slots=2, began=0.0, ended=35.0)
+    assert parts == {"before": 5.0, "between_per_trial": 3.0, "inside": 30.0, "after": 7.0}

@@ -275,11 +275,14 @@ def _tokenizer_texts(data_dir: str | None):
         yield summary
 
 
-def build_tiny_model(family: str, out_dir: str | Path, data_dir: str | None = None, seed: int = 0) -> Path:
+def build_tiny_model(
+    family: str, out_dir: str | Path, data_dir: str | None = None, seed: int = 0, dimensions: dict | None = None
+) -> Path:
     """Build and save a tiny, randomly initialised model of ``family`` at ``out_dir``.
 
     The tokenizer is trained on the train split of ``data_dir`` (the project's
     synthetic dialogues when None). The directory is written atomically.
+    ``dimensions`` (keys as TINY_DIMENSIONS) builds a bigger one, as the benchmarks' test beds do.
     """
     import torch
     from transformers import AutoModelForSeq2SeqLM
@@ -288,7 +291,7 @@ def build_tiny_model(family: str, out_dir: str | Path, data_dir: str | None = No
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(family, _tokenizer_texts(data_dir))
     torch.manual_seed(seed)
-    model = AutoModelForSeq2SeqLM.from_config(tiny_config(family, tokenizer))
+    model = AutoModelForSeq2SeqLM.from_config(tiny_config(family, tokenizer, dimensions))
     model.generation_config.max_length = 64
     with atomic_directory(out_dir) as staging:
         model.save_pretrained(staging)
