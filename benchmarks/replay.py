@@ -240,6 +240,7 @@ def variants(budget: int) -> dict[str, dict]:
     eighth = budget // 8
     return {
         "ours, TPE start-up 3": {"trials.startup_trials": 3},
+        "ours, TPE start-up 5": {"trials.startup_trials": 5},
         "ours, TPE start-up 8": {"trials.startup_trials": 8},
         f"ours, grace {eighth}": {"scheduler.grace_period": eighth, "scheduler.eval_interval": eighth},
         f"ours, grace {2 * eighth}, eval every {eighth}": {
@@ -248,6 +249,7 @@ def variants(budget: int) -> dict[str, dict]:
         },
         "ours, reduction factor 2": {"scheduler.reduction_factor": 2},
         "ours, reduction factor 4": {"scheduler.reduction_factor": 4},
+        "ours, TPE start-up 3, reduction factor 4": {"trials.startup_trials": 3, "scheduler.reduction_factor": 4},
         "ours, 8 trials": {"trials.num_samples": 8},
         "ours, 24 trials": {"trials.num_samples": 24},
     }
@@ -300,6 +302,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=16, help="trials per search")
     p.add_argument("--concurrent", type=int, default=2, help="simulated workers")
     p.add_argument("--variants", action="store_true", help="also replay our policy with one default changed")
+    p.add_argument("--only", nargs="+", default=None, help="replay only the policies whose label contains one of these")
     p.add_argument("--json", type=Path, default=None, help="write every replay's figures here")
     args = p.parse_args()
     import logging
@@ -313,6 +316,10 @@ def main() -> None:
     print(f"{args.seeds} seeds per policy, {args.trials} trials per search, {args.concurrent} at once")
     base = {"trials.num_samples": args.trials, "trials.max_concurrent": args.concurrent}
     policies = {**POLICIES, **(variants(table.settings["budget"]) if args.variants else {})}
+    if args.only:
+        # the last line's ratios need ours and both random baselines
+        keep = [*args.only, "ours (TPE+ASHA)", "random+FIFO", "random+ASHA"]
+        policies = {label: o for label, o in policies.items() if any(k in label for k in keep)}
     results = compare(table, policies, args.seeds, base)
     print_table(results, table)
     if args.json:
