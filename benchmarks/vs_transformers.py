@@ -84,6 +84,9 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
         weight_decay=0.01,
         report_to="none",
         disable_tqdm=True,
+        # Trainer seeds numpy with this, and Ray's random sampler draws from numpy: without it every
+        # seed of this benchmark replays transformers' same 42-seeded search
+        seed=args.seed,
     )
     trainer = Seq2SeqTrainer(
         model_init=lambda *_: AutoModelForSeq2SeqLM.from_pretrained(str(model_dir)),
