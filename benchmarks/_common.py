@@ -48,6 +48,8 @@ def dimensions(args) -> dict:
 
 def dialogsum_subset(args) -> tuple[Path, Path]:
     """(data_dir, model_dir): a DialogSum subset and a tiny model whose tokenizer was trained on it."""
+    if getattr(args, "bed", "dialogsum") != "dialogsum":
+        sys.exit(f"--bed {args.bed}: this benchmark runs on DialogSum only; leave --bed out")
     source = SHARED_DATA / "dialogsum"
     if not (source / "train.jsonl.gz").is_file():
         print(f"skipped: {source} is absent (DialogSum is read from ../shared/data, never copied into the repo)")

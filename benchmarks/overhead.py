@@ -2,7 +2,9 @@
 
 Search wall time x concurrent slots, against the sum of the trials' own time (Ray's time_total_s:
 model loading, training and evaluation). Target: at least 90%. The slot time outside trials is split
-by the wall clock of each trial's first and last report (Ray's ``timestamp``, whole seconds):
+by each trial's last report: its end (Ray's ``timestamp``, whole seconds) and its start (that minus
+``time_total_s``). Result handling and the checkpoints saved with every report but the last fall inside
+``time_total_s``, so they count as trial time here:
 
 - before: from the call to the first trial starting (preflight, Ray start, Tune set-up, worker start);
 - between: the mean gap from the end of a trial to the start of the one that waited for its slot
@@ -11,7 +13,7 @@ by the wall clock of each trial's first and last report (Ray's ``timestamp``, wh
   validation split, export, Ray shutdown).
 
 By default it searches the DialogSum bench with FIFO; ``--bed bundled --max-budget 19200`` makes
-trials of about 2 minutes; ``--space FILE`` measures any space file instead, e.g. the demo's.
+trials of about 2.5 minutes; ``--space FILE`` measures any space file instead, e.g. the demo's.
 The last line prints the ratio.
 """
 
@@ -57,7 +59,8 @@ def main() -> None:
     if args.space:
         space = {**yaml.safe_load(args.space.read_text()), "name": name}
         space["storage_path"] = str(Path(args.workdir or "/tmp") / "overhead_results")
-        space["data"]["path"] = str((_common.REPO / space["data"]["path"]).resolve())
+        data = space.setdefault("data", {})
+        data["path"] = str((_common.REPO / data.get("path", "data")).resolve())
     else:
         data_dir, model_dir = _common.bed(args)
         storage = model_dir.parent / "ray_results"

@@ -188,6 +188,8 @@ def main() -> None:
         else f"DialogSum: first {args.train_size} train rows, first {args.validation_size} validation rows"
     )
     configs = grid(args)[: args.limit]
+    if args.bed == "bundled":
+        args.train_size = None  # the bundled bed trains on every row of data/train.jsonl
     settings = {
         key: getattr(args, key)
         for key in (

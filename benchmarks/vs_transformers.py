@@ -1,6 +1,6 @@
 """tune_dialsum search against transformers' own Trainer.hyperparameter_search(backend="ray").
 
-Same data, model, learning-rate / batch-size / warm-up space, trial count, budget, concurrency and an
+Same data, model, learning-rate / batch-size / warm-up space (learning rate only on ``--bed bundled``), trial count, budget, concurrency and an
 ASHA scheduler on both sides (transformers' Ray backend samples at random; ours uses TPE). Measured:
 wall time from the start of each search until it first reaches the best ROUGE-L that *both* reach.
 Target: tune_dialsum at least 2x faster. The last line prints the ratio.
