@@ -46,16 +46,25 @@ def dimensions(args) -> dict:
     return {**TINY_DIMENSIONS, "d_model": args.d_model, "layers": args.layers, "ffn": 2 * args.d_model}
 
 
+def bench_model(args, workdir: Path, data_dir: Path, suffix: str = "") -> Path:
+    """The bench's tiny model of ``--family`` and ``dimensions(args)`` in ``workdir``, its tokenizer
+    trained on ``data_dir``; built on first use."""
+    from tune_dialsum.models import ensure_tiny_model
+
+    shape = dimensions(args)
+    model_dir = workdir / f"tiny-{args.family}-d{shape['d_model']}-l{shape['layers']}{suffix}"
+    return ensure_tiny_model(args.family, model_dir, data_dir=str(data_dir), dimensions=shape)
+
+
 def dialogsum_subset(args) -> tuple[Path, Path]:
     """(data_dir, model_dir): a DialogSum subset and a tiny model whose tokenizer was trained on it."""
-    if getattr(args, "bed", "dialogsum") != "dialogsum":
+    if args.bed != "dialogsum":
         sys.exit(f"--bed {args.bed}: this benchmark runs on DialogSum only; leave --bed out")
     source = SHARED_DATA / "dialogsum"
     if not (source / "train.jsonl.gz").is_file():
         print(f"skipped: {source} is absent (DialogSum is read from ../shared/data, never copied into the repo)")
         sys.exit(0)
     from tune_dialsum import DialogueDataLoader
-    from tune_dialsum.models import build_tiny_model
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tune_dialsum_bench_"))
     data_dir = workdir / "data"
@@ -65,11 +74,7 @@ def dialogsum_subset(args) -> tuple[Path, Path]:
         splits["train"].head(args.train_size).to_json(data_dir / "train.jsonl", orient="records", lines=True)
         splits["validation"].to_json(data_dir / "validation.jsonl", orient="records", lines=True)
         splits["test"].to_json(data_dir / "test.jsonl", orient="records", lines=True)
-    shape = dimensions(args)
-    model_dir = workdir / f"tiny-{args.family}-d{shape['d_model']}-l{shape['layers']}"
-    if not (model_dir / "config.json").is_file():
-        build_tiny_model(args.family, model_dir, data_dir=str(data_dir), dimensions=shape)
-    return data_dir, model_dir
+    return data_dir, bench_model(args, workdir, data_dir)
 
 
 def bundled_bed(args) -> tuple[Path, Path]:
@@ -78,14 +83,8 @@ def bundled_bed(args) -> tuple[Path, Path]:
     The one bed on which a randomly initialised model learns to summarise within a CPU budget (on
     DialogSum it stays input-independent, see BENCHMARKS.md); it needs nothing from ../shared.
     """
-    from tune_dialsum.models import build_tiny_model
-
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tune_dialsum_bench_"))
-    shape = dimensions(args)
-    model_dir = workdir / f"tiny-{args.family}-d{shape['d_model']}-l{shape['layers']}-bundled"
-    if not (model_dir / "config.json").is_file():
-        build_tiny_model(args.family, model_dir, data_dir=str(REPO / "data"), dimensions=shape)
-    return REPO / "data", model_dir
+    return REPO / "data", bench_model(args, workdir, REPO / "data", suffix="-bundled")
 
 
 def bed(args) -> tuple[Path, Path]:

@@ -182,14 +182,14 @@ def main() -> None:
     if args.budget % args.interval:
         p.error(f"--budget {args.budget} must be a multiple of --interval {args.interval}")
     data_dir, model_dir = _common.bed(args)
-    described = (
-        f"the repo's synthetic dialogues (data/): all train rows, first {args.validation_size} validation rows"
-        if args.bed == "bundled"
-        else f"DialogSum: first {args.train_size} train rows, first {args.validation_size} validation rows"
-    )
-    configs = grid(args)[: args.limit]
     if args.bed == "bundled":
+        described = (
+            f"the repo's synthetic dialogues (data/): all train rows, first {args.validation_size} validation rows"
+        )
         args.train_size = None  # the bundled bed trains on every row of data/train.jsonl
+    else:
+        described = f"DialogSum: first {args.train_size} train rows, first {args.validation_size} validation rows"
+    configs = grid(args)[: args.limit]
     settings = {
         key: getattr(args, key)
         for key in (

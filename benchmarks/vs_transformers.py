@@ -57,21 +57,21 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
     )
     splits = DialogueDataLoader(data_dir).load_splits()
     datasets = ours.load_and_prepare_data(splits["train"], val_df=splits["validation"].head(args.eval_size))
-    # transformers counts a trial's budget in steps whatever its batch size: on the bundled bed both
-    # sides train batch 16, so its steps are our examples / 16 (equal work)
-    per_step = 16 if scheduler["budget_unit"] == "samples" else 1
+    # transformers counts a trial's budget in steps whatever its batch size: where ours counts examples
+    # (the bundled bed) both sides train one fixed batch size, so its steps are our examples / batch
+    batch = fixed.get("batch_size", 8)
+    per_step = batch if scheduler["budget_unit"] == "samples" else 1
     max_steps, step = scheduler["max_budget"] // per_step, scheduler["eval_interval"] // per_step
     hp_space = {"learning_rate": tune.loguniform(*space.search["learning_rate"].bounds)}
     if "batch_size" in space.search:
         hp_space["per_device_train_batch_size"] = tune.choice(list(space.search["batch_size"].args))
     if "warmup_steps" in space.search:
-        hp_space["warmup_steps"] = tune.randint(
-            space.search["warmup_steps"].bounds[0], space.search["warmup_steps"].bounds[1] + 1
-        )
+        low, high = space.search["warmup_steps"].bounds
+        hp_space["warmup_steps"] = tune.randint(low, high + 1)
     training_args = Seq2SeqTrainingArguments(
         output_dir=str(storage / "hf-scratch"),
         max_steps=max_steps,
-        per_device_train_batch_size=16 if per_step == 16 else 8,
+        per_device_train_batch_size=batch,
         warmup_steps=fixed.get("warmup_steps", 0),
         eval_strategy="steps",
         eval_steps=step,

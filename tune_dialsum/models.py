@@ -299,8 +299,8 @@ def build_tiny_model(
     return out_dir
 
 
-def ensure_tiny_model(family: str, out_dir: Path, data_dir: str | None = None) -> Path:
+def ensure_tiny_model(family: str, out_dir: Path, data_dir: str | None = None, dimensions: dict | None = None) -> Path:
     """The tiny model at ``out_dir``, built first (its tokenizer from ``data_dir``) if it is not there yet."""
     if (out_dir / "config.json").is_file():
         return out_dir
-    return build_tiny_model(family, out_dir, data_dir=data_dir)
+    return build_tiny_model(family, out_dir, data_dir=data_dir, dimensions=dimensions)
