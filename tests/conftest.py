@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -144,7 +146,32 @@ def tiny_search_command(storage: Path, name: str, *sets: str) -> list[str]:
 
 def run_cli(*args: str, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
     """``python -m tune_dialsum ARGS`` in a real process, from the repository root."""
-    return subprocess.run(cli_command(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout, **kwargs)
+    return run_process(cli_command(*args), timeout=timeout, **kwargs)
+
+
+def run_process(
+    command: list[str], timeout: int, env: dict | None = None, input: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run a Python command from the repository root; one that overruns its timeout fails the test with
+    where it was stuck: its threads' stacks (faulthandler, on SIGABRT) and the end of what it printed."""
+    env = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1"}
+    pipes = {
+        "stdin": subprocess.PIPE if input is not None else None,
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.PIPE,
+    }
+    process = subprocess.Popen(command, cwd=REPO, text=True, env=env, **pipes)
+    try:
+        out, err = process.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        try:
+            out, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+        pytest.fail(f"{shlex.join(command[1:])} ran past {timeout}s; its output ended:\n{out[-2000:]}\n{err[-6000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
 def trial_results(experiment_dir: Path) -> dict[str, list[dict]]:

@@ -16,7 +16,7 @@ import optuna
 import pyarrow.fs as pafs
 import pytest
 
-from tests.conftest import REPO, run_cli, short_ray_tmpdir, tiny_search_command, trial_results
+from tests.conftest import REPO, run_cli, run_process, short_ray_tmpdir, tiny_search_command, trial_results
 from tune_dialsum.storage import ExperimentStore, download, filesystem, join
 
 pytestmark = pytest.mark.slow
@@ -24,14 +24,7 @@ FAULTS = Path(__file__).resolve().parent / "faults"
 
 
 def _search(storage: Path, name: str, *sets: str, env: dict | None = None, timeout: int = 600):
-    return subprocess.run(
-        tiny_search_command(storage, name, *sets),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+    return run_process(tiny_search_command(storage, name, *sets), timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def test_failing_trials_end_as_failed_while_the_others_go_on(tmp_path):
