@@ -73,11 +73,11 @@ def test_analyze_writes_the_leaderboard_plots_and_page(tiny_search):
     assert completed.returncode == 0, completed.stderr
     assert "best_rougeL" in completed.stdout and "report:" in completed.stdout
     report = experiment_dir / "report"
-    for name in ("curves.png", "settings.png", "parallel_coordinates.png", "importance.png"):
+    for name in ("curves.png", "settings.png", "parallel_coordinates.png", "importance.png", "decoding.png"):
         assert (report / name).stat().st_size > 1000
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (report / "index.html").read_text()
-    assert "<table" in page and all(n in page for n in ("curves.png", "importance.png"))
+    assert "<table" in page and all(n in page for n in ("curves.png", "importance.png", "decoding.png"))
 
 
 def test_not_an_experiment_is_a_clear_error(tmp_path):
@@ -101,4 +101,4 @@ def test_the_notebook_runs_clean(tiny_search):
         os.environ.pop("TUNE_DIALSUM_EXPERIMENT")
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert sum(o.output_type == "display_data" and "image/png" in o.data for o in outputs) == 4
+    assert sum(o.output_type == "display_data" and "image/png" in o.data for o in outputs) == 5  # decoding.png too

@@ -70,6 +70,22 @@ SPACE_CASES = {
         "list of choices is empty",
     ),
     "space missing data directory": (dict(**{str(BUNDLED_DATA): "/no/such/dir"}), "/no/such/dir: no such directory"),
+    "space decoding setting searched in training": (
+        dict(**{"search:\n": "search:\n  num_beams: {choice: [1, 4]}\n"}),
+        "search.num_beams: a decoding setting: put it under decoding.search",
+    ),
+    "space decoding num_beams of 0": (
+        dict(**{"scheduler:": "decoding: {search: {num_beams: {choice: [0, 4]}}}\nscheduler:"}),
+        "decoding.search.num_beams.choice[0]: must be greater than 0 but got 0",
+    ),
+    "space unknown generation setting": (
+        dict(**{"scheduler:": "decoding: {search: {beam_width: {choice: [2, 4]}}}\nscheduler:"}),
+        "decoding.search.beam_width: unknown key; valid keys: length_penalty",
+    ),
+    "space decoding more checkpoints than re-scored": (
+        dict(**{"scheduler:": "decoding: {search: {num_beams: {int: [1, 4]}}, top_k_checkpoints: 5}\nscheduler:"}),
+        "decoding.top_k_checkpoints: 5 exceeds selection.top_k 3",
+    ),
 }
 
 

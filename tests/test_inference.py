@@ -57,6 +57,22 @@ def test_summarize_command_reads_stdin_text(t5_model_dir):
     assert len(completed.stdout.splitlines()) == 2
 
 
+def test_summarize_decodes_with_the_models_generation_config_unless_a_flag_overrides_it(t5_model_dir, tmp_path):
+    from tune_dialsum.export import set_generation_config
+
+    set_generation_config(t5_model_dir, {"num_beams": 2, "max_new_tokens": 3})  # as a tuned export holds
+    summarizer = DialogueSummarizer(t5_model_dir)
+    assert (summarizer.model.generation_config.num_beams, summarizer.model.generation_config.max_new_tokens) == (2, 3)
+    tuned = summarizer.summarize(DIALOGUES)
+    assert tuned == summarizer.summarize(DIALOGUES, num_beams=2, max_new_tokens=3)
+    assert tuned != summarizer.summarize(DIALOGUES, num_beams=1, max_new_tokens=12)
+    default = run_cli("summarize", "--model", str(t5_model_dir), input=DIALOGUES[0])
+    flagged = run_cli("summarize", "--model", str(t5_model_dir), "--max-new-tokens", "12", input=DIALOGUES[0])
+    assert default.returncode == flagged.returncode == 0, default.stderr + flagged.stderr
+    assert default.stdout.strip() == tuned[0]
+    assert flagged.stdout.strip() == summarizer.summarize(DIALOGUES[:1], max_new_tokens=12)[0]
+
+
 def test_plain_text_input_splits_on_blank_lines(tmp_path):
     records = read_dialogues(None, text="A: hi\nB: yo\n\n\nA: bye\n")
     assert [r["dialogue"] for r in records] == ["A: hi\nB: yo", "A: bye"]

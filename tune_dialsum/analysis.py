@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from tune_dialsum.decoding import BASELINE, read_decoding
 from tune_dialsum.errors import UsageError
 from tune_dialsum.export import CHECKPOINT_METADATA
 from tune_dialsum.models import family_of
@@ -126,6 +127,36 @@ class Experiment:
             *self.space.searched_settings,
         ]
         return pd.DataFrame(rows, columns=columns)
+
+    @cached_property
+    def decoding(self) -> pd.DataFrame:
+        """The decoding stage: one row per decoding trial, and per checkpoint its training decoding (trial -1).
+
+        Columns: the trial, the checkpoint, each generate() setting, ROUGE, mean summary length (words,
+        tokens), seconds per summary, whether it met the constraints, whether it lies on the Pareto
+        front of ROUGE-L against length / against time, and which was chosen. Empty where the stage has
+        not run.
+        """
+        document = read_decoding(self.path)
+        if document is None:
+            return pd.DataFrame(columns=["number", "checkpoint", "training_decoding", "rougeL", "chosen"])
+        chosen = document.get("chosen") or {}
+        rows = [
+            {
+                "number": r["number"],
+                "checkpoint": r["checkpoint"],
+                "training_decoding": r["number"] == BASELINE,
+                **r["settings"],
+                **r["scores"],
+                "error": r["error"],
+                "feasible": r["feasible"],
+                "front_length": r["front_length"],
+                "front_time": r["front_time"],
+                "chosen": (r["number"], r["checkpoint"]) == (chosen.get("number"), chosen.get("checkpoint")),
+            }
+            for r in document["records"]
+        ]
+        return pd.DataFrame(rows)
 
     def leaderboard(self, top: int | None = None) -> pd.DataFrame:
         """Trials ranked by their best objective (best first)."""

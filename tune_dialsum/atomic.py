@@ -44,3 +44,10 @@ def atomic_directory(out_dir: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         if aside is not None and out_dir.exists():
             shutil.rmtree(aside, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` so that a reader sees the old text or the new, never a part (a rename)."""
+    staging = path.with_name(f".{path.name}.partial")
+    staging.write_text(text)
+    staging.replace(path)

@@ -161,6 +161,32 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_tune_decoding(args) -> int:
+    from tune_dialsum.cluster import keep_on_loopback
+
+    keep_on_loopback(args.address)  # before anything can import ray
+    from tune_dialsum.decoding import format_result, tune_model
+    from tune_dialsum.search import experiment_settings
+    from tune_dialsum.space import decoding_space
+
+    if not Path(args.data).is_dir():
+        raise UsageError(f"--data {args.data}: no such directory; pass the directory with the validation split")
+    space = decoding_space(args.space, args.data, args.model)
+    out = Path(args.out) if args.out else _default_decoding_out(args.model)
+    result = tune_model(args.model, out, space, experiment_settings(space), address=args.address)
+    print(format_result(result))
+    print(f"Model with the chosen decoding: {out}")
+    return 0
+
+
+def _default_decoding_out(model: str) -> Path:
+    """Beside a model directory, ``NAME-decoding``; for a hub or tiny model, in the working directory."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path.resolve().parent / f"{path.resolve().name}-decoding"
+    return Path(f"{model.rstrip('/').split('/')[-1].replace(':', '-')}-decoding")
+
+
 def _write_lines(path: str | None, lines: list[str]) -> None:
     text = "".join(line + "\n" for line in lines)
     if path:
@@ -177,7 +203,9 @@ def _cmd_summarize(args) -> int:
         raise UsageError(f"--input {source}: no such file")
     summarizer = DialogueSummarizer(args.model, batch_size=args.batch_size)  # a bad model fails before stdin is read
     records = read_dialogues(source, text=None if source else sys.stdin.read())
-    summaries = summarizer.summarize([r["dialogue"] for r in records])
+    # the model's generation config (a tuned decoding, for an export) unless a flag says otherwise
+    generation = {k: v for k, v in _decoding_flags(args).items() if v is not None}
+    summaries = summarizer.summarize([r["dialogue"] for r in records], **generation)
     structured = (source is not None and not source.name.endswith(".txt")) or (args.output or "").endswith(".jsonl")
     if structured:
         lines = [
@@ -231,6 +259,10 @@ def _cmd_analyze(args) -> int:
     stored = experiment.store.where(page)
     print(f"report: {page}" + (f" (stored at {stored})" if stored != str(page) else ""))
     return 0
+
+
+def _decoding_flags(args) -> dict:
+    return {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens, "length_penalty": args.length_penalty}
 
 
 def _positive_int(text: str) -> int:
@@ -327,7 +359,22 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("--input", default=None, help="text (blank-line separated), .jsonl or .csv; default stdin")
     summarize.add_argument("--output", default=None, help="default: stdout")
     summarize.add_argument("--batch-size", type=_positive_int, default=16)
+    summarize.add_argument("--num-beams", type=_positive_int, default=None, help="default: the model's (tuned) setting")
+    summarize.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default: the model's setting")
+    summarize.add_argument("--length-penalty", type=float, default=None, help="default: the model's setting")
     summarize.set_defaults(run=_cmd_summarize)
+
+    tune = commands.add_parser(
+        "tune-decoding", help="search how a trained model decodes (beams, length, repetition) without retraining"
+    )
+    tune.add_argument("model", help="model directory (an export, a checkpoint), hub name or tiny:FAMILY")
+    tune.add_argument("--data", required=True, help="data directory; its validation split scores each decoding")
+    tune.add_argument("--space", default=None, help="space file whose data and decoding sections to use")
+    tune.add_argument(
+        "--out", default=None, help="where the model with the chosen decoding goes (default: MODEL-decoding)"
+    )
+    tune.add_argument("--address", default=None, help="Ray cluster to use (auto or HOST:PORT); default: local")
+    tune.set_defaults(run=_cmd_tune_decoding)
 
     evaluate = commands.add_parser("evaluate", help="score a model on a data split with ROUGE")
     evaluate.add_argument("--model", required=True)

@@ -135,3 +135,15 @@ def check_resources(space: SearchSpace) -> None:
                 f"{space.source}: resources.{resource.lower()}s_per_trial: a trial asks for {wanted:g} {resource} "
                 f"but the cluster has {available.get(resource, 0):g}; lower it (or --{resource.lower()}s-per-trial)"
             )
+
+
+def task_slots(resources: dict, wanted: int) -> int:
+    """How many of ``wanted`` tasks with a trial's ``resources`` the cluster runs at once (at least 1)."""
+    import ray
+
+    available = ray.cluster_resources()
+    room = [wanted]
+    for resource, per_task in (("CPU", resources["cpus_per_trial"]), ("GPU", resources["gpus_per_trial"])):
+        if per_task:
+            room.append(int(available.get(resource, 0) // per_task))
+    return max(1, min(room))

@@ -129,12 +129,38 @@ def _score_table(scores: dict) -> str:
     return f"| metric | value |\n|---|---|\n{rows}"
 
 
+def _inline(scores: dict) -> str:
+    return ", ".join(f"{k} {scores[k]:.4f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum") if k in scores)
+
+
+def _decoding_table(decoding: dict) -> str:
+    """The best decoding trials, the chosen one marked, and the training decoding for comparison."""
+    objective, unit = decoding["objective"], decoding.get("length_unit", "words")
+    rows = [
+        f"| {'**chosen**' if r.get('chosen') else ('training decoding' if r['number'] < 0 else r['number'])} "
+        f"| {', '.join(f'{k}={v}' for k, v in sorted(r['settings'].items()))} | {r['scores'][objective]:.4f} "
+        f"| {r['scores'][f'mean_{unit}']:.1f} | {r['scores']['seconds_per_summary']:.3f} |"
+        for r in decoding["best"]
+    ]
+    constraints = f"; constraints: {decoding['constraints']}" if decoding.get("constraints") else ""
+    return (
+        f"## Decoding, tuned on validation without retraining ({decoding['trials']} trials of study "
+        f"`{decoding['study']}`, {decoding['examples']} examples{constraints})\n\n"
+        f"| trial | settings | {objective} | mean {unit} | s / summary |\n|---|---|---|---|---|\n" + "\n".join(rows)
+    )
+
+
 def _model_card(tuning: dict) -> str:
     settings = "\n".join(f"| {k} | {v} |" for k, v in sorted(tuning["config"].items()))
     test, full = tuning.get("test"), tuning.get("full_validation")
     sections = []
     if test:
         sections.append(f"## Test scores ({test['examples']} examples, never used to choose)\n\n{_score_table(test)}")
+        greedy = tuning.get("test_training_decoding")
+        if greedy:
+            sections[-1] += f"\n\nWith the decoding the trials were scored with in training: {_inline(greedy)}."
+    if tuning.get("decoding"):
+        sections.append(_decoding_table(tuning["decoding"]))
     if full:
         sections.append(
             f"## Validation scores, used for selection (all {full['examples']} examples)\n\n{_score_table(full)}"
@@ -161,7 +187,8 @@ Inputs are written in the `{tuning["recipe"]["dialogue_format"]}` dialogue forma
 
 
 def record_scores(model_dir: Path, **scores: dict | None) -> None:
-    """Add scores measured after export (``full_validation=``, ``test=``, ``selection=``) to tuning.json and the card."""
+    """Add what was measured after export (``full_validation=``, ``test=``, ``selection=``, ``decoding=``...) to
+    tuning.json and the card."""
     tuning_file = model_dir / TUNING_FILE
     tuning = json.loads(tuning_file.read_text())
     tuning.update({name: value for name, value in scores.items() if value is not None})
@@ -176,10 +203,13 @@ def export_checkpoint(
     mode: str,
     force: bool = False,
     source: str | None = None,
+    generation: dict | None = None,
 ) -> Path:
     """Write ``record``'s model as a self-contained directory at ``out_dir``, atomically.
 
-    ``source`` is where the checkpoint is kept, when ``record.path`` is a local copy of it.
+    ``source`` is where the checkpoint is kept, when ``record.path`` is a local copy of it;
+    ``generation`` the decoding to write into its generation config (default: the one its trial
+    was scored with).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
@@ -203,7 +233,7 @@ def export_checkpoint(
         for item in record.path.iterdir():
             if item.is_file() and item.name not in TRAINING_ONLY and not item.name.startswith("rng_state"):
                 shutil.copy2(item, staging / item.name)
-        _set_generation_defaults(staging, config)
+        set_generation_config(staging, generation or trial_decoding(config))
         (staging / TUNING_FILE).write_text(json.dumps(tuning, indent=2, default=str))
         (staging / MODEL_CARD).write_text(_model_card(tuning))
     return out_dir
@@ -217,8 +247,8 @@ def fidelity(snapshot: dict) -> str:
     return f"{'first ' + str(subset) if subset else 'all'} validation examples, {beams} beam(s)"
 
 
-def _set_generation_defaults(model_dir: Path, config: dict) -> None:
-    """Decode with the settings the trial was scored with (generate() reads these)."""
+def set_generation_config(model_dir: Path, settings: dict) -> None:
+    """Make ``settings`` the model's default decoding: generate() (and so ``summarize``) reads them."""
     from transformers import GenerationConfig
 
     generation = (
@@ -226,6 +256,8 @@ def _set_generation_defaults(model_dir: Path, config: dict) -> None:
         if (model_dir / "generation_config.json").exists()
         else GenerationConfig()
     )
-    for name, value in trial_decoding(config).items():
+    if "max_new_tokens" in settings:  # one length limit: generate() would warn about two
+        generation.max_length = GenerationConfig().max_length
+    for name, value in settings.items():
         setattr(generation, name, value)
     generation.save_pretrained(model_dir)

@@ -21,6 +21,7 @@ from tune_dialsum.export import (
     find_checkpoints,
     record_scores,
     score_key,
+    trial_decoding,
 )
 from tune_dialsum.space import SearchSpace
 from tune_dialsum.storage import ExperimentStore
@@ -55,6 +56,8 @@ class SearchOutcome:
     best_model_location: str | None = None  # best_model_dir in the store (the same path for a directory)
     full_validation: dict | None = None  # the exported model on every validation example (used to choose it)
     test: dict | None = None  # the exported model on the test split (not used to choose it)
+    test_training_decoding: dict | None = None  # the same, decoded as trials were scored (where decoding was tuned)
+    decoding: object | None = None  # decoding.DecodingResult: the decoding stage, where the space has one
     candidates: list = field(default_factory=list)  # selection.Candidate: the checkpoints re-scored
     unfinished: int = 0  # trials left pending or running: the search was interrupted or ran out of time
     at_once: int | None = None  # how many trials the cluster had room to run at once
@@ -121,10 +124,10 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: 
 
 
 def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, settings: ExperimentSettings, store):
-    """Re-score the best checkpoints on all of validation, export the best of those, score it on test.
+    """Re-score the best checkpoints on all of validation, tune how they decode, export the best, score it on test.
 
     An interrupted search exports its best checkpoint by the subset score at once, and says so: the
-    re-scoring waits for the search to be resumed and finished.
+    re-scoring and the decoding stage wait for the search to be resumed and finished.
     """
     experiment_dir = outcome.experiment_dir
     chosen = best_checkpoint(records, space.metric, space.mode)
@@ -136,10 +139,24 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
         best = selection.choose(outcome.candidates, space.metric, space.mode)
         chosen, outcome.full_validation = best.record, best.full
         store.push(selection.write_selection(experiment_dir, best, outcome.candidates, space.metric, space.mode))
+    generation = None  # the decoding the chosen trial was scored with
+    if space.decoding is not None and not outcome.unfinished:
+        ranked = [c.record for c in outcome.candidates] or [chosen]  # best first
+        outcome.decoding = _tune_decoding(ranked[: space.decoding.top_k_checkpoints], space, settings, store)
+        if outcome.decoding.chosen is not None:
+            chosen = next(r for r in ranked if _label(r) == outcome.decoding.chosen.checkpoint)
+            generation = outcome.decoding.chosen.settings
+            outcome.full_validation = next((c.full for c in outcome.candidates if c.record is chosen), None)
     outcome.best = chosen
     store.fetch(chosen.path)  # the mirror of a URI holds no weights until now
     outcome.best_model_dir = export_checkpoint(
-        chosen, experiment_dir / BEST_MODEL_DIR, space.metric, space.mode, force=True, source=store.where(chosen.path)
+        chosen,
+        experiment_dir / BEST_MODEL_DIR,
+        space.metric,
+        space.mode,
+        force=True,
+        source=store.where(chosen.path),
+        generation=generation,
     )
     if rescoring:
         record_scores(
@@ -147,14 +164,43 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
             full_validation=outcome.full_validation,
             selection=[c.as_dict(space.metric) for c in outcome.candidates],
         )
+    if outcome.decoding is not None:
+        record_scores(outcome.best_model_dir, decoding=outcome.decoding.as_record(space.name, space.decoding))
     store.push(outcome.best_model_dir)
     outcome.best_model_location = store.where(outcome.best_model_dir)
     if not outcome.unfinished:
         outcome.test = selection.score_on_test(outcome.best_model_location, settings, space.resources)
+        if outcome.test is not None and generation is not None:  # the gain the decoding stage brought
+            training = trial_decoding(chosen.snapshot.get("config", {}))
+            outcome.test_training_decoding = selection.score_on_test(
+                outcome.best_model_location, settings, space.resources, training
+            )
         if outcome.test is not None:
-            record_scores(outcome.best_model_dir, test=outcome.test)
+            record_scores(
+                outcome.best_model_dir, test=outcome.test, test_training_decoding=outcome.test_training_decoding
+            )
             for name in (TUNING_FILE, MODEL_CARD):  # the weights are in the store already
                 store.push(outcome.best_model_dir / name)
+
+
+def _label(record) -> str:
+    return f"{record.trial_id}@{record.step}"
+
+
+def _tune_decoding(ranked: list, space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore):
+    """The decoding stage on the best checkpoints; its study and records are kept in the experiment."""
+    from tune_dialsum.decoding import DECODING_DB, DECODING_FILE, DecodingStudy, run_decoding_study
+
+    models = {_label(r): (store.where(r.path), trial_decoding(r.snapshot.get("config", {}))) for r in ranked}
+    study = DecodingStudy(
+        f"{space.name}-decoding", store.local, models, space.decoding, settings, space.resources, space.seed
+    )
+    try:
+        return run_decoding_study(study)
+    finally:  # what was measured is kept, whatever ends the stage
+        for name in (DECODING_DB, DECODING_FILE):
+            if (store.local / name).is_file():
+                store.push(store.local / name)
 
 
 def _classify(trial_id: str, rows: list[dict], last: dict, config: dict, error: str | None, space, settings):
@@ -253,6 +299,8 @@ def format_summary(outcome: SearchOutcome) -> str:
         lines.append(f"Best trial: {best.trial_id} at {where}.")
         if outcome.test:
             lines.append(f"Test, {outcome.test['examples']} examples (not used to choose): {_scores(outcome.test)}")
+            if outcome.test_training_decoding:
+                lines.append(f"Test with the training decoding instead: {_scores(outcome.test_training_decoding)}")
         if outcome.full_validation:
             full, key = outcome.full_validation, score_key(outcome.metric)
             ranked = ", ".join(
@@ -268,6 +316,10 @@ def format_summary(outcome: SearchOutcome) -> str:
                 "Chosen by the ranking score only: resume the search to re-score and test the best checkpoints."
             )
         lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(best.snapshot.get("config", {}).items())))
+        if outcome.decoding is not None:
+            from tune_dialsum.decoding import format_result
+
+            lines.append(format_result(outcome.decoding))
     if outcome.stopped:
         full = outcome.max_budget * len(outcome.trials)
         lines.append(

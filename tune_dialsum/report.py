@@ -2,7 +2,8 @@
 
 ``write_report(experiment)`` writes into ``<experiment>/report/`` only:
 learning curves (stopped and finished trials told apart), the objective
-against each searched setting, parallel coordinates, and importance.
+against each searched setting, parallel coordinates, importance, and the
+decoding trials against length and time with their Pareto fronts.
 """
 
 from __future__ import annotations
@@ -121,6 +122,37 @@ def plot_importance(importance: pd.Series, path: Path) -> Path:
     return path
 
 
+def plot_decoding(experiment: Experiment, path: Path) -> Path | None:
+    """ROUGE-L against mean summary length and against seconds per summary, each front marked; None without a stage."""
+    trials = experiment.decoding
+    if trials.empty or "seconds_per_summary" not in trials:
+        return None
+    trials = trials[trials["error"].isna()]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, cost, front, label in (
+        (axes[0], "mean_words", "front_length", "mean summary length (words)"),
+        (axes[1], "seconds_per_summary", "front_time", "seconds per summary"),
+    ):
+        tried = trials[~trials["training_decoding"]]
+        ax.scatter(tried[cost], tried["rougeL"], color="tab:blue", alpha=0.6, label="decoding trial")
+        edge = trials[trials[front]].sort_values(cost)
+        ax.plot(edge[cost], edge["rougeL"], color="tab:orange", marker="o", label="Pareto front")
+        baseline = trials[trials["training_decoding"]]
+        ax.scatter(baseline[cost], baseline["rougeL"], marker="s", color="black", label="training decoding")
+        chosen = trials[trials["chosen"]]
+        ax.scatter(chosen[cost], chosen["rougeL"], marker="*", s=250, color="tab:red", label="chosen", zorder=3)
+        ax.set(xlabel=label)
+    axes[0].set(ylabel="ROUGE-L", title="quality against length")
+    axes[1].set(title="quality against decoding time")
+    axes[1].legend(fontsize="small")
+    fig.suptitle(f"{experiment.space.name}: decoding trials (validation)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_report(experiment: Experiment) -> Path:
     """Write the plots and index.html into ``<experiment>/report``; return the page's path."""
     out_dir = experiment.path / REPORT_DIR
@@ -131,7 +163,9 @@ def write_report(experiment: Experiment) -> Path:
         "Objective against each setting": plot_settings(experiment, out_dir / "settings.png"),
         "Parallel coordinates": plot_parallel_coordinates(experiment, out_dir / "parallel_coordinates.png"),
         "Importance": plot_importance(importance, out_dir / "importance.png"),
+        "Decoding: ROUGE-L against length and time": plot_decoding(experiment, out_dir / "decoding.png"),
     }
+    plots = {title: plot for title, plot in plots.items() if plot is not None}
     warnings_html = "".join(f"<li>{html.escape(w)}</li>" for w in experiment.boundary_warnings())
     sections = "".join(
         f"<h2>{html.escape(t)}</h2><img src='{p.name}' alt='{html.escape(t)}'>" for t, p in plots.items()

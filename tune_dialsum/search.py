@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray
+from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray, task_slots
 from tune_dialsum.errors import UsageError
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
 from tune_dialsum.outcome import BEST_MODEL_DIR, SearchOutcome, format_summary, recorded_trial_ids, summarize
@@ -271,14 +271,8 @@ def _resumed_space(store: ExperimentStore, name: str, num_samples: int | None) -
 
 def trials_at_once(space: SearchSpace) -> int:
     """How many trials the cluster has room for at once (``trials.max_concurrent`` caps it)."""
-    import ray
-
-    available = ray.cluster_resources()
-    room = [space.trials["num_samples"], space.trials["max_concurrent"] or space.trials["num_samples"]]
-    for resource, wanted in (("CPU", space.resources["cpus_per_trial"]), ("GPU", space.resources["gpus_per_trial"])):
-        if wanted:
-            room.append(int(available.get(resource, 0) // wanted))
-    return max(1, min(room))
+    wanted = min(space.trials["num_samples"], space.trials["max_concurrent"] or space.trials["num_samples"])
+    return task_slots(space.resources, wanted)
 
 
 def session_scratch_bytes() -> int | None:

@@ -49,29 +49,51 @@ def top_by_subset(records: list[CheckpointRecord], metric: str, mode: str, k: in
     return sorted(scored, key=lambda r: (-sign * r.scores[key], r.step))[:k]
 
 
-def score_model(model_location: str, settings: ExperimentSettings, split: str, generation: dict | None = None) -> dict:
+def score_model(
+    model_location: str,
+    settings: ExperimentSettings,
+    split: str,
+    generation: dict | None = None,
+    max_examples: int | None = None,
+) -> dict:
     """ROUGE of a model (a checkpoint or an export, a path or a URI) on a whole split of the experiment's data.
 
-    ``validation`` is the whole validation split (or the rows a search holds out of train);
-    ``test`` the test split. Decoding is ``generation``, else the model's generation config.
+    ``validation`` is the whole validation split (or the rows a search holds out of train), or its
+    first ``max_examples``; ``test`` the test split. Decoding is ``generation``, else the model's
+    generation config. Also measured: the summaries' mean length (words and tokens) and the seconds
+    decoding took per summary (the model loaded, the data in memory).
     """
+    import time
+
     from tune_dialsum.metrics import compute_rouge
     from tune_dialsum.summarize import DialogueSummarizer
 
     if split == "validation":
-        _, frame = training_frames(dataclasses.replace(settings, max_eval_samples=None))
+        _, frame = training_frames(dataclasses.replace(settings, max_eval_samples=max_examples))
     else:
         frame = load_splits(settings)[split]
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = download(model_location, Path(scratch)) if is_uri(model_location) else model_location
         summarizer = DialogueSummarizer(model_dir)
+        clock = time.perf_counter()
         predictions = summarizer.summarize(list(frame["dialogue"]), **(generation or {}))
+        seconds = time.perf_counter() - clock
+        encoded = summarizer.tokenizer(predictions, add_special_tokens=False)["input_ids"] if predictions else []
+        tokens = [len(ids) for ids in encoded]
     scores = compute_rouge(predictions, list(frame["summary"]))
-    lengths = [len(p.split()) for p in predictions]
-    return {"examples": len(frame), "mean_words": sum(lengths) / max(1, len(lengths)), **scores}
+    words = [len(p.split()) for p in predictions]
+    count = max(1, len(predictions))
+    return {
+        "examples": len(frame),
+        "mean_words": sum(words) / count,
+        "mean_tokens": sum(tokens) / count,
+        "seconds_per_summary": seconds / count,
+        **scores,
+    }
 
 
-def _remote_scorer(resources: dict):
+def remote_scorer(resources: dict):
+    """:func:`score_model` as a Ray task with a trial's resources."""
     import ray
 
     return ray.remote(score_model).options(num_cpus=resources["cpus_per_trial"], num_gpus=resources["gpus_per_trial"])
@@ -83,7 +105,7 @@ def rescore(
     """Each candidate's scores on the whole validation split, decoded as its trial was scored; in parallel."""
     import ray
 
-    scorer = _remote_scorer(resources)
+    scorer = remote_scorer(resources)
     futures = [
         scorer.remote(location, settings, "validation", trial_decoding(record.snapshot.get("config", {})))
         for record, location in zip(candidates, locations, strict=True)
@@ -100,13 +122,16 @@ def choose(candidates: list[Candidate], metric: str, mode: str) -> Candidate:
     return max(candidates, key=lambda c: (sign * c.full[key], sign * c.subset))
 
 
-def score_on_test(model_location: str, settings: ExperimentSettings, resources: dict) -> dict | None:
-    """The exported model's scores on the test split; None where the data has none."""
+def score_on_test(
+    model_location: str, settings: ExperimentSettings, resources: dict, generation: dict | None = None
+) -> dict | None:
+    """The exported model's scores on the test split (decoded by its generation config, or ``generation``);
+    None where the data has none."""
     import ray
 
     if load_splits(settings).get("test") is None:
         return None
-    return ray.get(_remote_scorer(resources).remote(model_location, settings, "test"))
+    return ray.get(remote_scorer(resources).remote(model_location, settings, "test", generation))
 
 
 def write_selection(

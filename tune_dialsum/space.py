@@ -18,6 +18,8 @@ A space file has these sections (all but ``search`` optional)::
     resources: {cpus_per_trial, gpus_per_trial}
     checkpoints: {keep}
     selection: {top_k}            # checkpoints re-scored on the whole validation split
+    decoding: {search: {GENERATE_SETTING: DISTRIBUTION}, num_samples, top_k_checkpoints,
+               max_eval_samples, constraints: {max_mean_length, length_unit, max_seconds_per_summary}}
     storage_path: ray_results
     seed: 0
     trust_remote_code: false
@@ -30,6 +32,10 @@ once as the cluster's resources fit.
 A DISTRIBUTION is one of ``{choice: [..]}``, ``{uniform: [low, high]}``,
 ``{loguniform: [low, high]}``, ``{quniform: [low, high, step]}``,
 ``{int: [low, high]}``, ``{logint: [low, high]}``, ``{qint: [low, high, step]}``.
+
+Trials are scored during training with one cheap decoding (``generation_num_beams``, greedy by
+default). How the chosen checkpoints *write* (beams, length penalty, repetition) is searched
+afterwards, in ``decoding``, without retraining (decoding.py).
 """
 
 from __future__ import annotations
@@ -78,9 +84,19 @@ DEFAULT_SETTINGS = {
     "warmup_steps": 0,
     "weight_decay": 0.0,
     "label_smoothing": 0.0,
-    "generation_num_beams": 4,
+    "generation_num_beams": 1,  # greedy: ranking trials needs a cheap decoding; the decoding stage tunes it
     "lr_scheduler_type": "linear",
 }
+# ``generate()`` settings the decoding stage searches, with their types.
+DECODING_SETTINGS: dict[str, type] = {
+    "num_beams": int,
+    "length_penalty": float,
+    "no_repeat_ngram_size": int,
+    "min_new_tokens": int,
+    "max_new_tokens": int,
+    "repetition_penalty": float,
+}
+LENGTH_UNITS = ("words", "tokens")
 DISTRIBUTIONS = {"choice", "uniform", "loguniform", "quniform", "int", "logint", "qint"}
 SECTIONS = {
     "name": None,
@@ -103,6 +119,7 @@ SECTIONS = {
     "resources": {"cpus_per_trial", "gpus_per_trial"},
     "checkpoints": {"keep"},
     "selection": {"top_k"},
+    "decoding": {"search", "num_samples", "top_k_checkpoints", "max_eval_samples", "constraints"},
     "storage_path": None,
     "seed": None,
     "trust_remote_code": None,
@@ -128,6 +145,34 @@ class Distribution:
         return None if self.kind == "choice" else self.args[:2]
 
 
+@dataclass(frozen=True)
+class DecodingSpace:
+    """The decoding stage: ``generate()`` settings searched on the best trained checkpoints."""
+
+    search: dict[str, Distribution]
+    num_samples: int = 12
+    top_k_checkpoints: int = 1  # the best by full-validation score (selection.top_k re-scored them)
+    max_eval_samples: int | None = None  # None: every validation example
+    max_mean_length: float | None = None  # in length_unit; a decoding writing longer is not chosen
+    length_unit: str = "words"
+    max_seconds_per_summary: float | None = None
+
+    @property
+    def constraints(self) -> dict:
+        return {
+            f"mean_{self.length_unit}": self.max_mean_length,
+            "seconds_per_summary": self.max_seconds_per_summary,
+        }
+
+    def describe_constraints(self) -> str:
+        parts = []
+        if self.max_mean_length is not None:
+            parts.append(f"mean length at most {self.max_mean_length:g} {self.length_unit}")
+        if self.max_seconds_per_summary is not None:
+            parts.append(f"at most {self.max_seconds_per_summary:g} s per summary")
+        return " and ".join(parts)
+
+
 @dataclass
 class SearchSpace:
     """A validated search space; see the module docstring for the file format."""
@@ -148,6 +193,7 @@ class SearchSpace:
     top_k: int  # checkpoints, best on the subset first, re-scored on the whole validation split
     seed: int
     trust_remote_code: bool = False
+    decoding: DecodingSpace | None = None  # None: exported with the decoding trials were scored with
     raw: dict = field(default_factory=dict, repr=False)
 
     # -- sampling -------------------------------------------------------------------
@@ -202,6 +248,34 @@ def _searched(search: dict, per_family: dict) -> set[str]:
 
 def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSpace:
     """Read, override (``key.sub=value``) and validate a space file."""
+    raw = read_space_file(path)
+    for override in overrides or []:
+        _apply_override(raw, override, Path(path))
+    return parse_space(raw, source=str(path), default_name=Path(path).stem)
+
+
+# What ``tune-decoding`` searches where no space file (or one without a decoding section) is given.
+DEFAULT_DECODING = {
+    "search": {
+        "num_beams": {"choice": [1, 2, 4, 6]},
+        "length_penalty": {"uniform": [0.6, 2.0]},
+        "no_repeat_ngram_size": {"choice": [0, 3]},
+    },
+    "num_samples": 12,
+}
+
+
+def decoding_space(path: str | Path | None, data_path: str, model: str) -> SearchSpace:
+    """The space ``tune-decoding`` runs: the file's data and decoding sections (or the defaults), on ``data_path``."""
+    raw = read_space_file(path) if path is not None else {"name": "tune-decoding", "scheduler": {"max_budget": 1}}
+    raw["data"] = {**(raw.get("data") or {}), "path": data_path}
+    raw["fixed"] = {**(raw.get("fixed") or {}), "model": model}
+    raw.setdefault("decoding", DEFAULT_DECODING)
+    return parse_space(raw, source=str(path or "tune-decoding"), default_name="tune-decoding", training=False)
+
+
+def read_space_file(path: str | Path) -> dict:
+    """A space file's raw mapping; a file that is not one fails in one line."""
     path = Path(path)
     if not path.is_file():
         raise SpaceError(f"{path}: no such space file; see search_spaces/ for examples")
@@ -218,9 +292,7 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSp
         raise SpaceError(f"{path}: the file is empty; it needs at least a 'search' section")
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: the top level must be a mapping of sections, not a {type(raw).__name__}")
-    for override in overrides or []:
-        _apply_override(raw, override, path)
-    return parse_space(raw, source=str(path), default_name=path.stem)
+    return raw
 
 
 def _apply_override(raw: dict, override: str, path: Path) -> None:
@@ -272,7 +344,7 @@ class _Checker:
         return number
 
     def setting(self, key: str, name: str, value):
-        kind = SETTINGS[name]
+        kind = SETTINGS.get(name) or DECODING_SETTINGS[name]
         if kind is str:
             if not isinstance(value, str) or not value:
                 self.fail(key, f"expected a non-empty string but got {value!r}")
@@ -290,7 +362,12 @@ class _Checker:
             "num_train_epochs",
             "generation_num_beams",
             "generation_max_length",
+            "num_beams",
+            "max_new_tokens",
+            "repetition_penalty",
         )
+        if name == "length_penalty":  # an exponent on the length: negative favours short summaries
+            return self.number(key, value, kind)
         number = self.number(key, value, kind, minimum=0, strict=positive)
         if name in ("warmup_ratio", "label_smoothing") and number >= 1:
             self.fail(key, f"{name} is a fraction: it must be below 1 but got {value!r}")
@@ -310,13 +387,14 @@ class _Checker:
             if not args:
                 self.fail(f"{key}.choice", "the list of choices is empty; give at least one value")
             return Distribution(kind, tuple(self.setting(f"{key}.choice[{i}]", name, v) for i, v in enumerate(args)))
-        if SETTINGS[name] is str:
+        setting_kind = SETTINGS.get(name) or DECODING_SETTINGS[name]
+        if setting_kind is str:
             self.fail(key, f"{name} takes text values; use {{choice: [...]}}")
         stepped = kind in ("quniform", "qint")
         if len(args) != (3 if stepped else 2):
             self.fail(f"{key}.{kind}", f"expected [low, high{', step' if stepped else ''}] but got {args!r}")
         number_kind = int if kind in ("int", "logint", "qint") else float
-        if SETTINGS[name] is int and number_kind is float:
+        if setting_kind is int and number_kind is float:
             self.fail(key, f"{name} takes whole numbers; use int, logint or qint instead of {kind}")
         values = [self.number(f"{key}.{kind}", v, number_kind) for v in args]
         low, high = values[0], values[1]
@@ -333,7 +411,8 @@ class _Checker:
         return Distribution(kind, tuple(values))
 
 
-def parse_space(raw: dict, source: str = "<space>", default_name: str = "search") -> SearchSpace:
+def parse_space(raw: dict, source: str = "<space>", default_name: str = "search", training: bool = True) -> SearchSpace:
+    """Validate a raw space; ``training=False`` (the decoding stage alone) needs nothing searched in training."""
     check = _Checker(source)
     for key in raw:
         if key not in SECTIONS:
@@ -372,6 +451,7 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
         better = "lower" if metric == "eval_loss" else "higher"
         check.fail("objective.mode", f"{metric} is better {better}: use mode: {'min' if better == 'lower' else 'max'}")
 
+    _refuse_decoding_settings(check, raw)
     fixed = {**DEFAULT_SETTINGS}
     for name, value in check.section(raw, "fixed", SECTIONS["fixed"]).items():
         fixed[name] = check.setting(f"fixed.{name}", name, value)
@@ -379,7 +459,7 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
     search = {name: check.distribution(f"search.{name}", name, spec) for name, spec in search_raw.items()}
     for name in search:
         fixed.pop(name, None)
-    if not search:
+    if not search and training:
         check.fail("search", "no setting is searched; add at least one, e.g. learning_rate: {loguniform: [1e-5, 1e-4]}")
     per_family = {}
     for family, settings in check.section(raw, "per_family", SECTIONS["per_family"]).items():
@@ -436,6 +516,13 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
             "budget_unit: samples compares them after the same number of training examples",
             source,
             " and ".join(batch_searched) + (" are" if len(batch_searched) > 1 else " is"),
+        )
+
+    if "generation_num_beams" in _searched(search, per_family):
+        logger.warning(
+            "%s: generation_num_beams searched in training: each value costs a retraining; the decoding section "
+            "(decoding.search.num_beams) tries beam widths on the trained checkpoints instead",
+            source,
         )
 
     trials = check.section(raw, "trials", SECTIONS["trials"])
@@ -507,5 +594,61 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
         top_k=top_k,
         seed=check.number("seed", raw.get("seed", 0), int),
         trust_remote_code=trust,
+        decoding=_parse_decoding(check, raw, top_k),
         raw=copy.deepcopy(raw),
+    )
+
+
+def _refuse_decoding_settings(check: _Checker, raw: dict) -> None:
+    """generate() settings belong to the decoding stage: searched in training, each value costs a retraining."""
+    per_family = raw.get("per_family") if isinstance(raw.get("per_family"), dict) else {}
+    blocks = [("fixed", raw.get("fixed")), ("search", raw.get("search"))]
+    blocks += [(f"per_family.{family}", block) for family, block in per_family.items()]
+    for where, block in blocks:
+        for name in block if isinstance(block, dict) else ():
+            if name in DECODING_SETTINGS:
+                check.fail(
+                    f"{where}.{name}",
+                    f"a decoding setting: put it under decoding.search ({name}: {{choice: [...]}}), where it is "
+                    "tried on the trained checkpoints without retraining",
+                )
+
+
+def _parse_decoding(check: _Checker, raw: dict, top_k: int) -> DecodingSpace | None:
+    section = check.section(raw, "decoding", SECTIONS["decoding"])
+    if not section:
+        return None
+    search_raw = check.section({"decoding.search": section.get("search")}, "decoding.search", set(DECODING_SETTINGS))
+    search = {n: check.distribution(f"decoding.search.{n}", n, spec) for n, spec in search_raw.items()}
+    if not search:
+        check.fail("decoding.search", "nothing to search; add a setting, e.g. num_beams: {choice: [1, 4]}")
+    top_k_checkpoints = check.number("decoding.top_k_checkpoints", section.get("top_k_checkpoints", 1), int, 1)
+    if top_k_checkpoints > top_k:
+        check.fail(
+            "decoding.top_k_checkpoints",
+            f"{top_k_checkpoints} exceeds selection.top_k {top_k} (the checkpoints scored on all of validation); "
+            f"lower it or raise selection.top_k",
+        )
+    max_eval = section.get("max_eval_samples")
+    constraints = check.section(
+        {"decoding.constraints": section.get("constraints")},
+        "decoding.constraints",
+        {"max_mean_length", "length_unit", "max_seconds_per_summary"},
+    )
+    unit = constraints.get("length_unit", "words")
+    if unit not in LENGTH_UNITS:
+        check.fail("decoding.constraints.length_unit", f"must be one of {', '.join(LENGTH_UNITS)} but got {unit!r}")
+
+    def limit(key: str) -> float | None:
+        value = constraints.get(key)
+        return None if value is None else check.number(f"decoding.constraints.{key}", value, float, 0, strict=True)
+
+    return DecodingSpace(
+        search=search,
+        num_samples=check.number("decoding.num_samples", section.get("num_samples", 12), int, minimum=1),
+        top_k_checkpoints=top_k_checkpoints,
+        max_eval_samples=None if max_eval is None else check.number("decoding.max_eval_samples", max_eval, int, 1),
+        max_mean_length=limit("max_mean_length"),
+        length_unit=unit,
+        max_seconds_per_summary=limit("max_seconds_per_summary"),
     )
