@@ -132,8 +132,13 @@ def mechanics_data() -> Path:
 
 
 def mechanics_sets() -> list[str]:
-    """``--set`` items that point the demo space at :func:`mechanics_data`."""
-    return [f"data.path={mechanics_data()}", "data.max_eval_samples=16"]
+    """``--set`` items that point the demo space at :func:`mechanics_data`, with a decoding stage of 2 trials."""
+    return [
+        f"data.path={mechanics_data()}",
+        "data.max_eval_samples=16",
+        "decoding.num_samples=2",
+        "decoding.max_eval_samples=16",
+    ]
 
 
 def tiny_search_command(storage: Path, name: str, *sets: str) -> list[str]:

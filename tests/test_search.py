@@ -13,7 +13,15 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import REPO, TINY, demo_root, mechanics_data, run_cli, tiny_search_command, trial_results
+from tests.conftest import (
+    REPO,
+    TINY,
+    demo_root,
+    mechanics_sets,
+    run_cli,
+    tiny_search_command,
+    trial_results,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -260,8 +268,7 @@ from tune_dialsum.space import load_space
 from tune_dialsum.search import run_search
 space = load_space({str(TINY)!r}, ["trials.num_samples=4", "trials.max_concurrent=4", "resources.gpus_per_trial=1",
                    "scheduler.budget_unit=steps", "scheduler.max_budget=200", "scheduler.grace_period=200", "scheduler.eval_interval=100",
-                   "selection.top_k=1", "data.path={mechanics_data()}", "data.max_eval_samples=16",
-                   "name=gpus", "storage_path={tmp_path}"])
+                   "selection.top_k=1", "name=gpus", "storage_path={tmp_path}"] + {mechanics_sets()!r})
 run_search(space)
 """
     completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)

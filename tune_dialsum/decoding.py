@@ -150,14 +150,13 @@ def run_decoding_study(study: DecodingStudy) -> DecodingResult:
         storage=f"sqlite:///{study.directory / DECODING_DB}",
         direction="maximize",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(
-            seed=study.seed,
-            n_startup_trials=default_startup_trials(space.num_samples),
-            constraints_func=(lambda trial: trial.user_attrs["constraint"]) if constraints else None,
-        ),
+        sampler=_sampler(study.seed, space.num_samples, constraints),
     )
     for trial in optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         optuna_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # its driver stopped mid-trial
+    done = len(optuna_study.get_trials(deepcopy=False))
+    if done:  # a continued study draws anew: the same seed would repeat the first run's start-up trials
+        optuna_study.sampler = _sampler(study.seed + done, space.num_samples, constraints)
     scorer = remote_scorer(study.resources)
 
     def submit(label: str, settings: dict):
@@ -169,7 +168,7 @@ def run_decoding_study(study: DecodingStudy) -> DecodingResult:
         if not any(r.checkpoint == label for r in baselines):
             pending[submit(label, study.models[label][1])] = (None, label, study.models[label][1])
     slots = _task_slots(study.resources, space.num_samples + len(labels))
-    remaining = space.num_samples - len(optuna_study.get_trials(deepcopy=False))
+    remaining = space.num_samples - done
     while remaining > 0 or pending:
         while remaining > 0 and len(pending) < slots:
             trial = optuna_study.ask()
@@ -197,6 +196,17 @@ def run_decoding_study(study: DecodingStudy) -> DecodingResult:
     return result
 
 
+def _sampler(seed: int, num_samples: int, constraints: dict):
+    """TPE, seeded, told the constraints (Optuna's constrained TPE: a value at or below 0 is met)."""
+    import optuna
+
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        n_startup_trials=default_startup_trials(num_samples),
+        constraints_func=(lambda trial: trial.user_attrs["constraint"]) if constraints else None,
+    )
+
+
 def _task_slots(resources: dict, wanted: int) -> int:
     from tune_dialsum.cluster import task_slots
 
@@ -210,7 +220,6 @@ def _tell(optuna_study, trial, record: DecodingTrial, constraints: dict, objecti
     if record.error is not None:
         optuna_study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return
-    # Optuna's constrained TPE: a value at or below 0 is met
     trial.set_user_attr("constraint", [record.scores[k] - v for k, v in constraints.items()])
     optuna_study.tell(trial, record.scores[objective])
 
@@ -372,6 +381,16 @@ def _model_decoding(model_dir: Path) -> dict:
     return {name: getattr(config, name) for name in dict.fromkeys(names) if getattr(config, name, None) is not None}
 
 
+def chosen_decoding(directory: Path) -> tuple[str, dict] | None:
+    """(checkpoint label, generate() settings) the decoding stage in ``directory`` chose; None where it chose none."""
+    document = read_decoding(directory)
+    chosen = (document or {}).get("chosen")
+    if not chosen:
+        return None
+    record = next(r for r in document["records"] if (r["number"], r["checkpoint"]) == tuple(chosen.values()))
+    return record["checkpoint"], record["settings"]
+
+
 def read_decoding(directory: Path) -> dict | None:
     """What decoding.json in ``directory`` holds; None where the stage has not run there."""
     path = Path(directory) / DECODING_FILE
@@ -385,6 +404,7 @@ __all__ = [
     "DecodingStudy",
     "DecodingTrial",
     "choose",
+    "chosen_decoding",
     "format_result",
     "generate_settings",
     "mark_fronts",

@@ -129,29 +129,19 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
     An interrupted search exports its best checkpoint by the subset score at once, and says so: the
     re-scoring and the decoding stage wait for the search to be resumed and finished.
     """
-    experiment_dir = outcome.experiment_dir
     chosen = best_checkpoint(records, space.metric, space.mode)
     # ROUGE is re-scored by decoding; a loss objective is not (the subset's loss is what ranks)
     rescoring = settings.max_eval_samples is not None and not outcome.unfinished and space.metric != "eval_loss"
     if rescoring:
-        top = selection.top_by_subset(records, space.metric, space.mode, space.top_k)
-        outcome.candidates = selection.rescore(top, [store.where(r.path) for r in top], settings, space.resources)
-        best = selection.choose(outcome.candidates, space.metric, space.mode)
-        chosen, outcome.full_validation = best.record, best.full
-        store.push(selection.write_selection(experiment_dir, best, outcome.candidates, space.metric, space.mode))
+        chosen = _rescore(outcome, records, space, settings, store)
     generation = None  # the decoding the chosen trial was scored with
     if space.decoding is not None and not outcome.unfinished:
-        ranked = [c.record for c in outcome.candidates] or [chosen]  # best first
-        outcome.decoding = _tune_decoding(ranked[: space.decoding.top_k_checkpoints], space, settings, store)
-        if outcome.decoding.chosen is not None:
-            chosen = next(r for r in ranked if _label(r) == outcome.decoding.chosen.checkpoint)
-            generation = outcome.decoding.chosen.settings
-            outcome.full_validation = next((c.full for c in outcome.candidates if c.record is chosen), None)
+        chosen, generation = _decoding_stage(outcome, chosen, space, settings, store)
     outcome.best = chosen
     store.fetch(chosen.path)  # the mirror of a URI holds no weights until now
     outcome.best_model_dir = export_checkpoint(
         chosen,
-        experiment_dir / BEST_MODEL_DIR,
+        outcome.experiment_dir / BEST_MODEL_DIR,
         space.metric,
         space.mode,
         force=True,
@@ -169,18 +159,45 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
     store.push(outcome.best_model_dir)
     outcome.best_model_location = store.where(outcome.best_model_dir)
     if not outcome.unfinished:
-        outcome.test = selection.score_on_test(outcome.best_model_location, settings, space.resources)
-        if outcome.test is not None and generation is not None:  # the gain the decoding stage brought
-            training = trial_decoding(chosen.snapshot.get("config", {}))
-            outcome.test_training_decoding = selection.score_on_test(
-                outcome.best_model_location, settings, space.resources, training
-            )
-        if outcome.test is not None:
-            record_scores(
-                outcome.best_model_dir, test=outcome.test, test_training_decoding=outcome.test_training_decoding
-            )
-            for name in (TUNING_FILE, MODEL_CARD):  # the weights are in the store already
-                store.push(outcome.best_model_dir / name)
+        _score_on_test(
+            outcome, space, settings, store, tuned=generation is not None and not outcome.decoding.chosen.baseline
+        )
+
+
+def _rescore(outcome: SearchOutcome, records, space: SearchSpace, settings: ExperimentSettings, store):
+    """The top checkpoints by the subset score, re-scored on all of validation; returns the best of them."""
+    top = selection.top_by_subset(records, space.metric, space.mode, space.top_k)
+    outcome.candidates = selection.rescore(top, [store.where(r.path) for r in top], settings, space.resources)
+    best = selection.choose(outcome.candidates, space.metric, space.mode)
+    outcome.full_validation = best.full
+    store.push(selection.write_selection(outcome.experiment_dir, best, outcome.candidates, space.metric, space.mode))
+    return best.record
+
+
+def _decoding_stage(outcome: SearchOutcome, chosen, space: SearchSpace, settings: ExperimentSettings, store):
+    """The decoding study on the best re-scored checkpoints: (the checkpoint to export, its decoding or None)."""
+    ranked = [c.record for c in outcome.candidates] or [chosen]  # best first
+    outcome.decoding = _tune_decoding(ranked[: space.decoding.top_k_checkpoints], space, settings, store)
+    if outcome.decoding.chosen is None:  # none met the constraints: the decoding it was ranked with stays
+        return chosen, None
+    chosen = next(r for r in ranked if _label(r) == outcome.decoding.chosen.checkpoint)
+    outcome.full_validation = next((c.full for c in outcome.candidates if c.record is chosen), None)
+    return chosen, outcome.decoding.chosen.settings
+
+
+def _score_on_test(outcome: SearchOutcome, space: SearchSpace, settings: ExperimentSettings, store, tuned: bool):
+    """The export on test, decoded as exported; where the decoding was tuned, also as its trial was ranked."""
+    decodings = [None]
+    if tuned:  # the gain the decoding stage brought, on test
+        decodings.append(trial_decoding(outcome.best.snapshot.get("config", {})))
+    scores = selection.score_on_test(outcome.best_model_location, settings, space.resources, decodings)
+    if scores is None:
+        return
+    outcome.test = scores[0]
+    outcome.test_training_decoding = scores[1] if tuned else None
+    record_scores(outcome.best_model_dir, test=outcome.test, test_training_decoding=outcome.test_training_decoding)
+    for name in (TUNING_FILE, MODEL_CARD):  # the weights are in the store already
+        store.push(outcome.best_model_dir / name)
 
 
 def _label(record) -> str:

@@ -123,15 +123,16 @@ def choose(candidates: list[Candidate], metric: str, mode: str) -> Candidate:
 
 
 def score_on_test(
-    model_location: str, settings: ExperimentSettings, resources: dict, generation: dict | None = None
-) -> dict | None:
-    """The exported model's scores on the test split (decoded by its generation config, or ``generation``);
-    None where the data has none."""
+    model_location: str, settings: ExperimentSettings, resources: dict, decodings: list[dict | None]
+) -> list[dict] | None:
+    """The exported model's scores on the test split, once per decoding (None: its generation config), in
+    parallel; None where the data has no test split."""
     import ray
 
     if load_splits(settings).get("test") is None:
         return None
-    return ray.get(remote_scorer(resources).remote(model_location, settings, "test", generation))
+    scorer = remote_scorer(resources)
+    return ray.get([scorer.remote(model_location, settings, "test", decoding) for decoding in decodings])
 
 
 def write_selection(
