@@ -10,7 +10,17 @@ from transformers import GenerationConfig
 
 from tests.conftest import REPO, run_cli
 from tune_dialsum.analysis import Experiment
-from tune_dialsum.decoding import BASELINE, DecodingTrial, choose, generate_settings, mark_fronts, read_decoding
+from tune_dialsum.decoding import (
+    BASELINE,
+    DecodingResult,
+    DecodingTrial,
+    choose,
+    format_result,
+    generate_settings,
+    mark_fronts,
+    read_decoding,
+)
+from tune_dialsum.export import set_generation_config
 from tune_dialsum.space import load_space
 
 
@@ -28,6 +38,15 @@ def test_sampled_settings_override_the_training_decoding_and_stay_consistent():
     # max_new_tokens replaces max_length (generate() would warn and ignore one); min never above max
     settings = generate_settings({"max_length": 48}, {"max_new_tokens": 16, "min_new_tokens": 30})
     assert settings == {"max_new_tokens": 16, "min_new_tokens": 16}
+    # greedy: a length penalty would change nothing (and transformers 5 refuses to save it)
+    assert generate_settings({"num_beams": 1}, {"length_penalty": 1.5}) == {"num_beams": 1}
+
+
+def test_a_greedy_decoding_is_saved_over_a_config_made_for_beam_search(tmp_path):
+    GenerationConfig(num_beams=4, early_stopping=True, length_penalty=2.0, max_length=142).save_pretrained(tmp_path)
+    set_generation_config(tmp_path, {"num_beams": 1, "max_new_tokens": 40})
+    saved = GenerationConfig.from_pretrained(tmp_path)
+    assert (saved.num_beams, saved.max_new_tokens, saved.length_penalty, saved.early_stopping) == (1, 40, None, None)
 
 
 def test_the_choice_is_the_best_that_meets_the_constraints_and_the_fronts_are_marked():
@@ -42,6 +61,9 @@ def test_the_choice_is_the_best_that_meets_the_constraints_and_the_fronts_are_ma
     assert [r.front_time for r in records] == [True, True, True, False]  # the baseline: the fastest
     assert choose([baseline, best_but_long], "rougeL", "mean_words") is baseline
     assert choose([best_but_long], "rougeL", "mean_words") is None  # nothing met them: the caller keeps its own
+    failed = DecodingTrial(0, "t@1", {"num_beams": 8}, error="OutOfMemoryError: CUDA out of memory")
+    result = DecodingResult("s", "rougeL", [failed], choose([failed], "rougeL", "mean_words"), "", 1.0)
+    assert result.chosen is None and "every decoding failed (OutOfMemoryError" in format_result(result)
 
 
 def test_every_bundled_space_tunes_decoding_after_training_and_ranks_trials_greedily():
@@ -70,7 +92,7 @@ def test_the_demo_tunes_how_its_best_checkpoint_writes(tiny_search):
     assert len(frame) == len(document["records"]) and frame["chosen"].sum() == 1
     chosen = frame[frame["chosen"]].iloc[0]
     assert chosen["rougeL"] == frame["rougeL"].max()  # no constraints in the demo: the best is chosen
-    assert chosen["front_length"] and chosen["front_time"]  # the best score is on both fronts
+    assert chosen["front_length"]  # the best score, and the shortest summaries among equal scores
 
     best_model = experiment_dir / "best_model"
     tuning = json.loads((best_model / "tuning.json").read_text())
@@ -93,22 +115,21 @@ def test_the_demo_tunes_how_its_best_checkpoint_writes(tiny_search):
 
 
 @pytest.mark.slow
-def test_tune_decoding_on_an_export_continues_its_study_and_keeps_the_model_when_no_decoding_fits(
+def test_tune_decoding_on_an_export_continues_its_study_and_chooses_under_the_constraints_of_the_day(
     tiny_search, tmp_path
 ):
     best_model = tiny_search[1] / "best_model"
     space = tmp_path / "decoding.yaml"
     decoding = {
-        "search": {"num_beams": {"choice": [1, 2]}, "length_penalty": {"uniform": [0.5, 2.0]}},
+        "search": {"num_beams": {"choice": [2, 3]}, "length_penalty": {"uniform": [0.5, 2.0]}},
         "num_samples": 2,
         "max_eval_samples": 16,
         "constraints": {"max_mean_length": 0.5, "length_unit": "words"},  # no summary is that short
     }
-    space.write_text(yaml.safe_dump({"decoding": decoding, "scheduler": {"max_budget": 1}}))
+    command = ["tune-decoding", str(best_model), "--data", str(REPO / "data"), "--space", str(space)]
     out = tmp_path / "tuned"
-    first = run_cli(
-        "tune-decoding", str(best_model), "--data", str(REPO / "data"), "--space", str(space), "--out", str(out)
-    )
+    space.write_text(yaml.safe_dump({"decoding": decoding}))
+    first = run_cli(*command, "--out", str(out))
     assert first.returncode == 0, first.stderr[-2000:]
     assert "none met the constraints (mean length at most 0.5 words)" in first.stdout
     before = read_decoding(out)["records"]
@@ -116,13 +137,20 @@ def test_tune_decoding_on_an_export_continues_its_study_and_keeps_the_model_when
     exported = GenerationConfig.from_pretrained(best_model).to_diff_dict()
     assert GenerationConfig.from_pretrained(out).to_diff_dict() == exported
 
-    decoding["num_samples"] = 3
-    space.write_text(yaml.safe_dump({"decoding": decoding, "scheduler": {"max_budget": 1}}))
-    second = run_cli(
-        "tune-decoding", str(best_model), "--data", str(REPO / "data"), "--space", str(space), "--out", str(out)
-    )
+    decoding["num_samples"] = 3  # one trial more, and the constraint gone: the same study goes on
+    del decoding["constraints"]
+    space.write_text(yaml.safe_dump({"decoding": decoding}))
+    second = run_cli(*command, "--out", str(out))
     assert second.returncode == 0, second.stderr[-2000:]
-    after = read_decoding(out)["records"]
-    assert sorted(r["number"] for r in after) == [BASELINE, 0, 1, 2]  # one more trial, the rest kept
-    assert _measured(after, below=2) == _measured(before, below=2)
-    assert json.loads((out / "tuning.json").read_text())["decoding"]["trials"] == 3
+    document = read_decoding(out)
+    after = document["records"]
+    assert sorted(r["number"] for r in after) == [BASELINE, 0, 1, 2]
+    assert _measured(after, below=2) == _measured(before, below=2)  # measured once, kept
+    chosen = next(r for r in after if r["number"] == document["chosen"]["number"])
+    assert chosen["scores"]["rougeL"] == max(r["scores"]["rougeL"] for r in after)
+    generation = GenerationConfig.from_pretrained(out)
+    assert all(getattr(generation, k) == pytest.approx(v) for k, v in chosen["settings"].items())
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert tuning["decoding"]["trials"] == 3 and tuning["decoding"]["settings"] == chosen["settings"]
+    # the export's test score was measured with its earlier decoding: kept, and labelled so
+    assert "test" not in tuning and tuning["scores_before_decoding_tuning"]["test"]["examples"] == 300

@@ -9,7 +9,7 @@ seeded) samples ``generate()`` settings and the checkpoint; each decoding trial 
 validation split (or its first ``max_eval_samples``) as a Ray task with a trial's resources,
 several at once, and records ROUGE, the summaries' mean length and the seconds per summary. The
 decoding each checkpoint was scored with in training is measured beside them (the baseline), so
-the choice is never worse than it on these examples. The chosen decoding is the best by the
+among decodings that meet the constraints the choice is never worse than it on these examples. The chosen decoding is the best by the
 objective among those that meet the constraints (which TPE is told: Optuna's constrained TPE);
 the Pareto fronts of ROUGE-L against length and against time are marked in the records.
 
@@ -27,16 +27,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tune_dialsum.atomic import atomic_write_text
+from tune_dialsum.atomic import atomic_directory, atomic_write_text
 from tune_dialsum.errors import UsageError, one_line
-from tune_dialsum.export import TUNING_FILE
+from tune_dialsum.export import TUNING_FILE, format_settings
 from tune_dialsum.selection import remote_scorer
 from tune_dialsum.space import DECODING_SETTINGS, DecodingSpace, SearchSpace, default_startup_trials
+from tune_dialsum.storage import DECODING_DB
 from tune_dialsum.trainable import ExperimentSettings
 
 logger = logging.getLogger(__name__)
 
-DECODING_DB = "decoding.db"
 DECODING_FILE = "decoding.json"
 CHECKPOINT_PARAM = "checkpoint"  # the study's parameter naming which checkpoint decodes, where there are several
 BASELINE = -1  # the trial number of a baseline record (not a trial of the study)
@@ -76,9 +76,11 @@ class DecodingStudy:
 
     @property
     def study_name(self) -> str:
-        """The name, and a digest of the checkpoints: a study over other checkpoints is another study."""
-        digest = hashlib.sha1("\n".join(sorted(self.models)).encode()).hexdigest()[:8]
-        return f"{self.name}-{digest}"
+        """The name and a digest of what makes trials comparable: the checkpoints, the searched ranges, the
+        examples scored. Changed, it is another study (Optuna refuses a parameter's range changed mid-study)."""
+        identity = [sorted(self.models), repr(sorted(self.space.search.items())), self.space.max_eval_samples]
+        identity += [self.settings.data_path, self.settings.validation_split, self.settings.seed]
+        return f"{self.name}-{hashlib.sha1(repr(identity).encode()).hexdigest()[:8]}"
 
 
 @dataclass
@@ -86,25 +88,29 @@ class DecodingResult:
     study: str
     objective: str
     records: list[DecodingTrial]
-    chosen: DecodingTrial | None  # None: no decoding met the constraints
+    chosen: DecodingTrial | None  # None: no decoding met the constraints, or every one failed
     constraints: str  # in words; "" where there are none
     wall_seconds: float
+    length_unit: str = "words"
 
-    def baseline(self, label: str) -> DecodingTrial | None:
+    def baseline_of(self, label: str) -> DecodingTrial | None:
+        """The decoding checkpoint ``label`` was ranked with in training, as measured here."""
         return next((r for r in self.records if r.baseline and r.checkpoint == label), None)
 
     def best(self, top: int = 5) -> list[DecodingTrial]:
-        scored = [r for r in self.records if r.error is None]
-        return sorted(scored, key=lambda r: -r.scores[self.objective])[:top]
+        """The ``top`` best by the objective, and always the chosen one and its checkpoint's baseline."""
+        scored = sorted((r for r in self.records if r.error is None), key=lambda r: -r.scores[self.objective])
+        shown = scored[:top]
+        if self.chosen is not None:
+            baseline = self.baseline_of(self.chosen.checkpoint)
+            shown += [r for r in (self.chosen, baseline) if r is not None and r.error is None and r not in shown]
+        return shown
 
-    def as_record(self, training_study: str | None, space: DecodingSpace) -> dict:
+    def as_record(self, training_study: str | None) -> dict:
         """The stage as tuning.json and the model card record it: the choice, and the best trials beside
         the training decoding of the chosen checkpoint."""
         chosen = self.chosen
         best = [{**asdict(r), "chosen": r is chosen} for r in self.best()]
-        baseline = self.baseline(chosen.checkpoint) if chosen is not None else None
-        if baseline is not None and baseline.error is None and not any(b["number"] == BASELINE for b in best):
-            best.append({**asdict(baseline), "chosen": False})
         return {
             "study": self.study,
             "training_study": training_study,
@@ -114,12 +120,16 @@ class DecodingResult:
             "settings": None if chosen is None else chosen.settings,
             "scores": None if chosen is None else chosen.scores,
             "constraints": self.constraints,
-            "length_unit": space.length_unit,
+            "length_unit": self.length_unit,
             "examples": best[0]["scores"]["examples"] if best else None,
             "trials": sum(not r.baseline for r in self.records),
             "wall_seconds": round(self.wall_seconds, 1),
             "best": best,
         }
+
+
+# generate() settings that act only with beam search: transformers 5 refuses to save a greedy config with them
+BEAM_ONLY = ("length_penalty", "early_stopping")
 
 
 def generate_settings(training_decoding: dict, sampled: dict) -> dict:
@@ -129,34 +139,56 @@ def generate_settings(training_decoding: dict, sampled: dict) -> dict:
         settings.pop("max_length", None)
     if "min_new_tokens" in settings and "max_new_tokens" in settings:
         settings["min_new_tokens"] = min(settings["min_new_tokens"], settings["max_new_tokens"])
+    if settings.get("num_beams", 1) == 1:  # greedy: a length penalty would change nothing
+        for name in BEAM_ONLY:
+            settings.pop(name, None)
     return settings
 
 
 def run_decoding_study(study: DecodingStudy) -> DecodingResult:
     """Run (or continue) the decoding study to ``space.num_samples`` trials; choose and mark the fronts."""
+    clock = time.perf_counter()
+    earlier = read_decoding(study.directory) or {}
+    if earlier.get("study") != study.study_name:  # other checkpoints, settings or data: not comparable
+        earlier = {}
+    # a baseline that failed (the machine busy, say) is measured again: the choice is compared with it
+    baselines = [DecodingTrial(**r) for r in earlier.get("records", []) if r["number"] == BASELINE and not r["error"]]
+    optuna_study = _open_study(study)
+    _decode(
+        study, optuna_study, baselines, lambda: _write(study, baselines + _study_records(optuna_study), clock, earlier)
+    )
+    result = _choose(study, baselines + _study_records(optuna_study), clock, earlier)
+    _write(study, result.records, clock, earlier, chosen=result.chosen)
+    return result
+
+
+def _open_study(study: DecodingStudy):
+    """The Optuna study, created or continued: trials its last driver left running are failed, and a
+    continued study draws anew (the same seed would repeat the first run's start-up trials)."""
     import optuna
-    import ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    clock = time.perf_counter()
-    space, labels = study.space, list(study.models)
-    earlier = read_decoding(study.directory) or {}
-    if earlier.get("study") != study.study_name:  # other checkpoints: their records do not compete
-        earlier = {}
-    baselines = [DecodingTrial(**r) for r in earlier.get("records", []) if r["number"] == BASELINE]
-    constraints = {k: v for k, v in space.constraints.items() if v is not None}
     optuna_study = optuna.create_study(
         study_name=study.study_name,
         storage=f"sqlite:///{study.directory / DECODING_DB}",
         direction="maximize",
         load_if_exists=True,
-        sampler=_sampler(study.seed, space.num_samples, constraints),
     )
     for trial in optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        optuna_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # its driver stopped mid-trial
-    done = len(optuna_study.get_trials(deepcopy=False))
-    if done:  # a continued study draws anew: the same seed would repeat the first run's start-up trials
-        optuna_study.sampler = _sampler(study.seed + done, space.num_samples, constraints)
+        optuna_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # no record: not counted
+    optuna_study.sampler = optuna.samplers.TPESampler(  # constraints reach it through Trial.set_constraint
+        seed=study.seed + len(optuna_study.get_trials(deepcopy=False)),
+        n_startup_trials=default_startup_trials(study.space.num_samples),
+        constant_liar=True,  # several trials are asked before the first is told
+    )
+    return optuna_study
+
+
+def _decode(study: DecodingStudy, optuna_study, baselines: list[DecodingTrial], written) -> None:
+    """Decode each checkpoint's missing baseline and the study's missing trials, ``slots`` at once."""
+    import ray
+
+    space, labels = study.space, list(study.models)
     scorer = remote_scorer(study.resources)
 
     def submit(label: str, settings: dict):
@@ -167,8 +199,8 @@ def run_decoding_study(study: DecodingStudy) -> DecodingResult:
     for label in labels:
         if not any(r.checkpoint == label for r in baselines):
             pending[submit(label, study.models[label][1])] = (None, label, study.models[label][1])
-    slots = _task_slots(study.resources, space.num_samples + len(labels))
-    remaining = space.num_samples - done
+    remaining = space.num_samples - len(_study_records(optuna_study))
+    slots = _task_slots(study.resources, remaining + len(pending))
     while remaining > 0 or pending:
         while remaining > 0 and len(pending) < slots:
             trial = optuna_study.ask()
@@ -185,26 +217,11 @@ def run_decoding_study(study: DecodingStudy) -> DecodingResult:
         except Exception as err:  # one decoding that fails (memory, a setting generate() refuses) ends alone
             record.error = one_line(err)
             logger.warning("decoding trial %s failed: %s", record.number, record.error)
-        record.feasible = record.error is None and all(record.scores[k] <= v for k, v in constraints.items())
         if trial is None:
             baselines.append(record)
         else:
-            _tell(optuna_study, trial, record, constraints, study.objective)
-        _write(study, baselines + _study_records(optuna_study), clock, earlier)
-    result = _choose(study, baselines + _study_records(optuna_study), clock, earlier)
-    _write(study, result.records, clock, earlier, chosen=result.chosen)
-    return result
-
-
-def _sampler(seed: int, num_samples: int, constraints: dict):
-    """TPE, seeded, told the constraints (Optuna's constrained TPE: a value at or below 0 is met)."""
-    import optuna
-
-    return optuna.samplers.TPESampler(
-        seed=seed,
-        n_startup_trials=default_startup_trials(num_samples),
-        constraints_func=(lambda trial: trial.user_attrs["constraint"]) if constraints else None,
-    )
+            _tell(optuna_study, trial, record, study.space.constraints, study.objective)
+        written()
 
 
 def _task_slots(resources: dict, wanted: int) -> int:
@@ -220,7 +237,9 @@ def _tell(optuna_study, trial, record: DecodingTrial, constraints: dict, objecti
     if record.error is not None:
         optuna_study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return
-    trial.set_user_attr("constraint", [record.scores[k] - v for k, v in constraints.items()])
+    for key, limit in constraints.items():  # Optuna's constrained TPE: a value at or below 0 is met
+        if limit is not None:
+            trial.set_constraint(key, record.scores[key] - limit)
     optuna_study.tell(trial, record.scores[objective])
 
 
@@ -231,6 +250,9 @@ def _study_records(optuna_study) -> list[DecodingTrial]:
 
 def _choose(study: DecodingStudy, records: list[DecodingTrial], clock: float, earlier: dict) -> DecodingResult:
     length = f"mean_{study.space.length_unit}"
+    limits = {k: v for k, v in study.space.constraints.items() if v is not None}
+    for record in records:  # the constraints as they are now (a continued study may have changed them)
+        record.feasible = record.error is None and all(record.scores[k] <= v for k, v in limits.items())
     mark_fronts(records, study.objective, length)
     return DecodingResult(
         study=study.study_name,
@@ -239,12 +261,13 @@ def _choose(study: DecodingStudy, records: list[DecodingTrial], clock: float, ea
         chosen=choose(records, study.objective, length),
         constraints=study.space.describe_constraints(),
         wall_seconds=earlier.get("wall_seconds", 0.0) + time.perf_counter() - clock,
+        length_unit=study.space.length_unit,
     )
 
 
 def choose(records: list[DecodingTrial], objective: str, length: str) -> DecodingTrial | None:
     """The best by ``objective`` among those that met the constraints; ties: shorter summaries, then the
-    training decoding (it changes nothing). None where none met them."""
+    training decoding (it changes nothing). None where none met them (or every decoding failed)."""
     feasible = [r for r in records if r.error is None and r.feasible]
     return max(feasible, key=lambda r: (r.scores[objective], -r.scores[length], r.baseline), default=None)
 
@@ -272,6 +295,7 @@ def _write(study: DecodingStudy, records, clock: float, earlier: dict, chosen=No
     document = {
         "study": study.study_name,
         "objective": study.objective,
+        "length_unit": study.space.length_unit,
         "constraints": study.space.describe_constraints(),
         "examples": study.space.max_eval_samples,
         "wall_seconds": earlier.get("wall_seconds", 0.0) + time.perf_counter() - clock,
@@ -292,11 +316,12 @@ def tune_model(
     from tune_dialsum.cluster import start_ray
     from tune_dialsum.export import record_scores, set_generation_config
 
-    out = Path(out)
+    out = Path(out).expanduser().resolve()  # Ray tasks read the model from here
     if out.exists() and not (out / DECODING_FILE).is_file() and any(out.iterdir()):
         raise UsageError(f"--out {out}: exists and holds no decoding study; pass a new directory")
     if not (out / "config.json").is_file():
-        _copy_model(model, out, settings)
+        with atomic_directory(out) as staging:  # an interrupted copy leaves no half model behind
+            _copy_model(model, staging, settings)
     earlier = read_decoding(out) or {}
     baseline = next((r["settings"] for r in earlier.get("records", []) if r["number"] == BASELINE), None)
     study = DecodingStudy(
@@ -318,8 +343,18 @@ def tune_model(
             ray.shutdown()
     set_generation_config(out, result.chosen.settings if result.chosen else study.models["model"][1])
     if (out / TUNING_FILE).is_file():  # an export: its record and card gain the decoding stage
-        record_scores(out, decoding=result.as_record(None, space.decoding))
+        _set_aside_earlier_scores(out)
+        record_scores(out, decoding=result.as_record(None))
     return result
+
+
+def _set_aside_earlier_scores(model_dir: Path) -> None:
+    """An export's validation and test scores were measured with its earlier decoding: keep them, labelled so."""
+    tuning = json.loads((model_dir / TUNING_FILE).read_text())
+    earlier = {k: tuning.pop(k) for k in ("full_validation", "test", "test_training_decoding") if k in tuning}
+    if earlier:
+        tuning["scores_before_decoding_tuning"] = earlier
+        (model_dir / TUNING_FILE).write_text(json.dumps(tuning, indent=2, default=str))
 
 
 def format_result(result: DecodingResult) -> str:
@@ -332,25 +367,28 @@ def format_result(result: DecodingResult) -> str:
         f"checkpoint(s), {examples} validation examples each, {result.wall_seconds:.0f} s"
     )
     chosen = result.chosen
+    if chosen is None and all(r.error is not None for r in result.records):
+        error = next((r.error for r in result.records), "nothing ran")
+        return f"{head}; every decoding failed ({error}): kept the decoding the model was scored with"
     if chosen is None:
         return (
             f"{head}; none met the constraints ({result.constraints}): kept the decoding the model was scored "
             "with; loosen decoding.constraints to choose among them"
         )
     if chosen.baseline:
-        return f"{head}; the decoding before tuning stays, no decoding trial scored higher: {_describe(chosen, result)}"
-    baseline = result.baseline(chosen.checkpoint)
+        why = "the best that met the constraints" if result.constraints else "no decoding trial scored higher"
+        return f"{head}; the decoding before tuning stays ({why}): {_describe(chosen, result)}"
+    baseline = result.baseline_of(chosen.checkpoint)
     versus = f"\n  before tuning: {_describe(baseline, result)}" if baseline and baseline.error is None else ""
-    settings = ", ".join(
-        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(chosen.settings.items())
-    )
+    settings = format_settings(chosen.settings)
     return f"{head}\n  chosen, trial {chosen.number} ({settings}): {_describe(chosen, result)}{versus}"
 
 
 def _describe(record: DecodingTrial, result: DecodingResult) -> str:
     scores = record.scores
     return (
-        f"{result.objective} {scores[result.objective]:.4f}, {scores['mean_words']:.1f} words, "
+        f"{result.objective} {scores[result.objective]:.4f}, {scores[f'mean_{result.length_unit}']:.1f} "
+        f"{result.length_unit}, "
         f"{scores['seconds_per_summary']:.3f} s per summary"
     )
 
@@ -387,8 +425,9 @@ def chosen_decoding(directory: Path) -> tuple[str, dict] | None:
     chosen = (document or {}).get("chosen")
     if not chosen:
         return None
-    record = next(r for r in document["records"] if (r["number"], r["checkpoint"]) == tuple(chosen.values()))
-    return record["checkpoint"], record["settings"]
+    wanted = (chosen["number"], chosen["checkpoint"])
+    record = next((r for r in document["records"] if (r["number"], r["checkpoint"]) == wanted), None)
+    return None if record is None else (record["checkpoint"], record["settings"])
 
 
 def read_decoding(directory: Path) -> dict | None:

@@ -133,12 +133,25 @@ def _inline(scores: dict) -> str:
     return ", ".join(f"{k} {scores[k]:.4f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum") if k in scores)
 
 
+def format_settings(settings: dict) -> str:
+    """``name=value, ...`` in name order, floats to three significant digits."""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(settings.items()))
+
+
+def _decoding_label(record: dict, several_checkpoints: bool) -> str:
+    label = "training decoding" if record["number"] < 0 else str(record["number"])
+    if several_checkpoints:
+        label += f" on {record['checkpoint']}"
+    return label + (" (**chosen**)" if record.get("chosen") else "")
+
+
 def _decoding_table(decoding: dict) -> str:
     """The best decoding trials, the chosen one marked, and the training decoding for comparison."""
     objective, unit = decoding["objective"], decoding.get("length_unit", "words")
+    several = len({r["checkpoint"] for r in decoding["best"]}) > 1  # then each row names its checkpoint
     rows = [
-        f"| {'**chosen**' if r.get('chosen') else ('training decoding' if r['number'] < 0 else r['number'])} "
-        f"| {', '.join(f'{k}={v}' for k, v in sorted(r['settings'].items()))} | {r['scores'][objective]:.4f} "
+        f"| {_decoding_label(r, several)} "
+        f"| {format_settings(r['settings'])} | {r['scores'][objective]:.4f} "
         f"| {r['scores'][f'mean_{unit}']:.1f} | {r['scores']['seconds_per_summary']:.3f} |"
         for r in decoding["best"]
     ]
@@ -260,4 +273,6 @@ def set_generation_config(model_dir: Path, settings: dict) -> None:
         generation.max_length = GenerationConfig().max_length
     for name, value in settings.items():
         setattr(generation, name, value)
+    if (generation.num_beams or 1) == 1:  # greedy: transformers 5 refuses to save beam-only settings with it
+        generation.length_penalty = generation.early_stopping = None
     generation.save_pretrained(model_dir)

@@ -136,7 +136,7 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
         chosen = _rescore(outcome, records, space, settings, store)
     generation = None  # the decoding the chosen trial was scored with
     if space.decoding is not None and not outcome.unfinished:
-        chosen, generation = _decoding_stage(outcome, chosen, space, settings, store)
+        chosen, generation = _decoding_stage(outcome, records, chosen, space, settings, store)
     outcome.best = chosen
     store.fetch(chosen.path)  # the mirror of a URI holds no weights until now
     outcome.best_model_dir = export_checkpoint(
@@ -155,13 +155,12 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
             selection=[c.as_dict(space.metric) for c in outcome.candidates],
         )
     if outcome.decoding is not None:
-        record_scores(outcome.best_model_dir, decoding=outcome.decoding.as_record(space.name, space.decoding))
+        record_scores(outcome.best_model_dir, decoding=outcome.decoding.as_record(space.name))
     store.push(outcome.best_model_dir)
     outcome.best_model_location = store.where(outcome.best_model_dir)
     if not outcome.unfinished:
-        _score_on_test(
-            outcome, space, settings, store, tuned=generation is not None and not outcome.decoding.chosen.baseline
-        )
+        tuned = generation is not None and not outcome.decoding.chosen.baseline
+        _score_on_test(outcome, space, settings, store, tuned=tuned)
 
 
 def _rescore(outcome: SearchOutcome, records, space: SearchSpace, settings: ExperimentSettings, store):
@@ -174,10 +173,27 @@ def _rescore(outcome: SearchOutcome, records, space: SearchSpace, settings: Expe
     return best.record
 
 
-def _decoding_stage(outcome: SearchOutcome, chosen, space: SearchSpace, settings: ExperimentSettings, store):
-    """The decoding study on the best re-scored checkpoints: (the checkpoint to export, its decoding or None)."""
-    ranked = [c.record for c in outcome.candidates] or [chosen]  # best first
-    outcome.decoding = _tune_decoding(ranked[: space.decoding.top_k_checkpoints], space, settings, store)
+def _decoding_stage(outcome: SearchOutcome, records, chosen, space: SearchSpace, settings: ExperimentSettings, store):
+    """The decoding study on the best checkpoints: (the checkpoint to export, its decoding or None).
+
+    The best by full-validation score where the search re-scored them, else by the ranking score.
+    Whatever goes wrong in the stage, the search's choice is exported with the decoding it was ranked with.
+    """
+    k = space.decoding.top_k_checkpoints
+    if outcome.candidates:
+        ranked = [c.record for c in selection.ranked(outcome.candidates, space.metric, space.mode)]
+    else:
+        ranked = [
+            chosen,
+            *(r for r in selection.top_by_subset(records, space.metric, space.mode, k) if r is not chosen),
+        ]
+    try:
+        outcome.decoding = _tune_decoding(ranked[:k], space, settings, store)
+    except Exception as err:  # a bug or a broken node must not cost the search its export
+        logger.warning(
+            "the decoding stage failed (%s); exporting with the decoding trials were ranked with", one_line(err)
+        )
+        return chosen, None
     if outcome.decoding.chosen is None:  # none met the constraints: the decoding it was ranked with stays
         return chosen, None
     chosen = next(r for r in ranked if _label(r) == outcome.decoding.chosen.checkpoint)
@@ -186,11 +202,12 @@ def _decoding_stage(outcome: SearchOutcome, chosen, space: SearchSpace, settings
 
 
 def _score_on_test(outcome: SearchOutcome, space: SearchSpace, settings: ExperimentSettings, store, tuned: bool):
-    """The export on test, decoded as exported; where the decoding was tuned, also as its trial was ranked."""
-    decodings = [None]
+    """The export on test, decoded as exported; where the decoding was tuned, also its checkpoint decoded as
+    its trial was ranked (the checkpoint: the export's generation config holds every tuned setting)."""
+    models = [(outcome.best_model_location, None)]
     if tuned:  # the gain the decoding stage brought, on test
-        decodings.append(trial_decoding(outcome.best.snapshot.get("config", {})))
-    scores = selection.score_on_test(outcome.best_model_location, settings, space.resources, decodings)
+        models.append((store.where(outcome.best.path), trial_decoding(outcome.best.snapshot.get("config", {}))))
+    scores = selection.score_on_test(models, settings, space.resources)
     if scores is None:
         return
     outcome.test = scores[0]

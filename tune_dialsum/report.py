@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from tune_dialsum.analysis import Experiment
+from tune_dialsum.decoding import read_decoding
 
 REPORT_DIR = "report"
 
@@ -123,27 +124,29 @@ def plot_importance(importance: pd.Series, path: Path) -> Path:
 
 
 def plot_decoding(experiment: Experiment, path: Path) -> Path | None:
-    """ROUGE-L against mean summary length and against seconds per summary, each front marked; None without a stage."""
-    trials = experiment.decoding
+    """The objective (ROUGE-L) against mean summary length and against seconds per summary, each front marked;
+    None without a stage (or where every decoding failed)."""
+    trials, document = experiment.decoding, read_decoding(experiment.path)
     if trials.empty or "seconds_per_summary" not in trials:
         return None
     trials = trials[trials["error"].isna()]
+    objective, unit = document["objective"], document.get("length_unit", "words")
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for ax, cost, front, label in (
-        (axes[0], "mean_words", "front_length", "mean summary length (words)"),
+        (axes[0], f"mean_{unit}", "front_length", f"mean summary length ({unit})"),
         (axes[1], "seconds_per_summary", "front_time", "seconds per summary"),
     ):
         tried = trials[~trials["training_decoding"]]
-        ax.scatter(tried[cost], tried["rougeL"], color="tab:blue", alpha=0.6, label="decoding trial")
+        ax.scatter(tried[cost], tried[objective], color="tab:blue", alpha=0.6, label="decoding trial")
         edge = trials[trials[front]].sort_values(cost)
-        ax.plot(edge[cost], edge["rougeL"], color="tab:orange", marker="o", label="Pareto front")
+        ax.plot(edge[cost], edge[objective], color="tab:orange", marker="o", label="Pareto front")
         baseline = trials[trials["training_decoding"]]
-        ax.scatter(baseline[cost], baseline["rougeL"], marker="s", color="black", label="training decoding")
+        ax.scatter(baseline[cost], baseline[objective], marker="s", color="black", label="training decoding")
         chosen = trials[trials["chosen"]]
-        ax.scatter(chosen[cost], chosen["rougeL"], marker="*", s=250, color="tab:red", label="chosen", zorder=3)
+        ax.scatter(chosen[cost], chosen[objective], marker="*", s=250, color="tab:red", label="chosen", zorder=3)
         ax.set(xlabel=label)
-    axes[0].set(ylabel="ROUGE-L", title="quality against length")
+    axes[0].set(ylabel=objective, title="quality against length")
     axes[1].set(title="quality against decoding time")
     axes[1].legend(fontsize="small")
     fig.suptitle(f"{experiment.space.name}: decoding trials (validation)")

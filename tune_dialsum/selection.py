@@ -116,23 +116,26 @@ def rescore(
     ]
 
 
+def ranked(candidates: list[Candidate], metric: str, mode: str) -> list[Candidate]:
+    """The candidates best first by their full-validation score (ties: the better subset score)."""
+    key, sign = score_key(metric), 1 if mode == "max" else -1
+    return sorted(candidates, key=lambda c: (sign * c.full[key], sign * c.subset), reverse=True)
+
+
 def choose(candidates: list[Candidate], metric: str, mode: str) -> Candidate:
     """The best candidate by its full-validation score (ties: the better subset score)."""
-    key, sign = score_key(metric), 1 if mode == "max" else -1
-    return max(candidates, key=lambda c: (sign * c.full[key], sign * c.subset))
+    return ranked(candidates, metric, mode)[0]
 
 
-def score_on_test(
-    model_location: str, settings: ExperimentSettings, resources: dict, decodings: list[dict | None]
-) -> list[dict] | None:
-    """The exported model's scores on the test split, once per decoding (None: its generation config), in
+def score_on_test(models: list[tuple[str, dict | None]], settings: ExperimentSettings, resources: dict) -> list | None:
+    """Each (model location, decoding or None for its generation config)'s scores on the test split, in
     parallel; None where the data has no test split."""
     import ray
 
     if load_splits(settings).get("test") is None:
         return None
     scorer = remote_scorer(resources)
-    return ray.get([scorer.remote(model_location, settings, "test", decoding) for decoding in decodings])
+    return ray.get([scorer.remote(location, settings, "test", decoding) for location, decoding in models])
 
 
 def write_selection(

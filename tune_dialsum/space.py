@@ -260,6 +260,7 @@ DEFAULT_DECODING = {
         "num_beams": {"choice": [1, 2, 4, 6]},
         "length_penalty": {"uniform": [0.6, 2.0]},
         "no_repeat_ngram_size": {"choice": [0, 3]},
+        "max_new_tokens": {"choice": [64, 128]},  # a bound of its own: a config without one stops at 20 tokens
     },
     "num_samples": 12,
 }
@@ -270,7 +271,7 @@ def decoding_space(path: str | Path | None, data_path: str, model: str) -> Searc
     raw = read_space_file(path) if path is not None else {"name": "tune-decoding", "scheduler": {"max_budget": 1}}
     raw["data"] = {**(raw.get("data") or {}), "path": data_path}
     raw["fixed"] = {**(raw.get("fixed") or {}), "model": model}
-    raw.setdefault("decoding", DEFAULT_DECODING)
+    raw["decoding"] = raw.get("decoding") or DEFAULT_DECODING
     return parse_space(raw, source=str(path or "tune-decoding"), default_name="tune-decoding", training=False)
 
 

@@ -26,6 +26,7 @@ CHECKPOINT_PREFIX = "checkpoint_"  # Ray Tune's name for the checkpoints it pers
 # The experiment's own files, beside Ray's trial directories.
 SPACE_SNAPSHOT = "space.yaml"
 OPTUNA_DB = "optuna.db"  # written by the driver only, so the driver's copy is the newest
+DECODING_DB = "decoding.db"  # the decoding stage's study: the same
 
 
 def is_uri(location: str) -> bool:
@@ -203,10 +204,10 @@ class ExperimentStore:
             return sum(f.stat().st_size for f in self.local.rglob("*") if f.is_file())
         return sum(info.size for info in self._listing())
 
-    def pull(self, checkpoint_files: Iterable[str], keep_local: Iterable[str] = (OPTUNA_DB,)) -> Path:
+    def pull(self, checkpoint_files: Iterable[str], keep_local: Iterable[str] = (OPTUNA_DB, DECODING_DB)) -> Path:
         """Bring the mirror up to date: every file but those inside checkpoints not named in ``checkpoint_files``.
 
-        Files named in ``keep_local`` (relative paths; by default the Optuna study) are fetched only
+        Files named in ``keep_local`` (relative paths; by default the Optuna studies) are fetched only
         when the mirror has none: this machine writes them, so its copy is the newer one. What an
         earlier pull or fetch brought and the store no longer has (checkpoints Ray or a trim
         removed) is removed; what was written here and not pushed yet (by a search on this
