@@ -268,7 +268,8 @@ DEFAULT_DECODING = {
 
 def decoding_space(path: str | Path | None, data_path: str, model: str) -> SearchSpace:
     """The space ``tune-decoding`` runs: the file's data and decoding sections (or the defaults), on ``data_path``."""
-    raw = read_space_file(path) if path is not None else {"name": "tune-decoding", "scheduler": {"max_budget": 1}}
+    raw = read_space_file(path) if path is not None else {"name": "tune-decoding"}
+    raw["scheduler"] = {"max_budget": 1, **(raw.get("scheduler") or {})}  # nothing trains: any budget will do
     raw["data"] = {**(raw.get("data") or {}), "path": data_path}
     raw["fixed"] = {**(raw.get("fixed") or {}), "model": model}
     raw["decoding"] = raw.get("decoding") or DEFAULT_DECODING
