@@ -129,7 +129,8 @@ def _reports_written(experiment: str) -> bool:
 def test_ctrl_c_stops_within_seconds_and_resume_finishes(tmp_path, s3_storage):
     """In a bucket, the harder case: the study and the trials' files must reach the store before exit 130.
 
-    (A directory's resume is covered by the kill -9 test in test_search.py.)
+    (Ctrl-C with a directory as storage runs the same handler with nothing to upload; it is not run
+    separately, to keep the suite's time: a directory's resume is covered by the kill -9 test in test_search.py.)
     """
     command = tiny_search_command(
         s3_storage,

@@ -380,8 +380,9 @@ def format_result(result: DecodingResult) -> str:
         return f"{head}; the decoding before tuning stays ({why}): {_describe(chosen, result)}"
     baseline = result.baseline_of(chosen.checkpoint)
     versus = f"\n  before tuning: {_describe(baseline, result)}" if baseline and baseline.error is None else ""
+    where = f" on checkpoint {chosen.checkpoint}" if len({r.checkpoint for r in result.records}) > 1 else ""
     settings = format_settings(chosen.settings)
-    return f"{head}\n  chosen, trial {chosen.number} ({settings}): {_describe(chosen, result)}{versus}"
+    return f"{head}\n  chosen, trial {chosen.number}{where} ({settings}): {_describe(chosen, result)}{versus}"
 
 
 def _describe(record: DecodingTrial, result: DecodingResult) -> str:
