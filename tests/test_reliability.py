@@ -49,9 +49,16 @@ def test_failing_trials_end_as_failed_while_the_others_go_on(tmp_path):
         "scheduler.eval_interval=100",
         "search.model={choice: ['tiny:t5']}",
         "selection.top_k=1",
+        "decoding.constraints={max_mean_length: 0.01}",  # no decoding writes that short
         env=env,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    # a constraint no decoding meets: said in the summary, and the model exported as its trial was ranked
+    assert "none met the constraints (mean length at most 0.01 words)" in completed.stdout
+    tuning = json.loads((tmp_path / "faults" / "best_model" / "tuning.json").read_text())
+    assert tuning["decoding"]["settings"] is None and tuning["decoding"]["trials"] == 2
+    generation = json.loads((tmp_path / "faults" / "best_model" / "generation_config.json").read_text())
+    assert generation["num_beams"] == 1 and "length_penalty" not in generation
     try:  # the scratch of every trial is gone, the failed ones' included
         assert list(ray_tmp.glob("ray/session_*/artifacts/*/faults/working_dirs/trial_*"))  # where trials ran
         assert not list(ray_tmp.rglob("hf-*"))
