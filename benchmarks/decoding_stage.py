@@ -45,6 +45,8 @@ def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
     space["decoding"] = {**DECODING, "num_samples": args.decoding_trials}
     outcome, wall = _common.run(space)
     decoding = read_decoding(outcome.experiment_dir)
+    if outcome.decoding is None or decoding is None:
+        sys.exit(f"seed {args.seed}: the decoding stage did not run (see the warning above); nothing to measure")
     experiment = Experiment.load(outcome.location)
     tuning = json.loads((outcome.best_model_dir / "tuning.json").read_text())
     chosen_spent = experiment.trials.set_index("trial_id").loc[outcome.best.trial_id, experiment.time_attr]

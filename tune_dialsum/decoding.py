@@ -204,7 +204,8 @@ def _decode(study: DecodingStudy, optuna_study, baselines: list[DecodingTrial], 
     while remaining > 0 or pending:
         while remaining > 0 and len(pending) < slots:
             trial = optuna_study.ask()
-            label = trial.suggest_categorical(CHECKPOINT_PARAM, labels) if len(labels) > 1 else labels[0]
+            # in a fixed order: Optuna refuses a categorical whose choices come in another order next time
+            label = trial.suggest_categorical(CHECKPOINT_PARAM, sorted(labels)) if len(labels) > 1 else labels[0]
             sampled = {name: dist.suggest(trial, name) for name, dist in space.search.items()}
             settings = generate_settings(study.models[label][1], sampled)
             pending[submit(label, settings)] = (trial, label, settings)
@@ -317,7 +318,8 @@ def tune_model(
     from tune_dialsum.export import record_scores, set_generation_config
 
     out = Path(out).expanduser().resolve()  # Ray tasks read the model from here
-    if out.exists() and not (out / DECODING_FILE).is_file() and any(out.iterdir()):
+    holds_study = (out / DECODING_FILE).is_file() or (out / DECODING_DB).is_file()  # stopped before its first record
+    if out.exists() and not holds_study and any(out.iterdir()):
         raise UsageError(f"--out {out}: exists and holds no decoding study; pass a new directory")
     if not (out / "config.json").is_file():
         with atomic_directory(out) as staging:  # an interrupted copy leaves no half model behind
@@ -431,6 +433,13 @@ def chosen_decoding(directory: Path) -> tuple[str, dict] | None:
     return None if record is None else (record["checkpoint"], record["settings"])
 
 
+def forget_choice(directory: Path) -> None:
+    """Mark decoding.json as choosing nothing (the export no longer uses what an earlier run chose)."""
+    document = read_decoding(directory)
+    if document is not None and document.get("chosen") is not None:
+        atomic_write_text(Path(directory) / DECODING_FILE, json.dumps({**document, "chosen": None}, indent=2))
+
+
 def read_decoding(directory: Path) -> dict | None:
     """What decoding.json in ``directory`` holds; None where the stage has not run there."""
     path = Path(directory) / DECODING_FILE
@@ -445,6 +454,7 @@ __all__ = [
     "DecodingTrial",
     "choose",
     "chosen_decoding",
+    "forget_choice",
     "format_result",
     "generate_settings",
     "mark_fronts",

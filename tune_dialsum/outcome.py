@@ -190,9 +190,14 @@ def _decoding_stage(outcome: SearchOutcome, records, chosen, space: SearchSpace,
     try:
         outcome.decoding = _tune_decoding(ranked[:k], space, settings, store)
     except Exception as err:  # a bug or a broken node must not cost the search its export
+        from tune_dialsum.decoding import DECODING_FILE, forget_choice
+
         logger.warning(
             "the decoding stage failed (%s); exporting with the decoding trials were ranked with", one_line(err)
         )
+        forget_choice(store.local)  # `export` must not apply an earlier run's choice to this export
+        if (store.local / DECODING_FILE).is_file():
+            store.push(store.local / DECODING_FILE)
         return chosen, None
     if outcome.decoding.chosen is None:  # none met the constraints: the decoding it was ranked with stays
         return chosen, None
