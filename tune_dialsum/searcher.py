@@ -45,14 +45,22 @@ def pruned_aware_optuna_search_class():
             A driver killed between asking Optuna for a trial and saving the
             experiment leaves that trial RUNNING in the study forever; Tune never
             heard of it, so it is marked FAIL (and says why) rather than left open.
+            One killed between telling Optuna a trial ended and saving the
+            experiment leaves a trial Tune will run on whose study record is final.
             """
             super().restore(checkpoint_path)
             known = {trial.number for trial in self._ot_trials.values()}
             storage = self._ot_study._storage
             for trial_id, ot_trial in self._ot_trials.items():
-                if storage.get_trial(ot_trial._trial_id).state == TrialState.FAIL:
+                state = storage.get_trial(ot_trial._trial_id).state
+                if state == TrialState.FAIL:
                     self._completed_trials.discard(trial_id)  # Tune restarts failed trials on resume
                     self._restarted[trial_id] = {}
+                elif state.is_finished():
+                    # Told before the driver died, though Tune's saved state still had it running: Tune
+                    # runs it on from its checkpoint, and the study keeps what it was told (an ended
+                    # Optuna trial takes no new values: reporting one would fail the trial).
+                    self._completed_trials.add(trial_id)
             for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if trial.number not in known:
                     storage.set_trial_user_attr(trial._trial_id, "abandoned", "asked before the driver died; never ran")
