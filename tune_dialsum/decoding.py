@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tune_dialsum.atomic import atomic_directory, atomic_write_text
+from tune_dialsum.cluster import task_slots
 from tune_dialsum.errors import UsageError, one_line
 from tune_dialsum.export import TUNING_FILE, format_settings
 from tune_dialsum.selection import remote_scorer
@@ -200,7 +201,7 @@ def _decode(study: DecodingStudy, optuna_study, baselines: list[DecodingTrial], 
         if not any(r.checkpoint == label for r in baselines):
             pending[submit(label, study.models[label][1])] = (None, label, study.models[label][1])
     remaining = space.num_samples - len(_study_records(optuna_study))
-    slots = _task_slots(study.resources, remaining + len(pending))
+    slots = task_slots(study.resources, remaining + len(pending))
     while remaining > 0 or pending:
         while remaining > 0 and len(pending) < slots:
             trial = optuna_study.ask()
@@ -223,12 +224,6 @@ def _decode(study: DecodingStudy, optuna_study, baselines: list[DecodingTrial], 
         else:
             _tell(optuna_study, trial, record, study.space.constraints, study.objective)
         written()
-
-
-def _task_slots(resources: dict, wanted: int) -> int:
-    from tune_dialsum.cluster import task_slots
-
-    return task_slots(resources, wanted)
 
 
 def _tell(optuna_study, trial, record: DecodingTrial, constraints: dict, objective: str) -> None:
