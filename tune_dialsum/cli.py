@@ -106,6 +106,8 @@ _FLAG_SETTINGS = (
     ("cpus_per_trial", "resources.cpus_per_trial"),
     ("storage_path", "storage_path"),
     ("name", "name"),
+    ("track", "tracking.backend"),
+    ("track_uri", "tracking.uri"),
 )
 
 
@@ -116,7 +118,7 @@ def _experiment_to_resume(args) -> tuple[str, str]:
     refused = [f"--set {args.set[0]}"] if args.set else []
     refused += [
         f"--{flag.replace('_', '-')}"
-        for flag in ("max_concurrent", "gpus_per_trial", "cpus_per_trial")
+        for flag in ("max_concurrent", "gpus_per_trial", "cpus_per_trial", "track", "track_uri")
         if getattr(args, flag) is not None
     ]
     if refused:
@@ -256,6 +258,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_analyze(args) -> int:
     from tune_dialsum.analysis import Experiment
     from tune_dialsum.report import write_report
+    from tune_dialsum.tracking import log_report, read_tracking, require_mlflow
 
     experiment = Experiment.load(args.experiment_dir)
     board = experiment.leaderboard(args.top)
@@ -266,6 +269,11 @@ def _cmd_analyze(args) -> int:
     experiment.store.push(page.parent)  # beside the experiment, wherever that is kept
     stored = experiment.store.where(page)
     print(f"report: {page}" + (f" (stored at {stored})" if stored != str(page) else ""))
+    tracked = read_tracking(experiment.path)
+    if tracked is not None:  # a tracked search: the report goes to its MLflow run too
+        require_mlflow()
+        log_report(tracked, page.parent)
+        print(f"report logged to MLflow run {tracked.parent_run_id} at {tracked.uri}")
     return 0
 
 
@@ -344,6 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument(
         "--resume", action="store_true", help="continue the experiment --name (in --storage-path) with its own space"
+    )
+    search.add_argument(
+        "--track",
+        choices=("mlflow", "none"),
+        default=None,
+        help="log every trial to an experiment tracker: mlflow (one run per trial under one per search)",
+    )
+    search.add_argument(
+        "--track-uri",
+        default=None,
+        help="tracking server or store (default: MLFLOW_TRACKING_URI, else <experiment>/mlruns)",
     )
     search.add_argument(
         "--set",

@@ -122,7 +122,12 @@ def build_scheduler(space: SearchSpace, settings: ExperimentSettings):
 
 
 def _build_tuner(
-    space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore, num_samples: int, continuing: bool
+    space: SearchSpace,
+    settings: ExperimentSettings,
+    store: ExperimentStore,
+    num_samples: int,
+    continuing: bool,
+    callbacks: list,
 ):
     import optuna
     from ray import tune
@@ -158,6 +163,7 @@ def _build_tuner(
             name=space.name,
             storage_path=store.storage_path,
             progress_reporter=reporter,
+            callbacks=callbacks,
             verbose=1,
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=space.keep_checkpoints,
@@ -210,6 +216,10 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
     clock = time.perf_counter()
     store.check_writable()
     preflight(space, settings)
+    if space.tracking:
+        from tune_dialsum.tracking import require_mlflow
+
+        require_mlflow()  # before Ray starts: a missing extra is a one-line error, not a late failure
     logger.info("preflight took %.1fs", time.perf_counter() - clock)
     started_ray = start_ray(address)
     logger.info("ray ready after %.1fs", time.perf_counter() - clock)
@@ -220,6 +230,7 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
         (store.local / SPACE_SNAPSHOT).write_text(yaml.safe_dump({**space.raw, "name": space.name}))
         store.push(store.local / SPACE_SNAPSHOT)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table shows every trial's state and score
+        tracked = _open_tracking(space, settings, store)
         results = []
         if resume:  # the user asks for failed trials to be tried again: errors not retried before are, now
             for marker in store.local.glob(f"{TRIAL_DIR_PREFIX}*/{NOT_RETRYABLE_FILE}"):
@@ -234,12 +245,15 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
         interrupted = any(r.error is None and not (r.metrics or {}).get("done") for r in results)
         if more > 0 and not interrupted:
             # a new search, or more trials for a finished one: Optuna's study holds every earlier trial
-            results += list(_build_tuner(space, settings, store, more, continuing=resume).fit())
+            callbacks = [_trial_runs(tracked, settings)] if tracked else []
+            results += list(_build_tuner(space, settings, store, more, resume, callbacks).fit())
         store.push(store.local / OPTUNA_DB)
         logger.info("trials done after %.1fs", time.perf_counter() - clock)
         outcome = summarize(results, space, settings, store)
         outcome.at_once = trials_at_once(space)
         outcome.scratch_bytes = session_scratch_bytes() if started_ray else None
+        if tracked:
+            _close_tracking(tracked, outcome)
         logger.info("summary, selection and export done after %.1fs", time.perf_counter() - clock)
     finally:
         if started_ray:
@@ -247,6 +261,46 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
 
             ray.shutdown()
     return outcome
+
+
+def _open_tracking(space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore):
+    """The search's MLflow parent run (a resumed search's own), or None where the space tracks nothing."""
+    if space.tracking is None:
+        return None
+    from tune_dialsum.tracking import TRACKING_FILE, open_search_run
+
+    params = {"objective": f"{space.metric} ({space.mode})", "budget_unit": settings.budget_unit}
+    params |= {"max_budget": settings.max_budget, "num_samples": space.trials["num_samples"]}
+    params |= {"scheduler": space.scheduler["type"], "sampler": space.trials["sampler"], "seed": space.seed}
+    params |= {f"fixed.{key}": value for key, value in space.fixed.items()}
+    params |= {f"search.{key}": f"{dist.kind} {list(dist.args)}" for key, dist in space.search.items()}
+    tracked = open_search_run(space.tracking, space.name, store.local, store.remote, params)
+    store.push(store.local / TRACKING_FILE)  # a resume on another machine continues the same run
+    return tracked
+
+
+def _trial_runs(tracked, settings: ExperimentSettings):
+    from tune_dialsum.tracking import trial_runs_callback
+    from tune_dialsum.trainable import REPORTED_SCORES
+
+    scores = tuple(key for key in REPORTED_SCORES if key != "loss")
+    scores += ("eval_loss", settings.ranked_by, "train_loss", "time_total_s")
+    return trial_runs_callback(tracked, settings.time_attr, settings.max_budget, scores)
+
+
+def _close_tracking(tracked, outcome: SearchOutcome) -> None:
+    """The exported model and the analysis report (where matplotlib is installed) go to the parent run."""
+    from tune_dialsum.tracking import close_search_run
+
+    report_dir = None
+    try:
+        from tune_dialsum.analysis import Experiment
+        from tune_dialsum.report import write_report
+
+        report_dir = write_report(Experiment.load(outcome.experiment_dir)).parent
+    except ImportError as error:
+        logger.warning("tracking: no report logged (%s); pip install 'tune_dialsum[analysis]' adds it", error)
+    close_search_run(tracked, outcome, report_dir)
 
 
 def _resumed_space(store: ExperimentStore, name: str, num_samples: int | None) -> SearchSpace:

@@ -21,6 +21,7 @@ A space file has these sections (all but ``search`` optional)::
     decoding: {search: {GENERATE_SETTING: DISTRIBUTION}, num_samples, top_k_checkpoints,
                max_eval_samples, constraints: {max_mean_length, length_unit, max_seconds_per_summary}}
     storage_path: ray_results
+    tracking: {backend: mlflow, uri}   # optional: one MLflow run per trial, nested under one per search
     seed: 0
     trust_remote_code: false
 
@@ -97,6 +98,7 @@ DECODING_SETTINGS: dict[str, type] = {
     "repetition_penalty": float,
 }
 LENGTH_UNITS = ("words", "tokens")
+TRACKING_BACKENDS = ("mlflow",)
 DISTRIBUTIONS = {"choice", "uniform", "loguniform", "quniform", "int", "logint", "qint"}
 SECTIONS = {
     "name": None,
@@ -121,6 +123,7 @@ SECTIONS = {
     "selection": {"top_k"},
     "decoding": {"search", "num_samples", "top_k_checkpoints", "max_eval_samples", "constraints"},
     "storage_path": None,
+    "tracking": {"backend", "uri"},
     "seed": None,
     "trust_remote_code": None,
 }
@@ -194,6 +197,7 @@ class SearchSpace:
     seed: int
     trust_remote_code: bool = False
     decoding: DecodingSpace | None = None  # None: exported with the decoding trials were scored with
+    tracking: dict | None = None  # {"backend": "mlflow", "uri": URI or None}; None: no experiment tracker
     raw: dict = field(default_factory=dict, repr=False)
 
     # -- sampling -------------------------------------------------------------------
@@ -597,8 +601,23 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
         seed=check.number("seed", raw.get("seed", 0), int),
         trust_remote_code=trust,
         decoding=_parse_decoding(check, raw, top_k),
+        tracking=_parse_tracking(check, raw),
         raw=copy.deepcopy(raw),
     )
+
+
+def _parse_tracking(check: _Checker, raw: dict) -> dict | None:
+    """``tracking: {backend: mlflow, uri: URI}``; no section, or ``backend: none``, tracks nothing."""
+    tracking = check.section(raw, "tracking", SECTIONS["tracking"])
+    backend = tracking.get("backend", "mlflow" if tracking else "none")
+    if backend in (None, "none"):
+        return None
+    if backend not in TRACKING_BACKENDS:
+        check.fail("tracking.backend", f"must be one of {', '.join(TRACKING_BACKENDS)} or none but got {backend!r}")
+    uri = tracking.get("uri")
+    if uri is not None and (not isinstance(uri, str) or not uri):
+        check.fail("tracking.uri", f"expected a tracking URI (a server or a local path) but got {uri!r}")
+    return {"backend": backend, "uri": uri}
 
 
 def _refuse_decoding_settings(check: _Checker, raw: dict) -> None:
