@@ -77,7 +77,11 @@ def test_a_tracked_search_logs_a_run_per_trial_under_one_run_per_search_and_resu
 
 
 def test_tracking_section_is_validated():
-    base = {"fixed": {"model": "tiny:bart"}, "search": {"learning_rate": {"loguniform": [1e-4, 1e-3]}}}
+    base = {
+        "fixed": {"model": "tiny:bart"},
+        "search": {"learning_rate": {"loguniform": [1e-4, 1e-3]}},
+        "scheduler": {"max_budget": 100},
+    }
     with pytest.raises(SpaceError, match="tracking.backend.*wandb"):
         parse_space({**base, "tracking": {"backend": "wandb"}})
     with pytest.raises(SpaceError, match="tracking.url.*unknown key"):
