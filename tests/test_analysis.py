@@ -1,6 +1,7 @@
 """Analysis frames, the analyze command and its report, and the notebook, on a real finished experiment."""
 
 import math
+import itertools
 import os
 
 import pytest
@@ -102,3 +103,26 @@ def test_the_notebook_runs_clean(tiny_search):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum(o.output_type == "display_data" and "image/png" in o.data for o in outputs) == 5  # decoding.png too
+
+
+def test_settings_plot_draws_choices_as_categories_and_labels_log_axes_legibly(tiny_search, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from tune_dialsum.report import plot_settings
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at its axes
+    plot_settings(Experiment.load(tiny_search[1]), tmp_path / "settings.png")
+    axes = {ax.get_xlabel(): ax for ax in figures[0].axes}
+    batch = axes["batch_size"]
+    assert [t.get_text() for t in batch.get_xticklabels()] == ["8", "16"]  # two slots, not a 8..16 number line
+    assert batch.get_xscale() == "linear" and batch.get_xlim() == (-0.5, 1.5)
+    assert [t.get_text() for t in axes["dialogue_format"].get_xticklabels()] == ["standard", "turns", "compact"]
+    rate = axes["learning_rate"]
+    assert rate.get_xscale() == "log"
+    assert not [t for t in rate.get_xticklabels(minor=True) if t.get_text()]  # no minor labels to collide
+    figures[0].canvas.draw()
+    boxes = [t.get_window_extent() for t in rate.get_xticklabels() if t.get_text()]
+    assert 2 <= len(boxes) <= 4 and not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+    monkeypatch.undo()
+    plt.close(figures[0])

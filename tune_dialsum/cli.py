@@ -277,6 +277,26 @@ def _cmd_analyze(args) -> int:
     return 0
 
 
+def _cmd_dashboard(args) -> int:
+    import time
+
+    from tune_dialsum.dashboard import start_dashboards
+
+    dashboards = start_dashboards(args.experiment_dir, args.port)
+    for dashboard in dashboards:
+        waiting = "" if dashboard.database.is_file() else " (once the decoding stage starts)"
+        print(f"{dashboard.label} study: {dashboard.url}{waiting}", flush=True)
+    print("serving on 127.0.0.1 only; Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for dashboard in dashboards:
+            dashboard.close()
+
+
 def _decoding_flags(args) -> dict:
     return {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens, "length_penalty": args.length_penalty}
 
@@ -413,6 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-samples", type=_positive_int, default=None)
     evaluate.add_argument("--batch-size", type=_positive_int, default=16)
     evaluate.set_defaults(run=_cmd_evaluate)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="optuna-dashboard on an experiment's studies (training and decoding), live, on 127.0.0.1"
+    )
+    dashboard.add_argument("experiment_dir", help="<storage-path>/<name>, running or finished")
+    dashboard.add_argument(
+        "--port", type=int, default=8080, help="the training study's port; the decoding study's is the next (0: free)"
+    )
+    dashboard.set_defaults(run=_cmd_dashboard)
 
     analyze = commands.add_parser("analyze", help="leaderboard and report (plots, HTML) of an experiment")
     analyze.add_argument("experiment_dir", help="<storage-path>/<name>: a directory or a URI (s3://...)")

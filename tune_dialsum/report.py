@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tune_dialsum.analysis import Experiment
@@ -64,21 +65,40 @@ def plot_settings(experiment: Experiment, path: Path) -> Path:
     score = f"best_{experiment.metric}"
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=False):
-        values = trials[name]
-        if pd.api.types.is_numeric_dtype(values):
-            ax.scatter(values, trials[score])
-            distribution = experiment.space.search.get(name)
-            if distribution is not None and distribution.kind.startswith("log"):
-                ax.set_xscale("log")
-        else:
-            categories = sorted(values.dropna().astype(str).unique())
+        values, distribution = trials[name], experiment.space.search.get(name)
+        if (distribution is not None and distribution.kind == "choice") or not pd.api.types.is_numeric_dtype(values):
+            # a choice is a set of categories, numbers included: one evenly spaced slot per option, tried or not
+            options = [str(o) for o in distribution.args] if distribution is not None else []
+            categories = options + sorted(set(values.dropna().astype(str)) - set(options))
             ax.scatter([categories.index(str(v)) for v in values], trials[score])
-            ax.set_xticks(range(len(categories)), categories, rotation=30, fontsize="small")
+            ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 3 else 0)
+            ax.set_xlim(-0.5, len(categories) - 0.5)
+        else:
+            ax.scatter(values, trials[score])
+            if distribution is not None and distribution.kind.startswith("log"):
+                _log_axis(ax, values.dropna())
         ax.set(xlabel=name, ylabel=score)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _log_axis(ax, values: pd.Series) -> None:
+    """A log x axis with a few plainly labelled ticks: matplotlib labels minor ticks on a range under a
+    decade, and their labels ("3x10^-4") run into each other."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    ax.set_xscale("log")
+    low, high = float(values.min()), float(values.max())
+    ticks = np.geomspace(low, high, 3) if high > low else np.array([low])
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])
+    if high > low:
+        pad = (high / low) ** 0.08
+        ax.set_xlim(low / pad, high * pad)
 
 
 def plot_parallel_coordinates(experiment: Experiment, path: Path) -> Path:

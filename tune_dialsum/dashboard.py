@@ -1,0 +1,112 @@
+"""A live view of an experiment in the browser: optuna-dashboard on its Optuna studies, on loopback only.
+
+An experiment holds two studies, each in its own SQLite file: the training search's
+(``optuna.db``) and the decoding stage's (``decoding.db``, which appears once that stage starts).
+Each gets its own optuna-dashboard on 127.0.0.1, side by side on two ports; the decoding one says
+"not yet" until its study exists, then serves it without a restart. optuna-dashboard reads the
+database on every request, so the pages follow a search while it runs.
+
+optuna-dashboard is an optional extra (``pip install 'tune_dialsum[dashboard]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+import socketserver
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from tune_dialsum.errors import UsageError
+from tune_dialsum.storage import DECODING_DB, OPTUNA_DB, ExperimentStore
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"  # the dashboard writes notes and can delete studies: never beyond this machine
+STUDIES = (("training", OPTUNA_DB), ("decoding", DECODING_DB))
+
+
+@dataclass
+class Dashboard:
+    """One served study: what it shows, where, and the server (stopped by :meth:`close`)."""
+
+    label: str
+    database: Path
+    url: str
+    server: WSGIServer
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def study_databases(location: str | Path) -> dict[str, Path]:
+    """The study files of an experiment (or of a ``tune-decoding`` output directory), by label."""
+    directory = ExperimentStore(str(location)).pull(checkpoint_files=())  # a URI: this machine's copy
+    databases = {label: directory / name for label, name in STUDIES}
+    if not any(path.is_file() for path in databases.values()) and not (directory / "space.yaml").is_file():
+        raise UsageError(
+            f"{location}: no Optuna study here ({OPTUNA_DB} or {DECODING_DB}); pass an experiment directory "
+            "(<storage-path>/<name>) or a tune-decoding --out directory"
+        )
+    return databases
+
+
+def start_dashboards(location: str | Path, port: int = 8080) -> list[Dashboard]:
+    """Serve each study of ``location`` on 127.0.0.1 (``port``, ``port + 1``; 0 picks free ports), in threads."""
+    dashboard_app = _require_optuna_dashboard()
+    dashboards = []
+    for offset, (label, database) in enumerate(study_databases(location).items()):
+        wanted = port + offset if port else 0
+        try:
+            server = make_server(LOOPBACK, wanted, _StudyApp(database, dashboard_app), _ThreadingServer, _QuietHandler)
+        except OSError as error:
+            for running in dashboards:
+                running.close()
+            raise UsageError(
+                f"dashboard: cannot listen on {LOOPBACK}:{wanted} ({error.strerror}); pass --port N for another "
+                "port (0 picks free ones)"
+            ) from None
+        url = f"http://{LOOPBACK}:{server.server_port}/dashboard/"
+        threading.Thread(target=server.serve_forever, name=f"dashboard-{label}", daemon=True).start()
+        dashboards.append(Dashboard(label, database, url, server))
+    return dashboards
+
+
+class _StudyApp:
+    """optuna-dashboard's WSGI app for one study file, made once the file exists."""
+
+    def __init__(self, database: Path, dashboard_app) -> None:
+        self.database, self.dashboard_app, self.app = database, dashboard_app, None
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        with self.lock:
+            if self.app is None and self.database.is_file():
+                self.app = self.dashboard_app(f"sqlite:///{self.database}")
+        if self.app is not None:
+            return self.app(environ, start_response)
+        body = (
+            f"<!doctype html><title>not yet</title><p>No study in {self.database} yet: the decoding stage "
+            "starts after the search's trials. This page serves it once it exists; reload then.</p>"
+        ).encode()
+        start_response("503 Service Unavailable", [("Content-Type", "text/html; charset=utf-8")])
+        return [body]
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a browser's open connections do not keep the command alive after Ctrl-C
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+        logger.debug("dashboard: " + format, *args)
+
+
+def _require_optuna_dashboard():
+    try:
+        from optuna_dashboard import wsgi
+    except ImportError:
+        raise UsageError("the dashboard needs optuna-dashboard: pip install 'tune_dialsum[dashboard]'") from None
+    return wsgi
