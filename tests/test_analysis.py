@@ -1,7 +1,7 @@
 """Analysis frames, the analyze command and its report, and the notebook, on a real finished experiment."""
 
-import math
 import itertools
+import math
 import os
 
 import pytest
@@ -102,7 +102,10 @@ def test_the_notebook_runs_clean(tiny_search):
         os.environ.pop("TUNE_DIALSUM_EXPERIMENT")
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert sum(o.output_type == "display_data" and "image/png" in o.data for o in outputs) == 5  # decoding.png too
+    # the learning curves, importance, settings and the decoding front
+    assert sum(o.output_type == "display_data" and "image/png" in o.data for o in outputs) == 4
+    summaries = notebook.cells[-1].outputs[-1].data["text/html"]  # the exported model on three validation rows
+    assert summaries.count("<tr>") == 3 and "reference" in summaries and "summary" in summaries
 
 
 def test_settings_plot_draws_choices_as_categories_and_labels_log_axes_legibly(tiny_search, tmp_path, monkeypatch):

@@ -104,3 +104,25 @@ def test_evaluate_figures_equal_compute_rouge_on_its_predictions(t5_model_dir, t
 def test_summarize_refuses_a_directory_that_is_not_a_model(tmp_path):
     completed = run_cli("summarize", "--model", str(tmp_path), input="A: hi")
     assert completed.returncode == 2 and "not a model directory" in completed.stderr
+
+
+def test_the_readmes_transformers_lines_load_the_export_and_decode_as_summarize_does(t5_model_dir, tmp_path):
+    """The README's plain-transformers block, run as it is written (only the model path swapped in)."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tune_dialsum.export import set_generation_config
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- transformers-snippet[^>]*-->\n```python\n(.*?)```", readme, re.S).group(1)
+    assert "AutoModelForSeq2SeqLM" in block and "generate(" in block and "pipeline" not in block
+    recipe = {"dialogue_format": "standard", "prefix": "summarize: ", "max_input_length": 128}
+    (t5_model_dir / RECIPE_FILE).write_text(json.dumps(recipe))
+    set_generation_config(t5_model_dir, {"num_beams": 2, "max_new_tokens": 6, "no_repeat_ngram_size": 2})
+    script = tmp_path / "snippet.py"
+    script.write_text(block.replace("models/best", str(t5_model_dir)))
+    completed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip() == DialogueSummarizer(t5_model_dir).summarize(DIALOGUES[:1])[0]
