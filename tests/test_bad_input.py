@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 
 import pytest
 
@@ -172,6 +173,9 @@ def experiment_without_checkpoints(tmp_path):
 def test_cli_cases(tmp_path, capsys, experiment_without_checkpoints, tiny_models):
     existing = tmp_path / "existing"
     existing.mkdir()
+    taken = socket.socket()  # a port another program holds
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
     cases = [
         (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
         (["search"], 2, "--space is required"),
@@ -219,6 +223,8 @@ def test_cli_cases(tmp_path, capsys, experiment_without_checkpoints, tiny_models
             2,
             "must be at least 1 but got 0",
         ),
+        (["dashboard", str(tmp_path / "missing")], 2, "no Optuna study here"),
+        (["dashboard", str(experiment_without_checkpoints), "--port", str(taken.getsockname()[1])], 2, "--port N"),
     ]
     for argv, expected_code, expected in cases:
         try:
