@@ -120,6 +120,14 @@ def close_search_run(tracked: TrackedSearch, outcome, report_dir: Path | None) -
         client.log_artifacts(run_id, str(outcome.best_model_dir), "best_model")
     if report_dir is not None:
         log_report(tracked, report_dir)
+    # trials left running (an interrupted search: resuming reopens their runs; a trial set aside after a
+    # crash: never) are not left looking alive
+    running = client.search_runs(
+        [tracked.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = 'RUNNING'",
+    )
+    for child in running:
+        client.set_terminated(child.info.run_id, status="KILLED")
     client.set_terminated(run_id, status="KILLED" if outcome.unfinished else "FINISHED")
 
 
