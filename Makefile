@@ -10,15 +10,17 @@ BIN := $(VENV)/bin
 # there is a multi-GB CUDA build. torch==2.13.0 takes a CPU wheel where one is provided locally;
 # elsewhere pass TORCH_CPU="torch --index-url <PyTorch's CPU wheel index>".
 TORCH_CPU ?= torch==2.13.0
-# Where `nvidia-smi` answers, the project's own torch requirement is installed as it is (a CUDA build).
+# Where `nvidia-smi` answers, torch comes from the project's own requirement (pip's default: a CUDA build).
 HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+# The demo's experiment: the name search_spaces/tiny.yaml gives it, in the default storage path.
+DEMO_EXPERIMENT := ray_results/tiny-demo
 
 .PHONY: demo test setup setup-test clean-venv
 
 # a second `make demo` continues (or, finished, summarises again) the first one's experiment
 demo: $(VENV)/.demo-installed
-	if [ -f ray_results/tiny-demo/space.yaml ]; then \
-		$(BIN)/python -m tune_dialsum search --resume --name tiny-demo; \
+	@if [ -f $(DEMO_EXPERIMENT)/space.yaml ]; then \
+		$(BIN)/python -m tune_dialsum search --resume --name $(notdir $(DEMO_EXPERIMENT)); \
 	else \
 		$(BIN)/python -m tune_dialsum search --space search_spaces/tiny.yaml; \
 	fi
@@ -31,12 +33,14 @@ test: $(VENV)/.test-installed
 setup: $(VENV)/.demo-installed
 setup-test: $(VENV)/.test-installed
 
+# A venv that fails half-way (Debian without python3-venv) is removed, not taken for a working one.
 $(BIN)/python:
-	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "tune_dialsum needs Python 3.10 or newer")'
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "tune_dialsum needs Python 3.10 or newer")'
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "make: $(PYTHON) -m venv failed; on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }
 
+# with CUDA, nothing here: the project's requirement brings torch
 $(VENV)/.torch-installed: | $(BIN)/python
-	$(BIN)/python -m pip install -q --disable-pip-version-check $(if $(HAS_CUDA),torch,$(TORCH_CPU))
+	$(if $(HAS_CUDA),,$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH_CPU))
 	touch $@
 
 # the demo: the project with its report, tracking and dashboard extras

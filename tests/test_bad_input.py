@@ -170,12 +170,13 @@ def experiment_without_checkpoints(tmp_path):
     return experiment
 
 
-def test_cli_cases(tmp_path, capsys, experiment_without_checkpoints, tiny_models):
+def test_cli_cases(tmp_path, capsys, experiment_without_checkpoints, tiny_models, request):
     existing = tmp_path / "existing"
     existing.mkdir()
     taken = socket.socket()  # a port another program holds
     taken.bind(("127.0.0.1", 0))
     taken.listen()
+    request.addfinalizer(taken.close)
     cases = [
         (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
         (["search"], 2, "--space is required"),
@@ -224,6 +225,7 @@ def test_cli_cases(tmp_path, capsys, experiment_without_checkpoints, tiny_models
             "must be at least 1 but got 0",
         ),
         (["dashboard", str(tmp_path / "missing")], 2, "no Optuna study here"),
+        (["dashboard", str(tmp_path), "--port", "70000"], 2, "must be 0 (free ports) or 1-65534"),
         (["dashboard", str(experiment_without_checkpoints), "--port", str(taken.getsockname()[1])], 2, "--port N"),
     ]
     for argv, expected_code, expected in cases:

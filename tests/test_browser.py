@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -40,30 +41,36 @@ def page(browser):
     assert not errors, f"the page raised: {errors}"
 
 
-def _start_dashboard(experiment_dir):
-    """``python -m tune_dialsum dashboard`` in a real process; returns it and the URLs it printed, by label."""
+def _start_dashboard(experiment_dir, log):
+    """``python -m tune_dialsum dashboard`` in a real process; returns it and the URLs it printed, by label.
+
+    A command that has not printed its URLs within a minute is killed (its output then ends).
+    """
     process = subprocess.Popen(
         cli_command("dashboard", str(experiment_dir), "--port", "0"),
         cwd=REPO,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log.open("w"),
         text=True,
     )
+    watchdog = threading.Timer(60, process.kill)
+    watchdog.start()
     urls = {}
-    for line in process.stdout:
-        if line.startswith("serving on"):
-            break
-        label, _, rest = line.partition(" study: ")
-        urls[label] = rest.split()[0]
-    else:
-        process.kill()
-        pytest.fail(f"the dashboard did not start: {process.stderr.read()[-2000:]}")
-    return process, urls
+    try:
+        for line in process.stdout:
+            if line.startswith("serving on"):
+                return process, urls
+            label, _, rest = line.partition(" study: ")
+            urls[label] = rest.split()[0]
+    finally:
+        watchdog.cancel()
+    process.kill()
+    pytest.fail(f"the dashboard did not start: {log.read_text()[-2000:]}")
 
 
 def test_the_dashboard_shows_the_training_and_decoding_studies_and_their_trials(tiny_search, page, tmp_path):
     _, experiment_dir = tiny_search
-    process, urls = _start_dashboard(experiment_dir)
+    process, urls = _start_dashboard(experiment_dir, tmp_path / "dashboard.log")
     try:
         assert set(urls) == {"training", "decoding"} and all(u.startswith("http://127.0.0.1:") for u in urls.values())
         page.goto(urls["training"])

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tune_dialsum.errors import TuneDialsumError, UsageError
+from tune_dialsum.errors import TuneDialsumError, UsageError, one_line
 
 
 def _cmd_tiny_model(args) -> int:
@@ -271,9 +271,14 @@ def _cmd_analyze(args) -> int:
     print(f"report: {page}" + (f" (stored at {stored})" if stored != str(page) else ""))
     tracked = read_tracking(experiment.path)
     if tracked is not None:  # a tracked search: the report goes to its MLflow run too
-        require_mlflow()
-        log_report(tracked, page.parent)
-        print(f"report logged to MLflow run {tracked.parent_run_id} at {tracked.uri}")
+        try:
+            require_mlflow()
+            log_report(tracked, page.parent)
+            print(f"report logged to MLflow run {tracked.parent_run_id} at {tracked.uri}")
+        except Exception as error:  # noqa: BLE001 (the report is written; the tracker is a copy of it)
+            print(
+                f"warning: report not logged to MLflow run {tracked.parent_run_id}: {one_line(error)}", file=sys.stderr
+            )
     return 0
 
 
@@ -284,7 +289,7 @@ def _cmd_dashboard(args) -> int:
 
     dashboards = start_dashboards(args.experiment_dir, args.port)
     for dashboard in dashboards:
-        waiting = "" if dashboard.database.is_file() else " (once the decoding stage starts)"
+        waiting = "" if dashboard.database.is_file() else " (not there yet: served once it is)"
         print(f"{dashboard.label} study: {dashboard.url}{waiting}", flush=True)
     print("serving on 127.0.0.1 only; Ctrl-C stops", flush=True)
     try:
@@ -299,6 +304,13 @@ def _cmd_dashboard(args) -> int:
 
 def _decoding_flags(args) -> dict:
     return {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens, "length_penalty": args.length_penalty}
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65534:  # the decoding study takes the next port
+        raise argparse.ArgumentTypeError(f"must be 0 (free ports) or 1-65534 but got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -439,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dashboard.add_argument("experiment_dir", help="<storage-path>/<name>, running or finished")
     dashboard.add_argument(
-        "--port", type=int, default=8080, help="the training study's port; the decoding study's is the next (0: free)"
+        "--port", type=_port, default=8080, help="the training study's port; the decoding study's is the next (0: free)"
     )
     dashboard.set_defaults(run=_cmd_dashboard)
 

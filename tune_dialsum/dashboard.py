@@ -4,13 +4,16 @@ An experiment holds two studies, each in its own SQLite file: the training searc
 (``optuna.db``) and the decoding stage's (``decoding.db``, which appears once that stage starts).
 Each gets its own optuna-dashboard on 127.0.0.1, side by side on two ports; the decoding one says
 "not yet" until its study exists, then serves it without a restart. optuna-dashboard reads the
-database on every request, so the pages follow a search while it runs.
+database on every request, so the pages follow a search while it runs. An experiment kept at a URI
+is read from this machine's copy, as it was when the command started (its driver writes the studies
+locally and uploads them as it goes).
 
 optuna-dashboard is an optional extra (``pip install 'tune_dialsum[dashboard]'``).
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import socketserver
 import threading
@@ -25,6 +28,11 @@ logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"  # the dashboard writes notes and can delete studies: never beyond this machine
 STUDIES = (("training", OPTUNA_DB), ("decoding", DECODING_DB))
+# what a page says while its study does not exist yet
+NOT_YET = {
+    "training": "the search creates it as its first trial starts (a tune-decoding directory has none)",
+    "decoding": "the decoding stage starts after the search's trials",
+}
 
 
 @dataclass
@@ -60,7 +68,8 @@ def start_dashboards(location: str | Path, port: int = 8080) -> list[Dashboard]:
     for offset, (label, database) in enumerate(study_databases(location).items()):
         wanted = port + offset if port else 0
         try:
-            server = make_server(LOOPBACK, wanted, _StudyApp(database, dashboard_app), _ThreadingServer, _QuietHandler)
+            app = _StudyApp(database, dashboard_app, NOT_YET[label])
+            server = make_server(LOOPBACK, wanted, app, _ThreadingServer, _QuietHandler)
         except OSError as error:
             for running in dashboards:
                 running.close()
@@ -77,8 +86,8 @@ def start_dashboards(location: str | Path, port: int = 8080) -> list[Dashboard]:
 class _StudyApp:
     """optuna-dashboard's WSGI app for one study file, made once the file exists."""
 
-    def __init__(self, database: Path, dashboard_app) -> None:
-        self.database, self.dashboard_app, self.app = database, dashboard_app, None
+    def __init__(self, database: Path, dashboard_app, not_yet: str) -> None:
+        self.database, self.dashboard_app, self.not_yet, self.app = database, dashboard_app, not_yet, None
         self.lock = threading.Lock()
 
     def __call__(self, environ, start_response):
@@ -88,8 +97,8 @@ class _StudyApp:
         if self.app is not None:
             return self.app(environ, start_response)
         body = (
-            f"<!doctype html><title>not yet</title><p>No study in {self.database} yet: the decoding stage "
-            "starts after the search's trials. This page serves it once it exists; reload then.</p>"
+            f"<!doctype html><title>not yet</title><p>No study in {html.escape(str(self.database))} yet: "
+            f"{self.not_yet}. This page serves it once it exists; reload then.</p>"
         ).encode()
         start_response("503 Service Unavailable", [("Content-Type", "text/html; charset=utf-8")])
         return [body]

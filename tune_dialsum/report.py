@@ -65,23 +65,30 @@ def plot_settings(experiment: Experiment, path: Path) -> Path:
     score = f"best_{experiment.metric}"
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=False):
-        values, distribution = trials[name], experiment.space.search.get(name)
+        distribution = experiment.space.search.get(name)
+        tried = trials[name].notna()  # a setting of one family only is missing in the others' trials
+        values, scores = trials[name][tried], trials[score][tried]
         if (distribution is not None and distribution.kind == "choice") or not pd.api.types.is_numeric_dtype(values):
             # a choice is a set of categories, numbers included: one evenly spaced slot per option, tried or not
-            options = [str(o) for o in distribution.args] if distribution is not None else []
-            categories = options + sorted(set(values.dropna().astype(str)) - set(options))
-            ax.scatter([categories.index(str(v)) for v in values], trials[score])
+            options = [_label(o) for o in distribution.args] if distribution is not None else []
+            categories = options + sorted({_label(v) for v in values} - set(options))
+            ax.scatter([categories.index(_label(v)) for v in values], scores)
             ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 3 else 0)
             ax.set_xlim(-0.5, len(categories) - 0.5)
         else:
-            ax.scatter(values, trials[score])
+            ax.scatter(values, scores)
             if distribution is not None and distribution.kind.startswith("log"):
-                _log_axis(ax, values.dropna())
+                _log_axis(ax, values)
         ax.set(xlabel=name, ylabel=score)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _label(value) -> str:
+    """A choice as its axis label: 16 and 16.0 (a column with gaps is float) are one category."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _log_axis(ax, values: pd.Series) -> None:

@@ -216,10 +216,11 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
     clock = time.perf_counter()
     store.check_writable()
     preflight(space, settings)
-    if space.tracking:
-        from tune_dialsum.tracking import require_mlflow
+    if space.tracking:  # before Ray starts and anything is written: a refusal leaves no experiment behind
+        from tune_dialsum.tracking import require_mlflow, tracking_uri
 
-        require_mlflow()  # before Ray starts: a missing extra is a one-line error, not a late failure
+        require_mlflow()
+        tracking_uri(space.tracking["uri"], store.local, store.remote)
     logger.info("preflight took %.1fs", time.perf_counter() - clock)
     started_ray = start_ray(address)
     logger.info("ray ready after %.1fs", time.perf_counter() - clock)
@@ -289,7 +290,11 @@ def _trial_runs(tracked, settings: ExperimentSettings):
 
 
 def _close_tracking(tracked, outcome: SearchOutcome) -> None:
-    """The exported model and the analysis report (where matplotlib is installed) go to the parent run."""
+    """The exported model and the analysis report (where matplotlib is installed) go to the parent run.
+
+    After the export: a report or a tracking store that fails here is a warning, not a failed search.
+    """
+    from tune_dialsum.errors import one_line
     from tune_dialsum.tracking import close_search_run
 
     report_dir = None
@@ -300,7 +305,14 @@ def _close_tracking(tracked, outcome: SearchOutcome) -> None:
         report_dir = write_report(Experiment.load(outcome.experiment_dir)).parent
     except ImportError as error:
         logger.warning("tracking: no report logged (%s); pip install 'tune_dialsum[analysis]' adds it", error)
-    close_search_run(tracked, outcome, report_dir)
+    except Exception as error:  # noqa: BLE001 (a plot that fails must not undo a finished search)
+        logger.warning("tracking: no report logged: %s", one_line(error))
+    try:
+        close_search_run(tracked, outcome, report_dir)
+    except Exception as error:  # noqa: BLE001 (HTTP, SQL or file-system errors of the store)
+        logger.warning(
+            "tracking: the search's MLflow run %s was not closed: %s", tracked.parent_run_id, one_line(error)
+        )
 
 
 def _resumed_space(store: ExperimentStore, name: str, num_samples: int | None) -> SearchSpace:

@@ -17,14 +17,17 @@ mlflow is an optional extra (``pip install 'tune_dialsum[tracking]'``); Ray is i
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from tune_dialsum.atomic import atomic_write_text
-from tune_dialsum.errors import UsageError
+from tune_dialsum.errors import UsageError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +66,18 @@ class TrackedSearch:
 
 
 def tracking_uri(setting: str | None, experiment_dir: Path, remote: bool) -> str:
-    """The space's (or --track-uri's) URI, else MLFLOW_TRACKING_URI, else a store inside the experiment."""
+    """The space's (or --track-uri's) URI, else MLFLOW_TRACKING_URI, else a store inside the experiment.
+
+    A plain path names a local store: a SQLite database in it (MLflow 3 refuses plain-file stores).
+    Checked before anything is written, so that a refusal leaves no experiment behind.
+    """
     uri = setting or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        return uri if "://" in uri else f"sqlite:///{Path(uri).expanduser().resolve() / 'mlflow.db'}"
+        return f"sqlite:///{Path(uri).expanduser().resolve() / 'mlflow.db'}" if not urlparse(uri).scheme else uri
     if remote:
         raise UsageError(
             "tracking: the experiment is at a URI, so its runs cannot go inside it; name a tracking store with "
-            "--track-uri URI (tracking.uri) or MLFLOW_TRACKING_URI"
+            "--track-uri URI (the space's tracking.uri) or, also when resuming, MLFLOW_TRACKING_URI"
         )
     return f"sqlite:///{(experiment_dir / MLRUNS_DIR).resolve() / 'mlflow.db'}"
 
@@ -93,10 +100,11 @@ def open_search_run(tracking: dict, name: str, experiment_dir: Path, remote: boo
         experiment_id = experiment.experiment_id
     else:
         # a local store keeps its artifacts beside its database (MLflow's default is relative to the cwd)
-        artifacts = (experiment_dir / MLRUNS_DIR / "artifacts").resolve().as_uri() if uri.startswith("sqlite") else None
+        database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+        artifacts = (database.resolve().parent / "artifacts").as_uri() if database is not None else None
         experiment_id = client.create_experiment(name, artifact_location=artifacts)
     run = client.create_run(experiment_id, run_name=name, tags={"tune_dialsum.experiment": str(experiment_dir)})
-    client.log_batch(run.info.run_id, params=_params(params))
+    _log_params(client, run.info.run_id, params)
     tracked = TrackedSearch(uri, name, experiment_id, run.info.run_id)
     atomic_write_text(record, json.dumps(asdict(tracked), indent=2))
     print(f"tracking: MLflow run {tracked.parent_run_id} of experiment {name!r} at {uri}")
@@ -143,47 +151,77 @@ def read_tracking(experiment_dir: Path) -> TrackedSearch | None:
 
 
 def trial_runs_callback(tracked: TrackedSearch, time_attr: str, max_budget: float, metrics: tuple[str, ...]):
-    """Ray Tune's MLflowLoggerCallback, logging each trial as a child run of the search's run."""
+    """Ray Tune's MLflowLoggerCallback, logging each trial as a child run of the search's run.
+
+    The runs are keyed by trial id (a restored experiment has new Trial objects) and found again on
+    resume. A tracking store that fails (a server gone) costs its records, logged as warnings, never
+    the search.
+    """
+    from mlflow.entities import Metric
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     class TrialRuns(MLflowLoggerCallback):
-        """Child runs keyed by trial id (a restored experiment has new Trial objects), found again on resume."""
-
         def setup(self, *args, **kwargs):
             super().setup(*args, **kwargs)
-            existing = self.mlflow_util._get_client().search_runs(
+            self.client = tracked.client()
+            existing = self.client.search_runs(
                 [tracked.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{tracked.parent_run_id}'"
             )
             self._run_of = {run.data.tags.get(TRIAL_ID_TAG): run.info.run_id for run in existing}
 
-        def log_trial_start(self, trial):
-            if trial.trial_id not in self._run_of:
+        def run_of(self, trial) -> str:
+            """The trial's run: created on first use (Ray may end a trial it never started), reopened on resume."""
+            run_id = self._run_of.get(trial.trial_id)
+            if run_id is None:
                 tags = {PARENT_TAG: tracked.parent_run_id, TRIAL_ID_TAG: trial.trial_id, "trial_name": str(trial)}
-                self._run_of[trial.trial_id] = self.mlflow_util.start_run(run_name=str(trial), tags=tags).info.run_id
-            else:  # a continued trial: same run, running again
-                self.mlflow_util._get_client().update_run(self._run_of[trial.trial_id], status="RUNNING")
-            self.mlflow_util._get_client().log_batch(self._run_of[trial.trial_id], params=_params(trial.config))
+                run_id = self.client.create_run(tracked.experiment_id, run_name=str(trial), tags=tags).info.run_id
+                self._run_of[trial.trial_id] = run_id
+            return run_id
 
+        @_not_fatal
+        def log_trial_start(self, trial):
+            run_id = self.run_of(trial)
+            self.client.update_run(run_id, status="RUNNING")  # a continued trial runs again
+            _log_params(self.client, run_id, trial.config)
+
+        @_not_fatal
         def log_trial_result(self, iteration, trial, result):
-            scores = {key: result[key] for key in metrics if _is_number(result.get(key))}
-            step = int(result.get(time_attr) or result.get("training_iteration", 0))
-            self.mlflow_util.log_metrics(run_id=self._run_of[trial.trial_id], metrics_to_log=scores, step=step)
+            step = int(result.get(time_attr) or result.get("training_iteration", 0))  # the budget ASHA counts
+            now = int(time.time() * 1000)
+            scores = [Metric(key, float(result[key]), now, step) for key in metrics if _is_number(result.get(key))]
+            self.client.log_batch(self.run_of(trial), metrics=scores)
 
+        @_not_fatal
         def log_trial_end(self, trial, failed: bool = False):
-            run_id = self._run_of[trial.trial_id]
+            run_id = self.run_of(trial)
             used = (trial.last_result or {}).get(time_attr, 0)
             state = "ERROR" if failed else ("STOPPED" if used < max_budget else "TERMINATED")
-            self.mlflow_util._get_client().set_tag(run_id, STATE_TAG, state)
-            self.mlflow_util.end_run(run_id=run_id, status="FAILED" if failed else "FINISHED")
+            self.client.set_tag(run_id, STATE_TAG, state)
+            self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
     return TrialRuns(tracking_uri=tracked.uri, experiment_name=tracked.experiment_name)
 
 
-def _params(values: dict) -> list:
-    """MLflow params from a flat dict of settings (each value as text, as MLflow stores them)."""
+def _not_fatal(method):
+    """A callback method whose failure is a warning: a tracker that fails must not stop the search."""
+
+    @functools.wraps(method)
+    def logged(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 (the store's errors are many: HTTP, SQL, file system)
+            logger.warning("tracking: %s failed, the search goes on: %s", method.__name__, one_line(error))
+
+    return logged
+
+
+def _log_params(client, run_id: str, values: dict) -> None:
+    """MLflow params, each value as text (as MLflow stores them), in batches of MLflow's limit of 100."""
     from mlflow.entities import Param
 
-    return [Param(str(key), str(value)) for key, value in values.items()]
+    params = [Param(str(key), str(value)) for key, value in values.items()]
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start : start + 100])
 
 
 def _is_number(value) -> bool:
