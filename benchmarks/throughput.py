@@ -23,9 +23,9 @@ def hand_loop(model_dir: Path, batches: list, lr: float, device: str) -> float:
     import torch
     from transformers import AutoModelForSeq2SeqLM, get_linear_schedule_with_warmup
 
-    from tune_dialsum.train import mixed_precision
+    from tune_dialsum.train import precision_flags
 
-    precision = mixed_precision()
+    precision = precision_flags()
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16 if precision["bf16"] else torch.float16)
         if device == "cuda"

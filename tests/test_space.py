@@ -147,6 +147,14 @@ BAD_SPACES = {
         r"scheduler.budget_unit: must be one of samples, steps, epochs but got 'tokens'",
     ),
     "top_k of zero": (MINIMAL + "selection: {top_k: 0}\n", r"selection.top_k: must be at least 1"),
+    "gradient_checkpointing not a bool": (
+        MINIMAL.replace("model: tiny:bart", "model: tiny:bart\n  gradient_checkpointing: 'on'"),
+        r"fixed.gradient_checkpointing: expected true or false but got 'on'",
+    ),
+    "unknown mixed precision": (
+        MINIMAL.replace("model: tiny:bart", "model: tiny:bart\n  mixed_precision: fp8"),
+        r"fixed.mixed_precision: unknown precision 'fp8'; use one of auto, bf16, fp16, no",
+    ),
     "trust_remote_code not a bool": (
         MINIMAL + "trust_remote_code: 'yes'\n",
         r"trust_remote_code: expected true or false",
@@ -227,3 +235,17 @@ def test_bundled_spaces_that_search_batch_or_accumulation_budget_in_samples():
 def test_the_demo_searches_model_rate_format_and_a_length():
     space = load_space(REPO / "search_spaces" / "tiny.yaml")
     assert {"model", "learning_rate", "dialogue_format", "max_target_length"} <= set(space.searched_settings)
+
+
+def test_memory_levers_default_off_and_can_be_fixed_or_searched(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(MINIMAL)
+    assert {k: load_space(path).fixed[k] for k in ("gradient_checkpointing", "mixed_precision")} == {
+        "gradient_checkpointing": False,
+        "mixed_precision": "auto",
+    }
+    searched = "search:\n  gradient_checkpointing: {choice: [true, false]}\n  mixed_precision: {choice: [bf16, no]}\n"
+    path.write_text(MINIMAL.replace("search:\n", searched))
+    space = load_space(path)
+    config = space.define_by_run(optuna.create_study().ask())
+    assert config["gradient_checkpointing"] in (True, False) and config["mixed_precision"] in ("bf16", "no")

@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import BUNDLED_DATA
 from tune_dialsum import DialogueDataLoader, DialogueSummarizationTrainer, train_model_from_dataframes
+from tune_dialsum.errors import UsageError
 from tune_dialsum.train import RECIPE_FILE
 
 FAST = dict(learning_rate=2e-3, warmup_steps=10, batch_size=16, logging_steps=10, generation_num_beams=1)
@@ -101,6 +102,15 @@ def test_training_arguments_map_names_transformers_5_removed(tiny_models, tmp_pa
     assert args.learning_rate == 1e-4 and args.per_device_train_batch_size == 4  # T5's defaults
     assert not args.fp16 and not args.bf16  # no CUDA here
     assert trainer.prefix == "summarize: "
+
+
+def test_memory_levers_reach_the_training_arguments(tiny_models, tmp_path):
+    trainer = DialogueSummarizationTrainer(str(tiny_models["t5"]), str(tmp_path))
+    args = trainer.get_training_arguments(gradient_checkpointing=True, mixed_precision="bf16")
+    assert args.gradient_checkpointing and args.bf16 and not args.fp16
+    assert not trainer.get_training_arguments(mixed_precision="no").bf16
+    with pytest.raises(UsageError, match="mixed_precision fp16 needs a CUDA GPU.*use auto, bf16 or no"):
+        trainer.get_training_arguments(mixed_precision="fp16")  # this machine has no GPU
 
 
 def test_guide_quick_start_runs_as_written(tiny_models, tmp_path):

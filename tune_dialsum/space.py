@@ -75,7 +75,10 @@ SETTINGS: dict[str, type] = {
     "generation_num_beams": int,
     "generation_max_length": int,
     "lr_scheduler_type": str,
+    "gradient_checkpointing": bool,  # recompute activations in the backward pass: less memory, more time
+    "mixed_precision": str,  # one of MIXED_PRECISION
 }
+MIXED_PRECISION = ("auto", "bf16", "fp16", "no")  # auto: bf16 where the GPU has it, else fp16; none on CPU
 DEFAULT_SETTINGS = {
     "max_input_length": 512,
     "max_target_length": 128,
@@ -87,6 +90,8 @@ DEFAULT_SETTINGS = {
     "label_smoothing": 0.0,
     "generation_num_beams": 1,  # greedy: ranking trials needs a cheap decoding; the decoding stage tunes it
     "lr_scheduler_type": "linear",
+    "gradient_checkpointing": False,
+    "mixed_precision": "auto",
 }
 # ``generate()`` settings the decoding stage searches, with their types.
 DECODING_SETTINGS: dict[str, type] = {
@@ -351,9 +356,17 @@ class _Checker:
 
     def setting(self, key: str, name: str, value):
         kind = SETTINGS.get(name) or DECODING_SETTINGS[name]
+        if kind is bool:
+            if not isinstance(value, bool):
+                self.fail(key, f"expected true or false but got {value!r}")
+            return value
+        if name == "mixed_precision" and value is False:
+            value = "no"  # YAML 1.1 reads a bare `no` as false
         if kind is str:
             if not isinstance(value, str) or not value:
                 self.fail(key, f"expected a non-empty string but got {value!r}")
+            if name == "mixed_precision" and value not in MIXED_PRECISION:
+                self.fail(key, f"unknown precision {value!r}; use one of {', '.join(MIXED_PRECISION)}")
             if name == "dialogue_format" and value not in DIALOGUE_FORMATS:
                 self.fail(key, f"unknown dialogue format {value!r}; use one of {', '.join(DIALOGUE_FORMATS)}")
             if name == "model" and value.startswith("tiny:") and value[5:] not in FAMILIES:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from tune_dialsum.data.formats import check_dialogue_format, format_dialogue
 from tune_dialsum.data.splits import hold_out
+from tune_dialsum.errors import UsageError
 from tune_dialsum.metrics import RougeMetric, compute_rouge
 from tune_dialsum.models import family_of, load_model_and_tokenizer
 
@@ -77,13 +78,21 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def mixed_precision() -> dict[str, bool]:
-    """bf16 where the GPU has it, else fp16 on CUDA; full precision on CPU."""
+def precision_flags(choice: str = "auto") -> dict[str, bool]:
+    """TrainingArguments' precision flags for ``choice`` (space.MIXED_PRECISION).
+
+    ``auto``: bf16 where the GPU has it, else fp16 on CUDA; full precision on CPU. ``fp16`` needs CUDA;
+    ``bf16`` also runs on CPUs (slower than full precision on most).
+    """
     import torch
 
-    if not _cuda_available():
+    if choice == "no" or (choice == "auto" and not torch.cuda.is_available()):
         return {"fp16": False, "bf16": False}
-    bf16 = torch.cuda.is_bf16_supported()
+    if choice == "fp16" and not torch.cuda.is_available():
+        raise UsageError("mixed_precision fp16 needs a CUDA GPU and this process has none; use auto, bf16 or no")
+    if not torch.cuda.is_available():  # bf16 asked for on CPU: transformers wants that said outright
+        return {"fp16": False, "bf16": True, "use_cpu": True}
+    bf16 = choice == "bf16" or torch.cuda.is_bf16_supported()
     return {"fp16": not bf16, "bf16": bf16}
 
 
@@ -205,6 +214,7 @@ class DialogueSummarizationTrainer:
         generation_num_beams: int = 4,
         gradient_checkpointing: bool = False,
         label_smoothing_factor: float = 0.0,
+        mixed_precision: str = "auto",
         **overrides,
     ):
         """Seq2SeqTrainingArguments with the guide's defaults and the family's learning rate and batch size.
@@ -253,7 +263,7 @@ class DialogueSummarizationTrainer:
             report_to="none",  # TensorBoard is attached in train() with our own log directory
             disable_tqdm=True,
             dataloader_pin_memory=_cuda_available(),
-            **mixed_precision(),
+            **precision_flags(mixed_precision),
         )
         arguments.update(overrides)
         return Seq2SeqTrainingArguments(**arguments)

@@ -396,6 +396,8 @@ def _train(config: dict, settings: ExperimentSettings, output_dir: Path) -> None
         lr_scheduler_type=config["lr_scheduler_type"],
         generation_num_beams=config["generation_num_beams"],
         generation_max_length=config.get("generation_max_length"),
+        gradient_checkpointing=config["gradient_checkpointing"],
+        mixed_precision=config["mixed_precision"],
         eval_steps=interval,  # read in steps mode only
         save_steps=interval,
         eval_strategy=strategy,
