@@ -42,3 +42,19 @@ def test_tracking_without_mlflow_is_a_one_line_error_naming_the_extra(tmp_path):
     assert completed.returncode == 2, completed.stderr[-2000:]
     assert "tune_dialsum[tracking]" in completed.stderr and "Traceback" not in completed.stderr
     assert len(completed.stderr.strip().splitlines()) == 1
+
+
+def test_the_tracking_store_is_the_flag_then_the_environment_then_the_experiment(tmp_path, monkeypatch):
+    from tune_dialsum.errors import UsageError
+    from tune_dialsum.tracking import tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(None, tmp_path, remote=False) == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert tracking_uri(str(tmp_path / "store"), tmp_path, remote=False) == f"sqlite:///{tmp_path}/store/mlflow.db"
+    assert tracking_uri("http://127.0.0.1:5000", tmp_path, remote=True) == "http://127.0.0.1:5000"
+    assert tracking_uri("databricks", tmp_path, remote=False) == "databricks"  # a scheme name, not a path
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
+    assert tracking_uri(None, tmp_path, remote=True) == "http://127.0.0.1:5001"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with pytest.raises(UsageError, match="--track-uri URI .* MLFLOW_TRACKING_URI"):
+        tracking_uri(None, tmp_path, remote=True)  # a bucket experiment has no folder to hold the store

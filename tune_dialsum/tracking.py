@@ -68,12 +68,14 @@ class TrackedSearch:
 def tracking_uri(setting: str | None, experiment_dir: Path, remote: bool) -> str:
     """The space's (or --track-uri's) URI, else MLFLOW_TRACKING_URI, else a store inside the experiment.
 
-    A plain path names a local store: a SQLite database in it (MLflow 3 refuses plain-file stores).
+    A path names a local store: a SQLite database in it (MLflow 3 refuses plain-file stores).
     Checked before anything is written, so that a refusal leaves no experiment behind.
     """
     uri = setting or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        return f"sqlite:///{Path(uri).expanduser().resolve() / 'mlflow.db'}" if not urlparse(uri).scheme else uri
+        # a path has a separator (or starts like one); bare words such as `databricks` are MLflow's own URIs
+        is_path = not urlparse(uri).scheme and ("/" in uri or uri.startswith((".", "~")))
+        return f"sqlite:///{Path(uri).expanduser().resolve() / 'mlflow.db'}" if is_path else uri
     if remote:
         raise UsageError(
             "tracking: the experiment is at a URI, so its runs cannot go inside it; name a tracking store with "
