@@ -84,14 +84,14 @@ def precision_flags(choice: str = "auto") -> dict[str, bool]:
     ``auto``: bf16 where the GPU has it, else fp16 on CUDA; full precision on CPU. ``fp16`` needs CUDA;
     ``bf16`` also runs on CPUs (slower than full precision on most).
     """
+    if choice == "no" or (choice == "auto" and not _cuda_available()):
+        return {"fp16": False, "bf16": False}
+    if choice == "fp16" and not _cuda_available():
+        raise UsageError("mixed_precision fp16 needs a CUDA GPU and this process has none; use auto, bf16 or no")
+    if not _cuda_available():  # bf16 asked for on CPU: transformers wants that said outright
+        return {"fp16": False, "bf16": True, "use_cpu": True}
     import torch
 
-    if choice == "no" or (choice == "auto" and not torch.cuda.is_available()):
-        return {"fp16": False, "bf16": False}
-    if choice == "fp16" and not torch.cuda.is_available():
-        raise UsageError("mixed_precision fp16 needs a CUDA GPU and this process has none; use auto, bf16 or no")
-    if not torch.cuda.is_available():  # bf16 asked for on CPU: transformers wants that said outright
-        return {"fp16": False, "bf16": True, "use_cpu": True}
     bf16 = choice == "bf16" or torch.cuda.is_bf16_supported()
     return {"fp16": not bf16, "bf16": bf16}
 
