@@ -104,6 +104,9 @@ _FLAG_SETTINGS = (
     ("max_concurrent", "trials.max_concurrent"),
     ("gpus_per_trial", "resources.gpus_per_trial"),
     ("cpus_per_trial", "resources.cpus_per_trial"),
+    ("workers_per_trial", "resources.workers_per_trial"),
+    ("gpus_per_worker", "resources.gpus_per_worker"),
+    ("cpus_per_worker", "resources.cpus_per_worker"),
     ("storage_path", "storage_path"),
     ("name", "name"),
     ("track", "tracking.backend"),
@@ -118,7 +121,16 @@ def _experiment_to_resume(args) -> tuple[str, str]:
     refused = [f"--set {args.set[0]}"] if args.set else []
     refused += [
         f"--{flag.replace('_', '-')}"
-        for flag in ("max_concurrent", "gpus_per_trial", "cpus_per_trial", "track", "track_uri")
+        for flag in (
+            "max_concurrent",
+            "gpus_per_trial",
+            "cpus_per_trial",
+            "workers_per_trial",
+            "gpus_per_worker",
+            "cpus_per_worker",
+            "track",
+            "track_uri",
+        )
         if getattr(args, flag) is not None
     ]
     if refused:
@@ -375,6 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--max-concurrent", type=_positive_int, default=None, help="trials running at once")
     search.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial; fractions share a GPU")
     search.add_argument("--cpus-per-trial", type=float, default=None)
+    search.add_argument(
+        "--workers-per-trial",
+        type=int,
+        default=None,
+        help="above 1: each trial trains data-parallel over this many workers (Ray Train); see --gpus-per-worker",
+    )
+    search.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker of a data-parallel trial")
+    search.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per worker of a data-parallel trial")
     search.add_argument("--address", default=None, help="Ray cluster to use (auto or HOST:PORT); default: local")
     search.add_argument(
         "--storage-path",

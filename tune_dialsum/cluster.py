@@ -126,24 +126,41 @@ def check_shared_paths(locations: dict[str, str]) -> None:
 
 
 def check_resources(space: SearchSpace) -> None:
+    """Refuse a trial the cluster can never run: more than it has in all, or a worker no single node fits."""
     import ray
 
     available = ray.cluster_resources()
-    for resource, wanted in (("CPU", space.resources["cpus_per_trial"]), ("GPU", space.resources["gpus_per_trial"])):
+    resources, workers = space.resources, space.resources["workers_per_trial"]
+    for resource in ("CPU", "GPU"):
+        kind = resource.lower()
+        wanted = resources[f"{kind}s_per_trial"]
         if wanted and available.get(resource, 0) < wanted:
+            key = f"{kind}s_per_trial" if workers == 1 else f"{kind}s_per_worker"
+            asked = f"{wanted:g} {resource}" if workers == 1 else f"{workers} workers x {wanted / workers:g} {resource}"
             raise SpaceError(
-                f"{space.source}: resources.{resource.lower()}s_per_trial: a trial asks for {wanted:g} {resource} "
-                f"but the cluster has {available.get(resource, 0):g}; lower it (or --{resource.lower()}s-per-trial)"
+                f"{space.source}: resources.{key}: a trial asks for {asked} but the cluster has "
+                f"{available.get(resource, 0):g}; lower it (or --{key.replace('_', '-')})"
+            )
+        per_worker = resources[f"{kind}s_per_worker"]
+        largest = max((node["Resources"].get(resource, 0) for node in ray.nodes() if node["Alive"]), default=0)
+        if workers > 1 and per_worker > largest:
+            raise SpaceError(
+                f"{space.source}: resources.{kind}s_per_worker: a worker asks for {per_worker:g} {resource} but no "
+                f"node has more than {largest:g}; lower it and raise resources.workers_per_trial instead"
             )
 
 
-def task_slots(resources: dict, wanted: int) -> int:
-    """How many of ``wanted`` tasks with a trial's ``resources`` the cluster runs at once (at least 1)."""
+def task_slots(resources: dict, wanted: int, per: str = "trial") -> int:
+    """How many of ``wanted`` tasks the cluster runs at once (at least 1).
+
+    ``per="trial"``: tasks the size of a whole trial (all its workers); ``"worker"``: one process's share.
+    """
     import ray
 
     available = ray.cluster_resources()
     room = [wanted]
-    for resource, per_task in (("CPU", resources["cpus_per_trial"]), ("GPU", resources["gpus_per_trial"])):
+    for resource in ("CPU", "GPU"):
+        per_task = resources[f"{resource.lower()}s_per_{per}"]
         if per_task:
             room.append(int(available.get(resource, 0) // per_task))
     return max(1, min(room))

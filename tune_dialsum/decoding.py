@@ -201,7 +201,7 @@ def _decode(study: DecodingStudy, optuna_study, baselines: list[DecodingTrial], 
         if not any(r.checkpoint == label for r in baselines):
             pending[submit(label, study.models[label][1])] = (None, label, study.models[label][1])
     remaining = space.num_samples - len(_study_records(optuna_study))
-    slots = task_slots(study.resources, remaining + len(pending))
+    slots = task_slots(study.resources, remaining + len(pending), per="worker")
     while remaining > 0 or pending:
         while remaining > 0 and len(pending) < slots:
             trial = optuna_study.ask()

@@ -163,6 +163,11 @@ def _decoding_table(decoding: dict) -> str:
     )
 
 
+def _workers(tuning: dict) -> str:
+    world = tuning.get("world_size", 1)
+    return f" ({world} data-parallel workers, exported from rank 0)" if world > 1 else ""
+
+
 def _model_card(tuning: dict) -> str:
     settings = "\n".join(f"| {k} | {v} |" for k, v in sorted(tuning["config"].items()))
     test, full = tuning.get("test"), tuning.get("full_validation")
@@ -185,7 +190,7 @@ def _model_card(tuning: dict) -> str:
     body = "\n\n".join(sections)
     return f"""# {tuning["experiment"]}: best model
 
-Fine-tuned by tune_dialsum: trial `{tuning["trial_id"]}`, step {tuning["step"]}, chosen by `{tuning["metric"]}` ({tuning["mode"]}){" on the whole validation split among the best checkpoints on the subset" if full else ""}.
+Fine-tuned by tune_dialsum: trial `{tuning["trial_id"]}`, step {tuning["step"]}{_workers(tuning)}, chosen by `{tuning["metric"]}` ({tuning["mode"]}){" on the whole validation split among the best checkpoints on the subset" if full else ""}.
 Inputs are written in the `{tuning["recipe"]["dialogue_format"]}` dialogue format with the prefix
 `{tuning["recipe"]["prefix"]!r}`; `python -m tune_dialsum summarize --model DIR` applies both.
 
@@ -238,6 +243,12 @@ def export_checkpoint(
         "config": config,
         "recipe": record.snapshot.get("recipe", {}),
         "settings": record.snapshot.get("settings", {}),
+        # how a step was made: examples per step = batch x accumulation x world size (older trials: 1 process)
+        "world_size": record.snapshot.get("world_size", 1),
+        "per_device_train_batch_size": record.snapshot.get("per_device_train_batch_size", config.get("batch_size")),
+        "gradient_accumulation_steps": record.snapshot.get(
+            "gradient_accumulation_steps", config.get("gradient_accumulation_steps")
+        ),
         "fidelity": fidelity(record.snapshot),
         "checkpoint": source or str(record.path),
         "versions": _library_versions(),

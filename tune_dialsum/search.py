@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray, task_slots
+from tune_dialsum.data_parallel import DRIVER_RESOURCES, TRAIN_RUNS_DIR
 from tune_dialsum.errors import UsageError
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
 from tune_dialsum.outcome import BEST_MODEL_DIR, SearchOutcome, format_summary, recorded_trial_ids, summarize
@@ -58,6 +59,9 @@ def experiment_settings(space: SearchSpace, store: ExperimentStore | None = None
         trust_remote_code=space.trust_remote_code,
         cache_dir=cache_dir,
         experiment_location=store.location if store is not None else None,
+        workers_per_trial=space.resources["workers_per_trial"],
+        cpus_per_worker=space.resources["cpus_per_worker"],
+        gpus_per_worker=space.resources["gpus_per_worker"],
     )
 
 
@@ -81,10 +85,15 @@ def _trial_name(trial) -> str:
 def _trainable(space: SearchSpace, settings: ExperimentSettings):
     from ray import tune
 
-    return tune.with_resources(
-        tune.with_parameters(train_dialsum, settings=settings),
-        {"cpu": space.resources["cpus_per_trial"], "gpu": space.resources["gpus_per_trial"]},
-    )
+    if data_parallel(space):  # the trial only drives its workers, which Ray Train places itself
+        resources = DRIVER_RESOURCES
+    else:
+        resources = {"cpu": space.resources["cpus_per_trial"], "gpu": space.resources["gpus_per_trial"]}
+    return tune.with_resources(tune.with_parameters(train_dialsum, settings=settings), resources)
+
+
+def data_parallel(space: SearchSpace) -> bool:
+    return space.resources["workers_per_trial"] > 1
 
 
 def build_searcher(space: SearchSpace, settings: ExperimentSettings, storage=None, seed_offset: int = 0):
@@ -152,12 +161,14 @@ def _build_tuner(
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=num_samples,
-            max_concurrent_trials=space.trials["max_concurrent"],
+            # Tune does not see a data-parallel trial's workers: it would start trials their workers cannot join
+            max_concurrent_trials=trials_at_once(space) if data_parallel(space) else space.trials["max_concurrent"],
             time_budget_s=space.trials["time_budget_s"],
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
-            # A worker that already imported torch and transformers and read the data runs the next trial.
-            reuse_actors=True,
+            # A worker that already imported torch and transformers and read the data runs the next trial;
+            # not a data-parallel driver: Tune would keep a stopped one's training running to reuse it.
+            reuse_actors=not data_parallel(space),
         ),
         run_config=tune.RunConfig(
             name=space.name,
@@ -249,6 +260,7 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
             callbacks = [_trial_runs(tracked, settings)] if tracked else []
             results += list(_build_tuner(space, settings, store, more, resume, callbacks).fit())
         store.push(store.local / OPTUNA_DB)
+        store.delete(store.local / TRAIN_RUNS_DIR)  # what data-parallel trials stopped mid-report left staged
         logger.info("trials done after %.1fs", time.perf_counter() - clock)
         outcome = summarize(results, space, settings, store)
         outcome.at_once = trials_at_once(space)

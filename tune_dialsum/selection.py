@@ -93,10 +93,10 @@ def score_model(
 
 
 def remote_scorer(resources: dict):
-    """:func:`score_model` as a Ray task with a trial's resources."""
+    """:func:`score_model` as a Ray task with the resources of one of a trial's workers (one process)."""
     import ray
 
-    return ray.remote(score_model).options(num_cpus=resources["cpus_per_trial"], num_gpus=resources["gpus_per_trial"])
+    return ray.remote(score_model).options(num_cpus=resources["cpus_per_worker"], num_gpus=resources["gpus_per_worker"])
 
 
 def rescore(

@@ -15,7 +15,8 @@ A space file has these sections (all but ``search`` optional)::
     scheduler: {type: asha|fifo, budget_unit: samples|steps|epochs, max_budget, grace_period,
                 reduction_factor, eval_interval}
     trials: {num_samples, max_concurrent, time_budget_s, sampler: tpe|random, startup_trials}
-    resources: {cpus_per_trial, gpus_per_trial}
+    resources: {cpus_per_trial, gpus_per_trial}           # one process per trial, or:
+               {workers_per_trial, cpus_per_worker, gpus_per_worker}   # data-parallel trials (Ray Train)
     checkpoints: {keep}
     selection: {top_k}            # checkpoints re-scored on the whole validation split
     decoding: {search: {GENERATE_SETTING: DISTRIBUTION}, num_samples, top_k_checkpoints,
@@ -123,7 +124,7 @@ SECTIONS = {
     "per_family": set(FAMILIES),
     "scheduler": {"type", "budget_unit", "max_budget", "grace_period", "reduction_factor", "eval_interval"},
     "trials": {"num_samples", "max_concurrent", "time_budget_s", "sampler", "startup_trials"},
-    "resources": {"cpus_per_trial", "gpus_per_trial"},
+    "resources": {"cpus_per_trial", "gpus_per_trial", "workers_per_trial", "cpus_per_worker", "gpus_per_worker"},
     "checkpoints": {"keep"},
     "selection": {"top_k"},
     "decoding": {"search", "num_samples", "top_k_checkpoints", "max_eval_samples", "constraints"},
@@ -317,6 +318,15 @@ def _apply_override(raw: dict, override: str, path: Path) -> None:
         if not isinstance(node, dict):
             raise SpaceError(f"--set {override!r}: {part!r} in {path} is not a section")
     node[parts[-1]] = yaml.safe_load(value)
+    if parts[0] == "resources" and parts[-1] in _OTHER_SPELLING:  # a trial's total and a worker's share
+        node.pop(_OTHER_SPELLING[parts[-1]], None)  # name the same resource: the override replaces both
+
+
+_OTHER_SPELLING = {
+    f"{kind}_per_{a}": f"{kind}_per_{b}"
+    for kind in ("cpus", "gpus")
+    for a, b in (("trial", "worker"), ("worker", "trial"))
+}
 
 
 class _Checker:
@@ -428,6 +438,43 @@ class _Checker:
         self.setting(f"{key}.{kind}", name, low)
         self.setting(f"{key}.{kind}", name, high)
         return Distribution(kind, tuple(values))
+
+
+def _parse_resources(check: _Checker, section: dict, source: str) -> dict:
+    """A trial's resources: one process (``*_per_trial``) or ``workers_per_trial`` data-parallel workers.
+
+    The result holds both views: ``cpus_per_trial``/``gpus_per_trial`` are a trial's totals (what the
+    cluster must have room for), ``*_per_worker`` what one process gets (a scoring task's share too).
+    """
+    workers = check.number("resources.workers_per_trial", section.get("workers_per_trial", 1), int, minimum=1)
+    per_worker = {}
+    for kind, default in (("cpus", 1), ("gpus", 0)):
+        trial_key, worker_key = f"{kind}_per_trial", f"{kind}_per_worker"
+        if trial_key in section and worker_key in section:
+            check.fail(f"resources.{trial_key}", f"give a trial's total or resources.{worker_key}, not both")
+        key = f"resources.{worker_key if worker_key in section else trial_key}"
+        value = section.get(worker_key, section.get(trial_key, default))
+        value = check.number(key, value, float, minimum=0, strict=kind == "cpus")
+        # a trial's total is split evenly over its workers
+        per_worker[kind] = value if worker_key in section else value / workers
+        if per_worker[kind] > 1 and per_worker[kind] != int(per_worker[kind]):
+            check.fail(key, f"above 1 must be a whole number per worker but got {per_worker[kind]:g}")
+    if per_worker["gpus"] > 1:
+        logger.warning(
+            "%s: resources: %g GPUs for one process: it trains on one of them; for data-parallel training over "
+            "%g GPUs set workers_per_trial: %g and gpus_per_worker: 1",
+            source,
+            per_worker["gpus"],
+            per_worker["gpus"],
+            per_worker["gpus"],
+        )
+    return {
+        "workers_per_trial": workers,
+        "cpus_per_worker": per_worker["cpus"],
+        "gpus_per_worker": per_worker["gpus"],
+        "cpus_per_trial": workers * per_worker["cpus"],
+        "gpus_per_trial": workers * per_worker["gpus"],
+    }
 
 
 def parse_space(raw: dict, source: str = "<space>", default_name: str = "search", training: bool = True) -> SearchSpace:
@@ -566,19 +613,7 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
             "trials.time_budget_s", trials["time_budget_s"], float, minimum=0, strict=True
         )
 
-    resources = check.section(raw, "resources", SECTIONS["resources"])
-    resources = {
-        "cpus_per_trial": check.number(
-            "resources.cpus_per_trial", resources.get("cpus_per_trial", 1), float, minimum=0, strict=True
-        ),
-        "gpus_per_trial": check.number(
-            "resources.gpus_per_trial", resources.get("gpus_per_trial", 0), float, minimum=0
-        ),
-    }
-    if resources["gpus_per_trial"] > 1 and resources["gpus_per_trial"] != int(resources["gpus_per_trial"]):
-        check.fail(
-            "resources.gpus_per_trial", f"above 1 must be a whole number but got {resources['gpus_per_trial']!r}"
-        )
+    resources = _parse_resources(check, check.section(raw, "resources", SECTIONS["resources"]), source)
 
     keep = check.number(
         "checkpoints.keep", check.section(raw, "checkpoints", SECTIONS["checkpoints"]).get("keep", 2), int, minimum=1

@@ -118,6 +118,16 @@ def delete_file(location: str) -> None:
             pass
 
 
+def delete_tree(location: str) -> None:
+    """Remove the directory at ``location`` and everything under it, if it is there."""
+    fs, path = filesystem(location)
+    with _failing_in_one_line(location, "delete"):
+        try:
+            fs.delete_dir(path)
+        except FileNotFoundError:
+            pass
+
+
 def download(location: str, local_dir: Path) -> Path:
     """Copy the directory at ``location`` (a URI or a path) into ``local_dir``."""
     import pyarrow.fs as pafs

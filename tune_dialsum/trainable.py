@@ -17,6 +17,7 @@ import os
 import shutil
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tune_dialsum import storage
 from tune_dialsum.data import DialogueDataLoader, training_splits
 from tune_dialsum.errors import ModelNotFoundError, TuneDialsumError, one_line
 from tune_dialsum.models import tokenizer_fingerprint
-from tune_dialsum.train import RECIPE_FILE, DialogueSummarizationTrainer
+from tune_dialsum.train import RECIPE_FILE, DialogueSummarizationTrainer, _cuda_available
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ class ExperimentSettings:
     cache_dir: str | None = None
     # The experiment (a directory or a URI): where a trial records an error that must not be retried.
     experiment_location: str | None = None
+    # Above 1: every trial trains data-parallel over this many Ray Train workers (data_parallel.py).
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1
+    gpus_per_worker: float = 0
 
     @property
     def time_attr(self) -> str:
@@ -193,18 +198,31 @@ def best_so_far(log_history: list[dict], metric: str, mode: str) -> float:
     return max(values) if mode == "max" else min(values)
 
 
+@dataclass(frozen=True)
+class TrialRun:
+    """Which trial a training process works for, where it resumes from, and how it reports."""
+
+    trial: dict  # trial_id, trial_name, experiment: recorded in every checkpoint
+    publish: Callable[[dict, str], None]  # (report, checkpoint directory), after each evaluation
+    resume_from: object = None  # the Tune checkpoint a retried or resumed trial continues from
+
+
 def _report_callback(
-    trial_config: dict, settings: ExperimentSettings, recipe: dict, samples_per_step: int, rss_at_start: float
+    trial_config: dict, settings: ExperimentSettings, recipe: dict, samples_per_step: int, rss_at_start: float, run
 ):
     import ray
-    from ray import tune
     from transformers import TrainerCallback
 
     class ReportToTune(TrainerCallback):
-        """Hands each evaluation and the checkpoint saved right after it to Tune."""
+        """Hands each evaluation and the checkpoint saved right after it to Tune (rank 0's, where data-parallel)."""
 
         def __init__(self) -> None:
             self.scores: dict | None = None
+            self.batches_per_epoch = 0
+
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            # this process's share of the data: with N workers each sampler yields 1/N of the batches
+            self.batches_per_epoch = len(train_dataloader) if train_dataloader is not None else 0
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             loss = (logs or {}).get("loss")
@@ -220,17 +238,18 @@ def _report_callback(
             if self.scores is None:
                 return
             checkpoint_dir = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            context = tune.get_context()
-            snapshot = {
-                "trial_id": context.get_trial_id(),
-                "trial_name": context.get_trial_name(),
-                "experiment": context.get_experiment_name(),
-                "config": trial_config,
-                "settings": asdict(settings),
-                "recipe": recipe,
-                "samples_per_step": samples_per_step,
-            }
-            (checkpoint_dir / TRIAL_CONFIG_FILE).write_text(json.dumps(snapshot, indent=2, default=str))
+            if state.is_world_process_zero:
+                snapshot = {
+                    **run.trial,
+                    "config": trial_config,
+                    "settings": asdict(settings),
+                    "recipe": recipe,
+                    "samples_per_step": samples_per_step,
+                    "world_size": args.world_size,
+                    "per_device_train_batch_size": args.per_device_train_batch_size,
+                    "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                }
+                (checkpoint_dir / TRIAL_CONFIG_FILE).write_text(json.dumps(snapshot, indent=2, default=str))
             train_losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
             report = {
                 **self.scores,
@@ -240,16 +259,48 @@ def _report_callback(
                 "epoch": state.epoch,
                 "samples": state.global_step * samples_per_step,
                 "train_loss": train_losses[-1] if train_losses else float("nan"),
+                "world_size": args.world_size,
                 "devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "rss_at_start_mb": round(rss_at_start, 1),  # what earlier trials on this worker left behind
                 **_memory_in_use(),
             }
+            if args.world_size > 1:  # what every worker trained with, seen from rank 0
+                report["workers"] = _gather_from_workers(
+                    {
+                        "rank": args.process_index,
+                        "node_id": report["node_id"],
+                        "learning_rate": args.learning_rate,
+                        "batches_per_epoch": self.batches_per_epoch,
+                    }
+                )
             report.pop("loss", None)
             self.scores = None
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+            run.publish(report, str(checkpoint_dir))
 
     return ReportToTune()
+
+
+def _gather_from_workers(item: dict) -> list[dict]:
+    """``item`` from every rank, in rank order (a collective: every rank calls it at the same point)."""
+    import torch.distributed as dist
+
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, item)
+    return gathered
+
+
+def _distributed_arguments() -> dict:
+    """TrainingArguments for a process of a data-parallel trial (none outside one).
+
+    Without CUDA, accelerate sees no distributed setup unless told ``use_cpu``: every worker would
+    then train alone on all the data, with only a warning.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return {}
+    return {} if _cuda_available() else {"use_cpu": True, "ddp_backend": "gloo"}
 
 
 def _evaluate_every_samples(interval: int, samples_per_step: int):
@@ -266,11 +317,8 @@ def _evaluate_every_samples(interval: int, samples_per_step: int):
     return EvaluateEverySamples()
 
 
-def _restore_checkpoint(output_dir: Path) -> str | None:
-    """Copy the checkpoint Tune resumes this trial from next to the trainer; None on a fresh start."""
-    from ray import tune
-
-    checkpoint = tune.get_checkpoint()
+def _restore_checkpoint(checkpoint, output_dir: Path) -> str | None:
+    """Copy the Tune checkpoint a trial resumes from next to the trainer; None on a fresh start."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as source:
@@ -334,16 +382,26 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
     """
     from ray import tune
 
-    trial_id = tune.get_context().get_trial_id()
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
     marker = _not_retryable_marker(settings, trial_id)
     earlier = storage.read_text(marker) if marker else None
     if earlier:
         raise NotRetryable(f"{json.loads(earlier)['error']} (not retried: another attempt would fail the same way)")
+    trial = {
+        "trial_id": trial_id,
+        "trial_name": context.get_trial_name(),
+        "experiment": context.get_experiment_name(),
+    }
     # The trainer's own checkpoints are scratch: Tune copies what it keeps into the experiment. A
     # reused worker runs several trials, each in its own working directory of Ray's session.
     output_dir = Path.cwd() / f"hf-{trial_id}"
     try:
-        _train(config, settings, output_dir)
+        if settings.workers_per_trial > 1:
+            _train_data_parallel(config, settings, trial, output_dir)
+        else:
+            run = TrialRun(trial, publish=_report_to_tune, resume_from=tune.get_checkpoint())
+            _train(config, settings, output_dir, run)
     except BaseException as err:  # SystemExit too: that is how Tune ends a trial its scheduler stopped
         if marker and isinstance(err, Exception) and not is_retryable(err):
             _record_not_retryable(marker, err)
@@ -356,6 +414,42 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
         _release_memory()
 
 
+def _report_to_tune(report: dict, checkpoint_dir: str) -> None:
+    from ray import tune
+
+    tune.report(report, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+
+
+def _train_data_parallel(config: dict, settings: ExperimentSettings, trial: dict, output_dir: Path) -> None:
+    """This trial's training on ``settings.workers_per_trial`` Ray Train workers, reported by rank 0.
+
+    Every worker trains with this trial's ``config`` (sampled once, by this driver's searcher) and
+    keeps its scratch in ``output_dir/rank-N`` (on its own node where the workers are spread).
+    """
+    from ray import tune
+
+    from tune_dialsum.data_parallel import TRAIN_RUNS_DIR, Workers, new_run_name, run_data_parallel
+
+    process = functools.partial(_train_worker, config, settings, trial, output_dir, tune.get_checkpoint())
+    workers = Workers(settings.workers_per_trial, settings.cpus_per_worker, settings.gpus_per_worker)
+    staging = storage.join(settings.experiment_location or str(output_dir), TRAIN_RUNS_DIR)
+    run_name = new_run_name(trial["trial_id"])
+    try:
+        run_data_parallel(process, workers, run_name, staging)
+    finally:
+        storage.delete_tree(storage.join(staging, run_name))
+
+
+def _train_worker(config, settings, trial, output_dir: Path, resume_from, rank: int, publish) -> None:
+    """One worker of a data-parallel trial (see :func:`_train_data_parallel`)."""
+    rank_dir = output_dir / f"rank-{rank}"
+    try:
+        _train(config, settings, rank_dir, TrialRun(trial, publish=publish, resume_from=resume_from))
+    finally:
+        shutil.rmtree(rank_dir, ignore_errors=True)
+        _release_memory()
+
+
 def _record_not_retryable(marker: str, error: Exception) -> None:
     try:
         storage.write_text(marker, json.dumps({"error": f"{type(error).__name__}: {one_line(error)}"}))
@@ -363,7 +457,7 @@ def _record_not_retryable(marker: str, error: Exception) -> None:
         logger.warning("could not record that %s is not retryable: %s", error, one_line(failed))
 
 
-def _train(config: dict, settings: ExperimentSettings, output_dir: Path) -> None:
+def _train(config: dict, settings: ExperimentSettings, output_dir: Path, run: TrialRun) -> None:
     import datasets
     import transformers
 
@@ -405,11 +499,12 @@ def _train(config: dict, settings: ExperimentSettings, output_dir: Path) -> None
         logging_steps=max(1, interval // 4) if unit == "steps" else 50,
         save_total_limit=1,  # Tune keeps the checkpoints that matter; the trainer's copy is scratch
         seed=settings.seed,
+        **_distributed_arguments(),
     )
     samples_per_step = (
         training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     )
-    callbacks = [_report_callback(config, settings, trainer.recipe, samples_per_step, rss_at_start)]
+    callbacks = [_report_callback(config, settings, trainer.recipe, samples_per_step, rss_at_start, run)]
     if unit == "samples":
         training_args.max_steps = math.ceil(settings.max_budget / samples_per_step)
         training_args.logging_steps = max(1, interval // samples_per_step // 4)
@@ -417,7 +512,7 @@ def _train(config: dict, settings: ExperimentSettings, output_dir: Path) -> None
     trainer.train(
         train_dataset=dataset_dict,
         training_args=training_args,
-        resume_from_checkpoint=_restore_checkpoint(output_dir),
+        resume_from_checkpoint=_restore_checkpoint(run.resume_from, output_dir),
         callbacks=callbacks,
         save_final_model=False,  # the checkpoints Tune persisted are the results; nothing else is read
     )

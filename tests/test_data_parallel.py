@@ -1,0 +1,134 @@
+"""Data-parallel trials (resources.workers_per_trial > 1): Ray Train workers inside one Tune trial, on CPU (gloo)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.conftest import mechanics_data, run_process, tiny_search_command, trial_results
+from tune_dialsum.errors import SpaceError
+from tune_dialsum.space import load_space
+
+# Two trials of two workers each, to the full budget, on the mechanics data (320 training dialogues).
+DATA_PARALLEL = (
+    "trials.num_samples=2",
+    "resources.workers_per_trial=2",
+    "resources.cpus_per_worker=1",
+    "scheduler.max_budget=960",
+    "scheduler.eval_interval=320",
+    "search.model={choice: ['tiny:t5']}",
+    "search.batch_size={choice: [8]}",
+    "selection.top_k=1",
+)
+TRAIN_ROWS = 320
+
+
+def _space(tmp_path, *overrides: str):
+    from tests.conftest import TINY
+
+    return load_space(TINY, [f"data.path={tmp_path}", *overrides])
+
+
+def test_workers_per_trial_gives_each_worker_its_share(tmp_path):
+    resources = _space(tmp_path, "resources.workers_per_trial=4", "resources.gpus_per_worker=1").resources
+    assert resources == {
+        "workers_per_trial": 4,
+        "cpus_per_worker": 0.25,  # the space's cpus_per_trial: 1, split over the 4 workers
+        "gpus_per_worker": 1.0,  # replaces the space's gpus_per_trial: 0
+        "cpus_per_trial": 1.0,
+        "gpus_per_trial": 4.0,
+    }
+
+
+def test_a_trials_total_is_split_over_its_workers(tmp_path):
+    resources = _space(tmp_path, "resources.workers_per_trial=2", "resources.gpus_per_trial=2").resources
+    assert resources["gpus_per_worker"] == 1 and resources["cpus_per_worker"] == 0.5
+    assert resources["gpus_per_trial"] == 2 and resources["cpus_per_trial"] == 1
+
+
+def test_one_worker_is_todays_trial(tmp_path):
+    resources = _space(tmp_path).resources
+    assert resources["workers_per_trial"] == 1
+    assert resources["cpus_per_worker"] == resources["cpus_per_trial"] == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["resources.workers_per_trial=0"], "resources.workers_per_trial: must be at least 1 but got 0"),
+        (["resources.workers_per_trial=1.5"], "resources.workers_per_trial: expected an integer"),
+        (["resources.workers_per_trial=2", "resources.gpus_per_worker=1.5"], "must be a whole number per worker"),
+        (["resources.cpus_per_worker=0"], "resources.cpus_per_worker: must be greater than 0"),
+        (["resources.workers_per_trial=2", "resources.gpus_per_trial=3"], "must be a whole number per worker but"),
+    ],
+)
+def test_bad_worker_resources_are_one_line(tmp_path, overrides, message):
+    with pytest.raises(SpaceError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        _space(tmp_path, *overrides)
+
+
+def test_a_total_and_a_share_of_the_same_resource_are_refused(tmp_path):
+    from tune_dialsum.space import parse_space
+
+    raw = {"fixed": {"model": "tiny:t5"}, "search": {"learning_rate": {"loguniform": [1e-4, 1e-3]}}}
+    raw["data"], raw["scheduler"] = {"path": str(tmp_path)}, {"max_budget": 100}
+    raw["resources"] = {"cpus_per_trial": 2, "cpus_per_worker": 1}
+    with pytest.raises(SpaceError, match="resources.cpus_per_trial: give a trial's total or resources.cpus_per_worker"):
+        parse_space(raw, source="x.yaml")
+
+
+def _check_data_parallel_trials(experiment_dir, node_ids=None):
+    """Both workers of every trial trained, on half the batches each, with the trial's one learning rate."""
+    results = trial_results(experiment_dir)
+    assert len(results) == 2
+    for trial, reports in results.items():
+        assert reports, trial
+        config = json.loads((experiment_dir / trial / "params.json").read_text())
+        for report in reports:
+            assert report["world_size"] == 2
+            assert report["samples"] == report["step"] * 8 * 2  # examples over both workers
+            workers = report["workers"]
+            assert [w["rank"] for w in workers] == [0, 1]
+            assert {w["learning_rate"] for w in workers} == {config["learning_rate"]}  # sampled once
+            for worker in workers:  # each sampler yields half of one epoch's batches
+                assert worker["batches_per_epoch"] == math.ceil(TRAIN_ROWS / 2 / 8), worker
+            if node_ids is not None:
+                assert {w["node_id"] for w in workers} == node_ids, workers
+        assert reports[-1]["samples"] >= 960
+    best = experiment_dir / "best_model"
+    tuning = json.loads((best / "tuning.json").read_text())
+    # the exported checkpoint is rank 0's, recorded with the world size it trained at
+    checkpoint = experiment_dir / tuning["checkpoint"] if not tuning["checkpoint"].startswith("/") else None
+    snapshot = json.loads(((checkpoint or _path(tuning["checkpoint"])) / "trial_config.json").read_text())
+    assert snapshot["world_size"] == 2 and snapshot["per_device_train_batch_size"] == 8
+    assert tuning["world_size"] == 2
+    _same_weights(best, checkpoint or _path(tuning["checkpoint"]))
+
+
+def _path(location: str):
+    from pathlib import Path
+
+    return Path(location)
+
+
+def _same_weights(exported, checkpoint) -> None:
+    from safetensors.torch import load_file
+
+    ours, theirs = load_file(exported / "model.safetensors"), load_file(checkpoint / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    assert all((ours[key] == theirs[key]).all() for key in ours)
+
+
+@pytest.mark.slow
+def test_a_search_with_two_workers_per_trial_trains_data_parallel(tmp_path):
+    """The issue's CPU check: 2 trials of 2 gloo workers each, on the bundled (synthetic) dialogues."""
+    assert mechanics_data()  # the small synthetic set the mechanics tests share
+    command = tiny_search_command(tmp_path, "dp", *DATA_PARALLEL)
+    completed = run_process(command, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    experiment_dir = tmp_path / "dp"
+    _check_data_parallel_trials(experiment_dir)
+    assert not (experiment_dir / ".data_parallel").exists()  # the staged Train runs are gone
+    assert "Best model:" in completed.stdout

@@ -1,0 +1,188 @@
+"""Data-parallel trials: one Tune trial drives a Ray Train ``TorchTrainer`` over several workers.
+
+A trial with ``resources.workers_per_trial`` above 1 is still one Tune trial (one sampled
+configuration, one entry in Optuna's study, one ASHA bracket): its Tune actor is a thin driver
+that starts Ray Train's data-parallel training and *relays* rank 0's reports and checkpoints to
+Tune, one at a time. Every worker runs the same single-process training (the caller's
+``train_process``) under ``torch.distributed``; the transformers trainer shards the batches.
+
+Why a relay and not Ray's ``TuneReportCallback``: that callback passes metrics only, while export,
+resume and checkpoint retention need real Tune checkpoints. Ray Train persists rank 0's checkpoint
+to a scratch run under the experiment; the driver hands it to ``tune.report`` (which copies it into
+the trial) and only then lets training go on, so the scratch run keeps one checkpoint at a time.
+Notes on the Ray 2.60 internals this leans on: docs/design/data_parallel_trials.md.
+
+This module knows nothing of tokenizers or models: what a worker trains is a callable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from queue import Empty
+
+logger = logging.getLogger(__name__)
+
+# Where the Ray Train runs of data-parallel trials stage rank 0's checkpoints, in the experiment.
+TRAIN_RUNS_DIR = ".data_parallel"
+# A Tune trial that only drives workers must still ask for something: Ray refuses an empty request.
+DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
+
+
+@dataclass(frozen=True)
+class Workers:
+    """How a trial's training is spread: ``count`` processes with these resources each."""
+
+    count: int
+    cpus: float
+    gpus: float
+
+    def scaling_config(self):
+        from ray.train import ScalingConfig
+
+        resources = {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
+        # PACK: a trial's workers share a node where they fit (gradients cross no network), else spread.
+        return ScalingConfig(
+            num_workers=self.count, use_gpu=self.gpus > 0, resources_per_worker=resources, placement_strategy="PACK"
+        )
+
+
+# (report, checkpoint directory) -> None: what a worker's training calls after each evaluation.
+Publish = Callable[[dict, str], None]
+
+
+def run_data_parallel(
+    train_process: Callable[[int, Publish], None], workers: Workers, run_name: str, storage_location: str
+) -> None:
+    """Run ``train_process(rank, publish)`` on every worker; relay rank 0's reports to this Tune trial.
+
+    Blocks until training ends. A worker's error is raised here as it was raised there (so that the
+    caller can tell a diverged loss from a lost node); a trial the scheduler stops ends here too,
+    by Tune ending this actor, which takes the Train controller, its workers and their placement
+    group with it.
+    """
+    from ray import train, tune
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+
+    reports = Queue(1, actor_options={"num_cpus": 0})
+    copied = Queue(1, actor_options={"num_cpus": 0})
+    placement = Queue(1, actor_options={"num_cpus": 0})  # rank 0 sends the workers' placement group
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"train_process": train_process, "placement": placement},
+        scaling_config=workers.scaling_config(),
+        run_config=train.RunConfig(
+            name=run_name,
+            storage_path=storage_location,
+            callbacks=[_relay_class()(reports, copied)],
+            checkpoint_config=train.CheckpointConfig(num_to_keep=1),  # Tune holds the ones that count
+            failure_config=train.FailureConfig(max_failures=0),  # Tune's FailureConfig retries the trial
+        ),
+    )
+    ended: list = []
+    fitting = threading.Thread(target=_fit, args=(trainer, ended), name="ray-train-fit", daemon=True)
+    fitting.start()
+    group = None
+    try:
+        while fitting.is_alive() or not reports.empty():
+            group = group or _poll(placement)
+            try:
+                report, checkpoint = reports.get(timeout=1)
+            except Empty:
+                continue
+            tune.report(report, checkpoint=checkpoint and tune.Checkpoint(checkpoint.path, checkpoint.filesystem))
+            copied.put(True)
+    except BaseException:  # SystemExit: the scheduler stopped the trial (or it reached its budget)
+        _release(group or _poll(placement, timeout=5))
+        raise
+    fitting.join()
+    if ended and isinstance(ended[0], BaseException):
+        raise worker_error(ended[0])
+
+
+def _poll(queue, timeout: float | None = None):
+    try:
+        return queue.get(timeout=timeout) if timeout else queue.get_nowait()
+    except Empty:
+        return None
+
+
+def _release(group) -> None:
+    """End a Train run Tune stopped: remove its workers' placement group, which ends the workers.
+
+    Ray Train's own cleaner of orphaned groups asks the State API, which a Ray started without its
+    dashboard does not serve: without this, a stopped trial's workers would keep their CPUs or GPUs
+    until the search ends. (The controller ends with this trial's actor, which owns it.)
+    """
+    from ray.util import remove_placement_group
+
+    if group is not None:
+        remove_placement_group(group)
+
+
+def _fit(trainer, ended: list) -> None:
+    try:
+        ended.append(trainer.fit())
+    except BaseException as error:  # noqa: BLE001 (handed to the driver thread, which raises it)
+        ended.append(error)
+
+
+def worker_error(error: BaseException) -> BaseException:
+    """The error a worker raised, out of Ray Train's wrapping (rank 0's where several failed)."""
+    from ray.exceptions import RayTaskError
+    from ray.train import WorkerGroupError
+
+    if isinstance(error, WorkerGroupError) and error.worker_failures:
+        error = error.worker_failures[min(error.worker_failures)]
+    if isinstance(error, RayTaskError) and error.cause is not None:
+        error = error.cause
+    return error
+
+
+def _worker_loop(loop_config: dict) -> None:
+    """One Ray Train worker: the caller's training, publishing through ``ray.train.report``.
+
+    ``ray.train.report`` is a barrier: every rank calls it after every evaluation, and only rank 0
+    attaches its checkpoint (the model is the same on every rank after each synchronized step).
+    """
+    from ray import train
+    from ray.util import get_current_placement_group
+
+    rank = train.get_context().get_world_rank()
+    if rank == 0:
+        loop_config["placement"].put(get_current_placement_group())
+
+    def publish(report: dict, checkpoint_dir: str) -> None:
+        checkpoint = train.Checkpoint.from_directory(checkpoint_dir) if rank == 0 else None
+        train.report(report, checkpoint=checkpoint)
+
+    loop_config["train_process"](rank, publish)
+
+
+def _relay_class():
+    """The controller-side callback class (built lazily: importing Ray Train costs seconds)."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class RelayToTune(UserCallback):
+        """Hands rank 0's report and the persisted checkpoint to the trial, and waits until Tune copied it."""
+
+        def __init__(self, reports, copied) -> None:
+            self.reports, self.copied = reports, copied
+
+        def after_report(self, run_context, metrics, checkpoint):
+            self.reports.put((metrics[0], checkpoint))
+            self.copied.get()  # the scratch run keeps one checkpoint: the next must not replace it yet
+
+    return RelayToTune
+
+
+def new_run_name(trial_id: str) -> str:
+    """A fresh Ray Train run per attempt: a retried trial resumes from Tune's checkpoint, not Train's."""
+    return f"{trial_id}-{uuid.uuid4().hex[:8]}"
+
+
+__all__ = ["DRIVER_RESOURCES", "TRAIN_RUNS_DIR", "Workers", "new_run_name", "run_data_parallel", "worker_error"]
