@@ -6,6 +6,8 @@
 3. A 4-trial search with 0.5 GPU per trial: two trials share the GPU at once (their report spans
    overlap), each worker runs two trials (reuse_actors), and every report's GPU memory is kept to
    show what a reused worker holds when its next trial starts.
+4. With 2 GPUs or more: one data-parallel trial of 2 workers with a GPU each (NCCL), its examples per
+   second and what each rank reported; with one GPU, the record says why it was not run.
 
 Writes a JSON record (``--out``) and prints its last line with the figures. Without CUDA it prints
 "no GPU: skipped" and records that, unless ``--rehearse`` runs the same steps on the CPU with a tiny
@@ -91,6 +93,40 @@ def shared_gpu_search(model_dir: Path, data_dir: Path, storage: Path, gpus_per_t
     }
 
 
+def data_parallel_trial(model_dir: Path, data_dir: Path, storage: Path, gpus_per_worker: float, budget: int) -> dict:
+    """One trial of 2 workers (``resources.workers_per_trial: 2``): throughput and what each rank reported."""
+    from tune_dialsum.analysis import read_reports
+    from tune_dialsum.search import run_search
+    from tune_dialsum.space import parse_space
+
+    space = parse_space(
+        {
+            "name": f"gpu-check-dp-{int(time.time())}",
+            "data": {"path": str(data_dir), "max_eval_samples": 48},
+            "fixed": {"model": str(model_dir), "max_input_length": 256, "max_target_length": 64, "batch_size": 16},
+            "search": {"learning_rate": {"loguniform": [5e-5, 5e-4]}},
+            "scheduler": {"type": "fifo", "budget_unit": "samples", "max_budget": budget},
+            "trials": {"num_samples": 1},
+            "resources": {"workers_per_trial": 2, "cpus_per_worker": 1, "gpus_per_worker": gpus_per_worker},
+            "selection": {"top_k": 1},
+            "storage_path": str(storage),
+        },
+        source="<gpu_check>",
+    )
+    outcome = run_search(space)
+    (rows,) = [read_reports(d) for d in Path(outcome.location).glob("trial_*")]
+    first, last = rows[0], rows[-1]
+    return {
+        "world_size": last["world_size"],
+        "workers": last.get("workers"),
+        "devices_rank0": last.get("devices"),
+        "samples_per_s": round(
+            (last["samples"] - first["samples"]) / max(1e-9, last["time_total_s"] - first["time_total_s"]), 1
+        ),
+        "best_rougeL": last.get("best_rougeL"),
+    }
+
+
 def main() -> None:
     p = _common.parser(__doc__.splitlines()[0])
     p.set_defaults(family="bart")
@@ -130,6 +166,13 @@ def main() -> None:
     args.out.write_text(json.dumps(record, indent=2))  # kept should the search fail
     gpus = 0 if args.rehearse else 0.5
     record["search"] = shared_gpu_search(model_dir, data_dir, data_dir.parent / "ray_results", gpus, args.budget)
+    args.out.write_text(json.dumps(record, indent=2))
+    if args.rehearse or torch.cuda.device_count() >= 2:
+        per_worker = 0 if args.rehearse else 1
+        storage = data_dir.parent / "ray_results"
+        record["data_parallel"] = data_parallel_trial(model_dir, data_dir, storage, per_worker, args.budget)
+    else:
+        record["data_parallel"] = f"not run: {torch.cuda.device_count()} GPU (a 2-worker trial needs 2)"
     record["wall_s"] = round(time.perf_counter() - started, 1)
     args.out.write_text(json.dumps(record, indent=2))
     memory = [t["cuda_allocated_mb"][0] for t in record["search"]["trials"]]
@@ -137,7 +180,8 @@ def main() -> None:
     print(
         f"gpu_check: throughput {record['throughput']['ratio']:.2f} of the hand loop "
         f"({trainer_sps:.0f} vs {loop_sps:.0f} samples/s), {record['search']['trials_at_once']} trials at once, "
-        f"GPU memory at each trial's first report {memory} MiB; wrote {args.out}"
+        f"GPU memory at each trial's first report {memory} MiB; data-parallel: {record['data_parallel']}; "
+        f"wrote {args.out}"
     )
 
 

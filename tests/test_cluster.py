@@ -174,3 +174,15 @@ def test_unreachable_address_is_one_line(tmp_path):
     )
     assert completed.returncode == 2, completed.stderr[-2000:]
     assert completed.stderr.strip().splitlines()[-1].startswith("error: --address 127.0.0.1:1: cannot connect")
+
+
+def test_a_data_parallel_trial_spreads_its_two_workers_over_both_nodes(two_node_cluster, tmp_path):
+    """Each node has one CPU and each worker asks for one: PACK cannot keep a trial's workers together."""
+    from tests.conftest import run_process, tiny_search_command
+    from tests.test_data_parallel import DATA_PARALLEL, check_data_parallel_trials
+
+    address, node_ids, env = two_node_cluster
+    command = tiny_search_command(tmp_path, "dp", *DATA_PARALLEL) + ["--address", address]
+    completed = run_process(command, timeout=900, env=env)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    check_data_parallel_trials(tmp_path / "dp", node_ids=node_ids)

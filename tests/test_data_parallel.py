@@ -79,7 +79,7 @@ def test_a_total_and_a_share_of_the_same_resource_are_refused(tmp_path):
         parse_space(raw, source="x.yaml")
 
 
-def _check_data_parallel_trials(experiment_dir, node_ids=None):
+def check_data_parallel_trials(experiment_dir, node_ids=None):
     """Both workers of every trial trained, on half the batches each, with the trial's one learning rate."""
     results = trial_results(experiment_dir)
     assert len(results) == 2
@@ -96,7 +96,8 @@ def _check_data_parallel_trials(experiment_dir, node_ids=None):
                 assert worker["batches_per_epoch"] == math.ceil(TRAIN_ROWS / 2 / 8), worker
             if node_ids is not None:
                 assert {w["node_id"] for w in workers} == node_ids, workers
-        assert reports[-1]["samples"] >= 960
+    # one trial trained to the full budget (ASHA may stop the other at its first rung, as it would any trial)
+    assert max(reports[-1]["samples"] for reports in results.values()) >= 960
     best = experiment_dir / "best_model"
     tuning = json.loads((best / "tuning.json").read_text())
     # the exported checkpoint is rank 0's, recorded with the world size it trained at
@@ -129,6 +130,45 @@ def test_a_search_with_two_workers_per_trial_trains_data_parallel(tmp_path):
     completed = run_process(command, timeout=900)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     experiment_dir = tmp_path / "dp"
-    _check_data_parallel_trials(experiment_dir)
+    check_data_parallel_trials(experiment_dir)
     assert not (experiment_dir / ".data_parallel").exists()  # the staged Train runs are gone
     assert "Best model:" in completed.stdout
+
+
+def test_a_workers_error_is_unwrapped_for_the_retry_decision():
+    """Ray Train wraps what a worker raised; the trial's retry decision needs the original."""
+    from ray.exceptions import RayTaskError
+    from ray.train import WorkerGroupError
+
+    from tune_dialsum.data_parallel import worker_error
+    from tune_dialsum.trainable import TrialDiverged, is_retryable
+
+    diverged = TrialDiverged("training loss became nan at step 5; lower the learning rate")
+    wrapped = RayTaskError("train_fn", "traceback", diverged)
+    failed = WorkerGroupError("1 worker failed", {1: RuntimeError("lost"), 0: wrapped})
+    assert worker_error(failed) is diverged and not is_retryable(worker_error(failed))
+    assert isinstance(worker_error(WorkerGroupError("x", {1: RuntimeError("lost")})), RuntimeError)
+    assert is_retryable(worker_error(WorkerGroupError("x", {1: RuntimeError("lost")})))
+
+
+@pytest.mark.slow
+def test_a_data_parallel_trial_that_runs_out_of_memory_fails_once_with_its_error(tmp_path):
+    """Both ranks raise at step 5; the trial fails with the workers' error and Ray's retry does not train again."""
+    import os
+
+    from tests.conftest import REPO
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "faults"), os.environ.get("PYTHONPATH", "")]),
+        "TUNE_DIALSUM_TEST_FAULTS": "oom@5:standard",
+        "TUNE_DIALSUM_TEST_FAULT_MARKERS": str(markers),
+    }
+    sets = (*DATA_PARALLEL, "trials.num_samples=1", "search.dialogue_format={choice: [standard]}")
+    completed = run_process(tiny_search_command(tmp_path, "dp-oom", *sets), timeout=600, env=env)
+    assert completed.returncode == 1, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert len(list(markers.glob("fired-oom-standard-*"))) == 2  # once on each rank, never retried
+    assert "OutOfMemoryError" in completed.stdout + completed.stderr
+    assert not (tmp_path / "dp-oom" / "best_model").exists()

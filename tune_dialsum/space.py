@@ -15,8 +15,9 @@ A space file has these sections (all but ``search`` optional)::
     scheduler: {type: asha|fifo, budget_unit: samples|steps|epochs, max_budget, grace_period,
                 reduction_factor, eval_interval}
     trials: {num_samples, max_concurrent, time_budget_s, sampler: tpe|random, startup_trials}
-    resources: {cpus_per_trial, gpus_per_trial}           # one process per trial, or:
-               {workers_per_trial, cpus_per_worker, gpus_per_worker}   # data-parallel trials (Ray Train)
+    resources: {cpus_per_trial, gpus_per_trial}           # one process per trial, or
+               {workers_per_trial, cpus_per_worker, gpus_per_worker}   # data-parallel trials (Ray Train;
+                                  # *_per_trial beside workers_per_trial: the trial's total, split evenly)
     checkpoints: {keep}
     selection: {top_k}            # checkpoints re-scored on the whole validation split
     decoding: {search: {GENERATE_SETTING: DISTRIBUTION}, num_samples, top_k_checkpoints,
@@ -457,7 +458,7 @@ def _parse_resources(check: _Checker, section: dict, source: str) -> dict:
         value = check.number(key, value, float, minimum=0, strict=kind == "cpus")
         # a trial's total is split evenly over its workers
         per_worker[kind] = value if worker_key in section else value / workers
-        if per_worker[kind] > 1 and per_worker[kind] != int(per_worker[kind]):
+        if kind == "gpus" and per_worker[kind] > 1 and per_worker[kind] != int(per_worker[kind]):
             check.fail(key, f"above 1 must be a whole number per worker but got {per_worker[kind]:g}")
     if per_worker["gpus"] > 1:
         logger.warning(
