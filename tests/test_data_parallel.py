@@ -133,6 +133,7 @@ def test_a_search_with_two_workers_per_trial_trains_data_parallel(tmp_path):
     check_data_parallel_trials(experiment_dir)
     assert not (experiment_dir / ".data_parallel").exists()  # the staged Train runs are gone
     assert "Best model:" in completed.stdout
+    assert "(1 at a time, 2 data-parallel workers each)" in completed.stdout
 
 
 def test_a_workers_error_is_unwrapped_for_the_retry_decision():

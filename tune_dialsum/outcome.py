@@ -61,6 +61,7 @@ class SearchOutcome:
     candidates: list = field(default_factory=list)  # selection.Candidate: the checkpoints re-scored
     unfinished: int = 0  # trials left pending or running: the search was interrupted or ran out of time
     at_once: int | None = None  # how many trials the cluster had room to run at once
+    workers_per_trial: int = 1  # above 1: data-parallel trials
     disk_bytes: int = 0  # the experiment
     scratch_bytes: int | None = None  # left in Ray's session directory on this machine (None: not known here)
 
@@ -326,7 +327,8 @@ def _scores(scores: dict) -> str:
 
 def format_summary(outcome: SearchOutcome) -> str:
     unit = outcome.budget_unit
-    at_once = f" ({outcome.at_once} at a time)" if outcome.at_once else ""
+    workers = f", {outcome.workers_per_trial} data-parallel workers each" if outcome.workers_per_trial > 1 else ""
+    at_once = f" ({outcome.at_once} at a time{workers})" if outcome.at_once else ""
     lines = [
         "",
         f"Search finished: {len(outcome.trials)} trials{at_once}, {len(outcome.stopped)} stopped early by the "

@@ -264,6 +264,7 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
         logger.info("trials done after %.1fs", time.perf_counter() - clock)
         outcome = summarize(results, space, settings, store)
         outcome.at_once = trials_at_once(space)
+        outcome.workers_per_trial = space.resources["workers_per_trial"]
         outcome.scratch_bytes = session_scratch_bytes() if started_ray else None
         if tracked:
             _close_tracking(tracked, outcome)
