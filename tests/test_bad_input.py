@@ -269,20 +269,29 @@ def test_security_names_cannot_steer_paths_outside_the_storage(tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_impossible_resources_are_refused_before_any_trial(tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--gpus-per-trial", "4"], "resources.gpus_per_trial: a trial asks for 4 GPU but the cluster has 0"),
+        (
+            ["--workers-per-trial", "64", "--cpus-per-worker", "1"],
+            "resources.cpus_per_worker: a trial asks for 64 workers x 1 CPU but the cluster has",
+        ),
+    ],
+)
+def test_impossible_resources_are_refused_before_any_trial(tmp_path, flags, message):
     from tests.conftest import run_cli
 
     completed = run_cli(
         "search",
         "--space",
         _space(tmp_path),
-        "--gpus-per-trial",
-        "4",
+        *flags,
         "--storage-path",
         str(tmp_path / "results"),
         timeout=300,
     )
     assert completed.returncode == 2, completed.stderr[-2000:]
     last = completed.stderr.strip().splitlines()[-1]
-    assert "resources.gpus_per_trial: a trial asks for 4 GPU but the cluster has 0" in last
+    assert message in last
     assert not (tmp_path / "results" / "bad").exists()

@@ -173,3 +173,28 @@ def test_a_data_parallel_trial_that_runs_out_of_memory_fails_once_with_its_error
     assert len(list(markers.glob("fired-oom-standard-*"))) == 2  # once on each rank, never retried
     assert "OutOfMemoryError" in completed.stdout + completed.stderr
     assert not (tmp_path / "dp-oom" / "best_model").exists()
+
+
+def test_a_worker_no_single_node_holds_is_refused(tmp_path, monkeypatch):
+    """Three 4-GPU nodes have 12 GPUs in all, but a worker of 5 fits on none of them: refused, naming the fix."""
+    import ray
+
+    from tune_dialsum.cluster import check_resources, task_slots
+
+    node = {"Alive": True, "Resources": {"CPU": 16.0, "GPU": 4.0}}
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 48.0, "GPU": 12.0})
+    monkeypatch.setattr(ray, "nodes", lambda: [node, node, node])
+    space = _space(tmp_path, "resources.workers_per_trial=2", "resources.gpus_per_worker=5")
+    with pytest.raises(
+        SpaceError, match="resources.gpus_per_worker: a worker asks for 5 GPU but no node has more than 4"
+    ):
+        check_resources(space)
+    space = _space(tmp_path, "resources.workers_per_trial=4", "resources.gpus_per_worker=4")
+    with pytest.raises(SpaceError, match="a trial asks for 4 workers x 4 GPU but the cluster has 12"):
+        check_resources(space)
+    space = _space(
+        tmp_path, "resources.workers_per_trial=2", "resources.gpus_per_worker=4", "resources.cpus_per_worker=1"
+    )
+    check_resources(space)
+    assert task_slots(space.resources, wanted=10) == 1  # 12 GPUs hold one trial of 2 x 4 at a time
+    assert task_slots(space.resources, wanted=10, per="worker") == 3  # and three one-process scoring tasks
