@@ -60,6 +60,7 @@ def test_one_worker_is_todays_trial(tmp_path):
         (["resources.workers_per_trial=0"], "resources.workers_per_trial: must be at least 1 but got 0"),
         (["resources.workers_per_trial=1.5"], "resources.workers_per_trial: expected an integer"),
         (["resources.workers_per_trial=2", "resources.gpus_per_worker=1.5"], "must be a whole number per worker"),
+        (["resources.workers_per_trial=2", "resources.gpus_per_trial=1"], "need a whole GPU each but got 0.5"),
         (["resources.cpus_per_worker=0"], "resources.cpus_per_worker: must be greater than 0"),
         (["resources.workers_per_trial=2", "resources.gpus_per_trial=3"], "must be a whole number per worker but"),
     ],
@@ -138,6 +139,7 @@ def test_a_search_with_two_workers_per_trial_trains_data_parallel(tmp_path):
 
 def test_a_workers_error_is_unwrapped_for_the_retry_decision():
     """Ray Train wraps what a worker raised; the trial's retry decision needs the original."""
+    import torch
     from ray.exceptions import RayTaskError
     from ray.train import WorkerGroupError
 
@@ -147,9 +149,13 @@ def test_a_workers_error_is_unwrapped_for_the_retry_decision():
     diverged = TrialDiverged("training loss became nan at step 5; lower the learning rate")
     wrapped = RayTaskError("train_fn", "traceback", diverged)
     failed = WorkerGroupError("1 worker failed", {1: RuntimeError("lost"), 0: wrapped})
-    assert worker_error(failed) is diverged and not is_retryable(worker_error(failed))
-    assert isinstance(worker_error(WorkerGroupError("x", {1: RuntimeError("lost")})), RuntimeError)
-    assert is_retryable(worker_error(WorkerGroupError("x", {1: RuntimeError("lost")})))
+    assert worker_error(failed, is_retryable) is diverged
+    # rank 0 failing after rank 1 ran out of memory: the out-of-memory error decides (not retried)
+    oom = torch.OutOfMemoryError("CUDA out of memory")
+    broken = WorkerGroupError("2 workers failed", {0: RuntimeError("gloo: connection reset"), 1: oom})
+    assert worker_error(broken, is_retryable) is oom
+    lost = RuntimeError("lost")
+    assert worker_error(WorkerGroupError("x", {1: lost}), is_retryable) is lost and is_retryable(lost)
 
 
 @pytest.mark.slow
@@ -176,7 +182,7 @@ def test_a_data_parallel_trial_that_runs_out_of_memory_fails_once_with_its_error
 
 
 def test_a_worker_no_single_node_holds_is_refused(tmp_path, monkeypatch):
-    """Three 4-GPU nodes have 12 GPUs in all, but a worker of 5 fits on none of them: refused, naming the fix."""
+    """Three 4-GPU nodes have 12 GPUs in all; a trial whose workers the nodes cannot hold is refused."""
     import ray
 
     from tune_dialsum.cluster import check_resources, task_slots
@@ -185,9 +191,11 @@ def test_a_worker_no_single_node_holds_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 48.0, "GPU": 12.0})
     monkeypatch.setattr(ray, "nodes", lambda: [node, node, node])
     space = _space(tmp_path, "resources.workers_per_trial=2", "resources.gpus_per_worker=5")
-    with pytest.raises(
-        SpaceError, match="resources.gpus_per_worker: a worker asks for 5 GPU but no node has more than 4"
-    ):
+    with pytest.raises(SpaceError, match="resources.gpus_per_worker: the cluster's nodes hold 0 workers of 5 GPU"):
+        check_resources(space)
+    # 12 GPUs in all hold 4 x 3 GPU, but each 4-GPU node holds one such worker: 3 in all
+    space = _space(tmp_path, "resources.workers_per_trial=4", "resources.gpus_per_worker=3")
+    with pytest.raises(SpaceError, match="nodes hold 3 workers of 3 GPU and a trial asks for 4"):
         check_resources(space)
     space = _space(tmp_path, "resources.workers_per_trial=4", "resources.gpus_per_worker=4")
     with pytest.raises(SpaceError, match="a trial asks for 4 workers x 4 GPU but the cluster has 12"):

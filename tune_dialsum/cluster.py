@@ -126,7 +126,7 @@ def check_shared_paths(locations: dict[str, str]) -> None:
 
 
 def check_resources(space: SearchSpace) -> None:
-    """Refuse a trial the cluster can never run: more than it has in all, or a worker no single node fits."""
+    """Refuse a trial the cluster can never run: more than it has in all, or workers its nodes cannot hold."""
     import ray
 
     available = ray.cluster_resources()
@@ -141,19 +141,33 @@ def check_resources(space: SearchSpace) -> None:
                 f"{space.source}: resources.{key}: a trial asks for {asked} but the cluster has "
                 f"{available.get(resource, 0):g}; lower it (or --{key.replace('_', '-')})"
             )
-        per_worker = resources[f"{kind}s_per_worker"]
-        largest = max((node["Resources"].get(resource, 0) for node in ray.nodes() if node["Alive"]), default=0)
-        if workers > 1 and per_worker > largest:
-            raise SpaceError(
-                f"{space.source}: resources.{kind}s_per_worker: a worker asks for {per_worker:g} {resource} but no "
-                f"node has more than {largest:g}; lower it and raise resources.workers_per_trial instead"
-            )
+    held = worker_slots(resources)
+    if workers > 1 and held < workers:  # each worker must fit on one node, whatever the totals say
+        kind = "gpus" if resources["gpus_per_worker"] else "cpus"
+        raise SpaceError(
+            f"{space.source}: resources.{kind}_per_worker: the cluster's nodes hold {held} workers of "
+            f"{resources[f'{kind}_per_worker']:g} {kind[:-1].upper()} and a trial asks for {workers}; give each "
+            f"worker less and raise resources.workers_per_trial, or add nodes"
+        )
+
+
+def worker_slots(resources: dict) -> int:
+    """How many workers of ``resources``' per-worker size the live nodes hold, each on one node."""
+    import ray
+
+    per_worker = {"CPU": resources["cpus_per_worker"], "GPU": resources["gpus_per_worker"]}
+    return sum(
+        min(int(node["Resources"].get(name, 0) // amount) for name, amount in per_worker.items() if amount)
+        for node in ray.nodes()
+        if node["Alive"]
+    )
 
 
 def task_slots(resources: dict, wanted: int, per: str = "trial") -> int:
     """How many of ``wanted`` tasks the cluster runs at once (at least 1).
 
-    ``per="trial"``: tasks the size of a whole trial (all its workers); ``"worker"``: one process's share.
+    ``per="trial"``: tasks the size of a whole trial (all its workers, each on one node); ``"worker"``:
+    one process's share.
     """
     import ray
 
@@ -163,4 +177,6 @@ def task_slots(resources: dict, wanted: int, per: str = "trial") -> int:
         per_task = resources[f"{resource.lower()}s_per_{per}"]
         if per_task:
             room.append(int(available.get(resource, 0) // per_task))
+    if per == "trial" and resources["workers_per_trial"] > 1:
+        room.append(worker_slots(resources) // resources["workers_per_trial"])
     return max(1, min(room))

@@ -55,14 +55,18 @@ Publish = Callable[[dict, str], None]
 
 
 def run_data_parallel(
-    train_process: Callable[[int, Publish], None], workers: Workers, run_name: str, storage_location: str
+    train_process: Callable[[int, Publish], None],
+    workers: Workers,
+    run_name: str,
+    storage_location: str,
+    is_retryable: Callable[[BaseException], bool],
 ) -> None:
     """Run ``train_process(rank, publish)`` on every worker; relay rank 0's reports to this Tune trial.
 
     Blocks until training ends. A worker's error is raised here as it was raised there (so that the
-    caller can tell a diverged loss from a lost node); a trial the scheduler stops ends here too,
-    by Tune ending this actor, which takes the Train controller, its workers and their placement
-    group with it.
+    caller can tell a diverged loss from a lost node). When Tune stops the trial at a report, the
+    workers' placement group is removed here, which ends them; the Train controller ends with this
+    actor, which owns it. (A stop between reports: :func:`release_placement_groups` after the search.)
     """
     from ray import train, tune
     from ray.train.torch import TorchTrainer
@@ -101,7 +105,7 @@ def run_data_parallel(
         raise
     fitting.join()
     if ended and isinstance(ended[0], BaseException):
-        raise worker_error(ended[0])
+        raise worker_error(ended[0], is_retryable)
 
 
 def _poll(queue, timeout: float | None = None):
@@ -131,16 +135,22 @@ def _fit(trainer, ended: list) -> None:
         ended.append(error)
 
 
-def worker_error(error: BaseException) -> BaseException:
-    """The error a worker raised, out of Ray Train's wrapping (rank 0's where several failed)."""
+def worker_error(error: BaseException, is_retryable: Callable[[BaseException], bool]) -> BaseException:
+    """The error a worker raised, out of Ray Train's wrapping.
+
+    Where several ranks failed: the first that another attempt cannot fix, else the lowest rank's.
+    """
     from ray.exceptions import RayTaskError
     from ray.train import WorkerGroupError
 
-    if isinstance(error, WorkerGroupError) and error.worker_failures:
-        error = error.worker_failures[min(error.worker_failures)]
-    if isinstance(error, RayTaskError) and error.cause is not None:
-        error = error.cause
-    return error
+    def unwrapped(error: BaseException) -> BaseException:
+        return error.cause if isinstance(error, RayTaskError) and error.cause is not None else error
+
+    if not (isinstance(error, WorkerGroupError) and error.worker_failures):
+        return unwrapped(error)
+    failures = [unwrapped(error.worker_failures[rank]) for rank in sorted(error.worker_failures)]
+    # one rank's out-of-memory error breaks the other ranks' collectives: the cause is not always rank 0's
+    return next((failure for failure in failures if not is_retryable(failure)), failures[0])
 
 
 def _worker_loop(loop_config: dict) -> None:
@@ -180,9 +190,39 @@ def _relay_class():
     return RelayToTune
 
 
+def release_placement_groups() -> int:
+    """Remove what this job's stopped data-parallel trials still hold, once no trial runs; returns how many.
+
+    A trial stopped between two reports (time budget, Ctrl-C) ends without the driver seeing it:
+    its workers' placement group would hold their CPUs and GPUs until Ray shuts down. Placement
+    group ids end with the id of the job that made them.
+    """
+    import ray
+    from ray.util import placement_group_table, remove_placement_group
+    from ray.util.placement_group import PlacementGroup
+
+    job = ray.get_runtime_context().get_job_id()
+    leftover = [
+        group_id
+        for group_id, group in placement_group_table().items()
+        if group_id.endswith(job) and group["state"] not in ("REMOVED",)
+    ]
+    for group_id in leftover:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
+    return len(leftover)
+
+
 def new_run_name(trial_id: str) -> str:
     """A fresh Ray Train run per attempt: a retried trial resumes from Tune's checkpoint, not Train's."""
     return f"{trial_id}-{uuid.uuid4().hex[:8]}"
 
 
-__all__ = ["DRIVER_RESOURCES", "TRAIN_RUNS_DIR", "Workers", "new_run_name", "run_data_parallel", "worker_error"]
+__all__ = [
+    "DRIVER_RESOURCES",
+    "TRAIN_RUNS_DIR",
+    "Workers",
+    "new_run_name",
+    "release_placement_groups",
+    "run_data_parallel",
+    "worker_error",
+]

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray, task_slots
-from tune_dialsum.data_parallel import DRIVER_RESOURCES, TRAIN_RUNS_DIR
+from tune_dialsum.data_parallel import DRIVER_RESOURCES, TRAIN_RUNS_DIR, release_placement_groups
 from tune_dialsum.errors import UsageError
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
 from tune_dialsum.outcome import BEST_MODEL_DIR, SearchOutcome, format_summary, recorded_trial_ids, summarize
@@ -260,6 +260,8 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
             callbacks = [_trial_runs(tracked, settings)] if tracked else []
             results += list(_build_tuner(space, settings, store, more, resume, callbacks).fit())
         store.push(store.local / OPTUNA_DB)
+        if data_parallel(space):  # what trials stopped between reports still hold, and what they staged
+            release_placement_groups()
         store.delete(store.local / TRAIN_RUNS_DIR)  # what data-parallel trials stopped mid-report left staged
         logger.info("trials done after %.1fs", time.perf_counter() - clock)
         outcome = summarize(results, space, settings, store)

@@ -460,12 +460,13 @@ def _parse_resources(check: _Checker, section: dict, source: str) -> dict:
         per_worker[kind] = value if worker_key in section else value / workers
         if kind == "gpus" and per_worker[kind] > 1 and per_worker[kind] != int(per_worker[kind]):
             check.fail(key, f"above 1 must be a whole number per worker but got {per_worker[kind]:g}")
+        if kind == "gpus" and workers > 1 and 0 < per_worker[kind] < 1:  # NCCL: "Duplicate GPU detected"
+            check.fail(key, f"data-parallel workers need a whole GPU each but got {per_worker[kind]:g} per worker")
     if per_worker["gpus"] > 1:
         logger.warning(
-            "%s: resources: %g GPUs for one process: it trains on one of them; for data-parallel training over "
-            "%g GPUs set workers_per_trial: %g and gpus_per_worker: 1",
+            "%s: resources: %g GPUs for one process: transformers trains on them with torch's DataParallel, "
+            "which is slower than data-parallel workers: workers_per_trial: %g with gpus_per_worker: 1",
             source,
-            per_worker["gpus"],
             per_worker["gpus"],
             per_worker["gpus"],
         )

@@ -25,7 +25,7 @@ from tune_dialsum import storage
 from tune_dialsum.data import DialogueDataLoader, training_splits
 from tune_dialsum.errors import ModelNotFoundError, TuneDialsumError, one_line
 from tune_dialsum.models import tokenizer_fingerprint
-from tune_dialsum.train import RECIPE_FILE, DialogueSummarizationTrainer, _cuda_available
+from tune_dialsum.train import RECIPE_FILE, DialogueSummarizationTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,12 @@ class TrialRun:
 
 
 def _report_callback(
-    trial_config: dict, settings: ExperimentSettings, recipe: dict, samples_per_step: int, rss_at_start: float, run
+    trial_config: dict,
+    settings: ExperimentSettings,
+    recipe: dict,
+    samples_per_step: int,
+    rss_at_start: float,
+    run: TrialRun,
 ):
     import ray
     from transformers import TrainerCallback
@@ -296,11 +301,11 @@ def _distributed_arguments() -> dict:
     Without CUDA, accelerate sees no distributed setup unless told ``use_cpu``: every worker would
     then train alone on all the data, with only a warning.
     """
-    import torch.distributed as dist
+    import torch
 
-    if not (dist.is_available() and dist.is_initialized()):
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return {}
-    return {} if _cuda_available() else {"use_cpu": True, "ddp_backend": "gloo"}
+    return {} if torch.cuda.is_available() else {"use_cpu": True, "ddp_backend": "gloo"}
 
 
 def _evaluate_every_samples(interval: int, samples_per_step: int):
@@ -435,7 +440,7 @@ def _train_data_parallel(config: dict, settings: ExperimentSettings, trial: dict
     staging = storage.join(settings.experiment_location or str(output_dir), TRAIN_RUNS_DIR)
     run_name = new_run_name(trial["trial_id"])
     try:
-        run_data_parallel(process, workers, run_name, staging)
+        run_data_parallel(process, workers, run_name, staging, is_retryable)
     finally:
         storage.delete_tree(storage.join(staging, run_name))
 
@@ -501,8 +506,9 @@ def _train(config: dict, settings: ExperimentSettings, output_dir: Path, run: Tr
         seed=settings.seed,
         **_distributed_arguments(),
     )
+    # train_batch_size: per device x the GPUs one process drives (torch's DataParallel); world_size: processes
     samples_per_step = (
-        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+        training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     )
     callbacks = [_report_callback(config, settings, trainer.recipe, samples_per_step, rss_at_start, run)]
     if unit == "samples":
