@@ -19,7 +19,7 @@ def test_trials_frame_has_a_row_per_trial_with_state_and_scores(tiny_search):
     trials = experiment.trials
     results = trial_results(experiment_dir)
     assert len(trials) == len(results) == 8
-    assert set(trials["state"]) <= {"FINISHED", "STOPPED"} and "STOPPED" in set(trials["state"])
+    assert set(trials["state"]) <= {"TERMINATED", "STOPPED"} and "STOPPED" in set(trials["state"])
     for row in trials.itertuples():
         rows = results[f"trial_{row.trial_id}"]
         assert row.best_rougeL == pytest.approx(max(r["rougeL"] for r in rows))

@@ -3,7 +3,8 @@ import random
 import pytest
 from rouge_score import rouge_scorer
 
-from tune_dialsum.metrics import ROUGE_KEYS, RougeMetric, compute_rouge, split_sentences
+from tune_dialsum.contract import ROUGE_KEYS
+from tune_dialsum.metrics import RougeMetric, compute_rouge, split_sentences
 
 WORDS = "anna tom will meet at the cafe on friday bring cake running late because of traffic".split()
 

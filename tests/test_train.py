@@ -7,8 +7,8 @@ import pytest
 
 from tests.conftest import BUNDLED_DATA
 from tune_dialsum import DialogueDataLoader, DialogueSummarizationTrainer, train_model_from_dataframes
+from tune_dialsum.contract import RECIPE_FILE
 from tune_dialsum.errors import UsageError
-from tune_dialsum.train import RECIPE_FILE
 
 FAST = dict(learning_rate=2e-3, warmup_steps=10, batch_size=16, logging_steps=10, generation_num_beams=1)
 

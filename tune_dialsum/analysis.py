@@ -19,13 +19,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from tune_dialsum.contract import ERROR, OPTUNA_DB, SPACE_SNAPSHOT, STOPPED, TERMINATED, TIME_ATTRS
 from tune_dialsum.decoding import BASELINE, read_decoding
 from tune_dialsum.errors import UsageError
 from tune_dialsum.export import CHECKPOINT_METADATA
 from tune_dialsum.models import family_of
 from tune_dialsum.space import SearchSpace, parse_space
-from tune_dialsum.storage import OPTUNA_DB, SPACE_SNAPSHOT, ExperimentStore
-from tune_dialsum.trainable import TIME_ATTRS
+from tune_dialsum.storage import ExperimentStore
 
 
 def read_reports(trial_dir: Path) -> list[dict]:
@@ -99,9 +99,9 @@ class Experiment:
             used = float(reports[self.time_attr].iloc[-1]) if len(reports) else 0.0
             done = bool(len(reports) and reports["done"].iloc[-1]) if "done" in reports else False
             if done:  # a trial that failed once and then recovered on retry still has an error.txt
-                state = "STOPPED" if used < budget else "FINISHED"
+                state = STOPPED if used < budget else TERMINATED
             elif (trial_dir / "error.txt").is_file():
-                state = "ERROR"
+                state = ERROR
             else:
                 state = "RUNNING" if len(reports) else "PENDING"
             rows.append(
@@ -111,7 +111,7 @@ class Experiment:
                     f"best_{self.metric}": best(scores) if scores else math.nan,
                     f"last_{self.metric}": scores[-1] if scores else math.nan,
                     self.time_attr: used,
-                    "stopped_early": state == "STOPPED",
+                    "stopped_early": state == STOPPED,
                     "wall_time_s": float(reports["time_total_s"].iloc[-1]) if len(reports) else 0.0,
                     **{name: config.get(name) for name in self.space.searched_settings},
                 }

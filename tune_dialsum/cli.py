@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tune_dialsum.contract import default_mode
 from tune_dialsum.errors import TuneDialsumError, UsageError, one_line
 
 
@@ -147,14 +148,15 @@ def _experiment_to_resume(args) -> tuple[str, str]:
 
 def _cmd_export(args) -> int:
     from tune_dialsum.analysis import Experiment
+    from tune_dialsum.contract import score_key
     from tune_dialsum.decoding import chosen_decoding
-    from tune_dialsum.export import best_checkpoint, export_checkpoint, find_checkpoints, find_record, score_key
+    from tune_dialsum.export import best_checkpoint, export_checkpoint, find_checkpoints, find_record
     from tune_dialsum.selection import read_selection
     from tune_dialsum.storage import is_uri, reachable, upload
 
     experiment = Experiment.load(args.experiment_dir)
     metric = args.metric or experiment.metric
-    mode = experiment.space.mode if metric == experiment.metric else ("min" if metric == "eval_loss" else "max")
+    mode = experiment.space.mode if metric == experiment.metric else default_mode(metric)
     records = find_checkpoints(experiment.path)
     as_searched = metric == experiment.metric and not args.trial  # what the search chose, decoding included
     chosen = read_selection(experiment.path) if as_searched else None

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from tune_dialsum.contract import DECODING_DB, OPTUNA_DB
 from tune_dialsum.errors import UsageError
-from tune_dialsum.storage import DECODING_DB, OPTUNA_DB, ExperimentStore
+from tune_dialsum.storage import ExperimentStore
 
 logger = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from queue import Empty
 
+from tune_dialsum.contract import TRAIN_RUNS_DIR
+
 logger = logging.getLogger(__name__)
 
-# Where the Ray Train runs of data-parallel trials stage rank 0's checkpoints, in the experiment.
-TRAIN_RUNS_DIR = ".data_parallel"
 # A Tune trial that only drives workers must still ask for something: Ray refuses an empty request.
 DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
 

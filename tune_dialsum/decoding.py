@@ -29,16 +29,15 @@ from pathlib import Path
 
 from tune_dialsum.atomic import atomic_directory, atomic_write_text
 from tune_dialsum.cluster import task_slots
+from tune_dialsum.contract import DECODING_DB, DECODING_FILE, TUNING_FILE
 from tune_dialsum.errors import UsageError, one_line
-from tune_dialsum.export import TUNING_FILE, format_settings
+from tune_dialsum.export import format_settings
 from tune_dialsum.selection import remote_scorer
 from tune_dialsum.space import DECODING_SETTINGS, DecodingSpace, SearchSpace, default_startup_trials
-from tune_dialsum.storage import DECODING_DB
 from tune_dialsum.trainable import ExperimentSettings
 
 logger = logging.getLogger(__name__)
 
-DECODING_FILE = "decoding.json"
 CHECKPOINT_PARAM = "checkpoint"  # the study's parameter naming which checkpoint decodes, where there are several
 BASELINE = -1  # the trial number of a baseline record (not a trial of the study)
 

@@ -17,8 +17,8 @@ from importlib import metadata
 from pathlib import Path
 
 from tune_dialsum.atomic import atomic_directory
+from tune_dialsum.contract import REPORTED_SCORES, ROUGE_KEYS, TRIAL_CONFIG_FILE, TUNING_FILE, score_key
 from tune_dialsum.errors import ExportError, UsageError
-from tune_dialsum.trainable import TRIAL_CONFIG_FILE
 
 # Training state that a model directory does not need.
 # What a checkpoint holds only so that its trial can go on training.
@@ -30,11 +30,9 @@ TRAINING_ONLY = {
     "rng_state.pth",
     TRIAL_CONFIG_FILE,
 }
-TUNING_FILE = "tuning.json"
 MODEL_CARD = "README.md"
 # What find_checkpoints reads of a checkpoint (all that is mirrored of one kept at a URI).
 CHECKPOINT_METADATA = (TRIAL_CONFIG_FILE, "trainer_state.json")
-SCORE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len", "loss")
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,7 @@ def read_checkpoint(path: Path) -> CheckpointRecord | None:
     evaluations = [e for e in state["log_history"] if e.get("step") == step and "eval_loss" in e]
     if not evaluations:
         return None
-    scores = {k: evaluations[-1][f"eval_{k}"] for k in SCORE_KEYS if f"eval_{k}" in evaluations[-1]}
+    scores = {k: evaluations[-1][f"eval_{k}"] for k in REPORTED_SCORES if f"eval_{k}" in evaluations[-1]}
     return CheckpointRecord(
         path, snapshot.get("trial_id", path.parent.name), step, scores, snapshot, float(state.get("epoch") or 0.0)
     )
@@ -79,11 +77,6 @@ def find_checkpoints(experiment_dir: str | Path) -> list[CheckpointRecord]:
         raise UsageError(f"{experiment_dir}: no such experiment directory; pass <storage-path>/<name>")
     records = (read_checkpoint(p) for p in sorted(experiment_dir.glob("*/checkpoint_*")) if p.is_dir())
     return [r for r in records if r is not None]
-
-
-def score_key(metric: str) -> str:
-    """Where ``metric`` is found in a checkpoint's scores (``eval_loss`` is kept as ``loss``)."""
-    return "loss" if metric == "eval_loss" else metric
 
 
 def trial_decoding(config: dict) -> dict:
@@ -125,12 +118,12 @@ def _library_versions() -> dict[str, str]:
 
 
 def _score_table(scores: dict) -> str:
-    rows = "\n".join(f"| {k} | {scores[k]:.4f} |" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum") if k in scores)
+    rows = "\n".join(f"| {k} | {scores[k]:.4f} |" for k in ROUGE_KEYS if k in scores)
     return f"| metric | value |\n|---|---|\n{rows}"
 
 
 def _inline(scores: dict) -> str:
-    return ", ".join(f"{k} {scores[k]:.4f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum") if k in scores)
+    return ", ".join(f"{k} {scores[k]:.4f}" for k in ROUGE_KEYS if k in scores)
 
 
 def format_settings(settings: dict) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from rouge_score import rouge_scorer
 
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+from tune_dialsum.contract import ROUGE_KEYS
 
 # A sentence ends at . ! or ? followed by whitespace; this is what nltk's punkt
 # is used for in run_summarization.py, without its download.

@@ -9,27 +9,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune_dialsum import selection
+from tune_dialsum.contract import (
+    BEST_MODEL_DIR,
+    ERROR,
+    ROUGE_KEYS,
+    STOPPED,
+    TERMINATED,
+    TRIAL_DIR_PREFIX,
+    TUNING_FILE,
+    UNFINISHED,
+    score_key,
+)
 from tune_dialsum.errors import SearchError, one_line
 from tune_dialsum.export import (
     CHECKPOINT_METADATA,
     MODEL_CARD,
     OPTIMIZER_STATE,
-    TUNING_FILE,
     best_checkpoint,
     export_checkpoint,
     fidelity,
     find_checkpoints,
     record_scores,
-    score_key,
     trial_decoding,
 )
 from tune_dialsum.space import SearchSpace
 from tune_dialsum.storage import ExperimentStore
-from tune_dialsum.trainable import TRIAL_DIR_PREFIX, ExperimentSettings
+from tune_dialsum.trainable import ExperimentSettings
 
 logger = logging.getLogger(__name__)
-
-BEST_MODEL_DIR = "best_model"
 
 
 @dataclass
@@ -67,11 +74,11 @@ class SearchOutcome:
 
     @property
     def stopped(self) -> list[TrialSummary]:
-        return [t for t in self.trials if t.status == "STOPPED"]
+        return [t for t in self.trials if t.status == STOPPED]
 
     @property
     def failed(self) -> list[TrialSummary]:
-        return [t for t in self.trials if t.status == "ERROR"]
+        return [t for t in self.trials if t.status == ERROR]
 
     @property
     def budget_saved(self) -> float:
@@ -100,7 +107,7 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: 
         if trial_id not in ran_now and trial_id in recorded:
             outcome.trials.append(_classify_from_disk(trial_dir, trial_id, space, settings))
     set_aside_orphans(store, {t.trial_id for t in outcome.trials} | recorded)
-    outcome.unfinished = sum(t.status == "UNFINISHED" for t in outcome.trials)
+    outcome.unfinished = sum(t.status == UNFINISHED for t in outcome.trials)
     outcome.unfinished += max(0, space.trials["num_samples"] - len(outcome.trials))
     records = find_checkpoints(experiment_dir)
     if records:
@@ -109,7 +116,7 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: 
             store,
             records,
             stopped={t.trial_id for t in outcome.stopped},
-            finished={t.trial_id for t in outcome.trials if t.status == "TERMINATED"},
+            finished={t.trial_id for t in outcome.trials if t.status == TERMINATED},
             metric=space.metric,
             mode=space.mode,
             keep={outcome.best.path, *(c.record.path for c in outcome.candidates)},
@@ -191,7 +198,8 @@ def _decoding_stage(outcome: SearchOutcome, records, chosen, space: SearchSpace,
     try:
         outcome.decoding = _tune_decoding(ranked[:k], space, settings, store)
     except Exception as err:  # a bug or a broken node must not cost the search its export
-        from tune_dialsum.decoding import DECODING_FILE, forget_choice
+        from tune_dialsum.contract import DECODING_FILE
+        from tune_dialsum.decoding import forget_choice
 
         logger.warning(
             "the decoding stage failed (%s); exporting with the decoding trials were ranked with", one_line(err)
@@ -229,7 +237,8 @@ def _label(record) -> str:
 
 def _tune_decoding(ranked: list, space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore):
     """The decoding stage on the best checkpoints; its study and records are kept in the experiment."""
-    from tune_dialsum.decoding import DECODING_DB, DECODING_FILE, DecodingStudy, run_decoding_study
+    from tune_dialsum.contract import DECODING_DB, DECODING_FILE
+    from tune_dialsum.decoding import DecodingStudy, run_decoding_study
 
     models = {_label(r): (store.where(r.path), trial_decoding(r.snapshot.get("config", {}))) for r in ranked}
     study = DecodingStudy(
@@ -248,11 +257,11 @@ def _classify(trial_id: str, rows: list[dict], last: dict, config: dict, error: 
     # Ray marks the last logged report done only where its scheduler stopped the trial; a trial
     # that ran its whole budget under FIFO may end on an unmarked one
     if last.get("done") or used >= settings.max_budget:
-        status, error = ("STOPPED" if used < settings.max_budget else "TERMINATED"), None
+        status, error = (STOPPED if used < settings.max_budget else TERMINATED), None
     elif error is not None:
-        status = "ERROR"
+        status = ERROR
     else:
-        status = "UNFINISHED"
+        status = UNFINISHED
     scores = [r[space.metric] for r in rows if space.metric in r and not math.isnan(r[space.metric])]
     best = (max if space.mode == "max" else min)(scores) if scores else None
     return TrialSummary(trial_id, status, used, best, config, error)
@@ -322,7 +331,7 @@ def trim_ended_trials(
 
 
 def _scores(scores: dict) -> str:
-    return ", ".join(f"{k}={scores[k]:.4f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum") if k in scores)
+    return ", ".join(f"{k}={scores[k]:.4f}" for k in ROUGE_KEYS if k in scores)
 
 
 def format_summary(outcome: SearchOutcome) -> str:

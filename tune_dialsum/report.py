@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 
 from tune_dialsum.analysis import Experiment
+from tune_dialsum.contract import REPORT_DIR, STOPPED
 from tune_dialsum.decoding import read_decoding
-
-REPORT_DIR = "report"
 
 
 def _pyplot():
@@ -34,7 +33,7 @@ def plot_curves(experiment: Experiment, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5))
     states = experiment.trials.set_index("trial_id")["state"]
     for trial_id, rows in experiment.curves.groupby("trial_id"):
-        stopped = states.get(trial_id) == "STOPPED"
+        stopped = states.get(trial_id) == STOPPED
         ax.plot(
             rows[experiment.time_attr],
             rows[experiment.metric],

@@ -17,21 +17,23 @@ from pathlib import Path
 import yaml
 
 from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray, task_slots
-from tune_dialsum.data_parallel import DRIVER_RESOURCES, TRAIN_RUNS_DIR, release_placement_groups
+from tune_dialsum.contract import (
+    BEST_MODEL_DIR,
+    NOT_RETRYABLE_FILE,
+    OPTUNA_DB,
+    SPACE_SNAPSHOT,
+    TOKENIZED_CACHE,
+    TRAIN_RUNS_DIR,
+    TRIAL_DIR_PREFIX,
+)
+from tune_dialsum.data_parallel import DRIVER_RESOURCES, release_placement_groups
 from tune_dialsum.errors import UsageError
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
-from tune_dialsum.outcome import BEST_MODEL_DIR, SearchOutcome, format_summary, recorded_trial_ids, summarize
+from tune_dialsum.outcome import SearchOutcome, format_summary, recorded_trial_ids, summarize
 from tune_dialsum.searcher import make_sampler, pruned_aware_optuna_search_class
 from tune_dialsum.space import SearchSpace, parse_space
-from tune_dialsum.storage import OPTUNA_DB, SPACE_SNAPSHOT, ExperimentStore
-from tune_dialsum.trainable import (
-    NODE_LOCAL,
-    NOT_RETRYABLE_FILE,
-    TOKENIZED_CACHE,
-    TRIAL_DIR_PREFIX,
-    ExperimentSettings,
-    train_dialsum,
-)
+from tune_dialsum.storage import ExperimentStore
+from tune_dialsum.trainable import NODE_LOCAL, ExperimentSettings, train_dialsum
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +285,8 @@ def _open_tracking(space: SearchSpace, settings: ExperimentSettings, store: Expe
     """The search's MLflow parent run (a resumed search's own), or None where the space tracks nothing."""
     if space.tracking is None:
         return None
-    from tune_dialsum.tracking import TRACKING_FILE, open_search_run
+    from tune_dialsum.contract import TRACKING_FILE
+    from tune_dialsum.tracking import open_search_run
 
     params = {"objective": f"{space.metric} ({space.mode})", "budget_unit": settings.budget_unit}
     params |= {"max_budget": settings.max_budget, "num_samples": space.trials["num_samples"]}
@@ -296,8 +299,8 @@ def _open_tracking(space: SearchSpace, settings: ExperimentSettings, store: Expe
 
 
 def _trial_runs(tracked, settings: ExperimentSettings):
+    from tune_dialsum.contract import REPORTED_SCORES
     from tune_dialsum.tracking import trial_runs_callback
-    from tune_dialsum.trainable import REPORTED_SCORES
 
     scores = tuple(key for key in REPORTED_SCORES if key != "loss")
     scores += ("eval_loss", settings.ranked_by, "train_loss", "time_total_s")

@@ -20,11 +20,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tune_dialsum.export import CheckpointRecord, score_key, trial_decoding
+from tune_dialsum.contract import SELECTION_FILE, score_key
+from tune_dialsum.export import CheckpointRecord, trial_decoding
 from tune_dialsum.storage import download, is_uri
 from tune_dialsum.trainable import ExperimentSettings, load_splits, training_frames
-
-SELECTION_FILE = "selection.json"  # in the experiment: which checkpoints were re-scored, and the choice
 
 
 @dataclass

@@ -52,14 +52,13 @@ from typing import Any
 
 import yaml
 
+from tune_dialsum.contract import BUDGET_UNITS, OBJECTIVES, default_mode
 from tune_dialsum.data.formats import DIALOGUE_FORMATS
 from tune_dialsum.errors import SpaceError
 from tune_dialsum.models import FAMILIES, family_of
 
 logger = logging.getLogger(__name__)
 
-BUDGET_UNITS = ("samples", "steps", "epochs")
-OBJECTIVES = ("rougeL", "rougeLsum", "rouge1", "rouge2", "eval_loss")
 # Every setting a trial takes, with its type. ``fixed`` and ``search`` draw from these.
 SETTINGS: dict[str, type] = {
     "model": str,
@@ -512,10 +511,10 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
     metric = objective.get("metric", "rougeL")
     if metric not in OBJECTIVES:
         check.fail("objective.metric", f"unknown metric {metric!r}; use one of {', '.join(OBJECTIVES)}")
-    mode = objective.get("mode", "min" if metric == "eval_loss" else "max")
+    mode = objective.get("mode", default_mode(metric))
     if mode not in ("min", "max"):
         check.fail("objective.mode", f"must be 'min' or 'max' but got {mode!r}")
-    if (mode == "min") != (metric == "eval_loss"):
+    if mode != default_mode(metric):
         better = "lower" if metric == "eval_loss" else "higher"
         check.fail("objective.mode", f"{metric} is better {better}: use mode: {'min' if better == 'lower' else 'max'}")
 

@@ -19,14 +19,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tune_dialsum.contract import DECODING_DB, OPTUNA_DB
 from tune_dialsum.errors import UsageError, one_line
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Tune's name for the checkpoints it persists
-# The experiment's own files, beside Ray's trial directories.
-SPACE_SNAPSHOT = "space.yaml"
-OPTUNA_DB = "optuna.db"  # written by the driver only, so the driver's copy is the newest
-DECODING_DB = "decoding.db"  # the decoding stage's study: the same
 
 
 def is_uri(location: str) -> bool:

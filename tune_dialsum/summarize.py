@@ -12,10 +12,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from tune_dialsum.contract import RECIPE_FILE
 from tune_dialsum.data.cleaning import clean_text
 from tune_dialsum.data.formats import format_dialogue
 from tune_dialsum.errors import UsageError
-from tune_dialsum.train import RECIPE_FILE
 
 
 def read_recipe(model_dir: Path) -> dict:

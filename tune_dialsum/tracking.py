@@ -27,12 +27,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tune_dialsum.atomic import atomic_write_text
+from tune_dialsum.contract import ERROR, MLRUNS_DIR, STOPPED, TERMINATED, TRACKING_FILE
 from tune_dialsum.errors import UsageError, one_line
 
 logger = logging.getLogger(__name__)
 
-TRACKING_FILE = "tracking.json"  # in the experiment: the store and the parent run it logs to
-MLRUNS_DIR = "mlruns"  # the default local store, inside the experiment
 TRIAL_ID_TAG = "tune_dialsum.trial_id"
 STATE_TAG = "tune_dialsum.state"  # TERMINATED, STOPPED (by the scheduler) or ERROR, as in the summary
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: its UI shows children under the parent
@@ -197,7 +196,7 @@ def trial_runs_callback(tracked: TrackedSearch, time_attr: str, max_budget: floa
         def log_trial_end(self, trial, failed: bool = False):
             run_id = self.run_of(trial)
             used = (trial.last_result or {}).get(time_attr, 0)
-            state = "ERROR" if failed else ("STOPPED" if used < max_budget else "TERMINATED")
+            state = ERROR if failed else (STOPPED if used < max_budget else TERMINATED)
             self.client.set_tag(run_id, STATE_TAG, state)
             self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 

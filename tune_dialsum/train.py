@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tune_dialsum.contract import RECIPE_FILE
 from tune_dialsum.data.formats import check_dialogue_format, format_dialogue
 from tune_dialsum.data.splits import hold_out
 from tune_dialsum.errors import UsageError
@@ -24,8 +25,6 @@ from tune_dialsum.models import family_of, load_model_and_tokenizer
 
 logger = logging.getLogger(__name__)
 
-# Written beside every checkpoint and final model: how inputs were built.
-RECIPE_FILE = "tune_dialsum.json"
 # Argument names that transformers 5 removed or renamed, as the guide still uses them.
 RENAMED_TRAINING_ARGUMENTS = {
     "evaluation_strategy": "eval_strategy",

@@ -22,25 +22,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tune_dialsum import storage
+from tune_dialsum.contract import (
+    NOT_RETRYABLE_FILE,
+    RECIPE_FILE,
+    REPORTED_SCORES,
+    TIME_ATTRS,
+    TOKENIZED_CACHE,
+    TRIAL_CONFIG_FILE,
+    TRIAL_DIR_PREFIX,
+)
 from tune_dialsum.data import DialogueDataLoader, training_splits
 from tune_dialsum.errors import ModelNotFoundError, TuneDialsumError, one_line
 from tune_dialsum.models import tokenizer_fingerprint
-from tune_dialsum.train import RECIPE_FILE, DialogueSummarizationTrainer
+from tune_dialsum.train import DialogueSummarizationTrainer
 
 logger = logging.getLogger(__name__)
 
-TRIAL_CONFIG_FILE = "trial_config.json"
-TRIAL_DIR_PREFIX = "trial_"  # a trial's directory in the experiment: trial_<trial id>
-# Written into a trial's directory when it failed in a way another attempt cannot fix; the retry
-# Ray makes of every failed trial then ends at once with the same error instead of training again.
-NOT_RETRYABLE_FILE = "not_retryable.json"
 # ExperimentSettings.cache_dir for experiments kept at a URI: each node caches under its own tune_dialsum cache.
 NODE_LOCAL = "node-local"
-TOKENIZED_CACHE = "tokenized"  # the cache's directory, in the experiment or in a node's tune_dialsum cache
-# Scores copied from the transformers evaluation into every Tune report, minus "eval_".
-REPORTED_SCORES = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len", "loss")
-# The result key that measures a trial's training budget, per budget unit.
-TIME_ATTRS = {"steps": "step", "epochs": "epoch", "samples": "samples"}
 
 
 class TrialDiverged(RuntimeError):
@@ -433,7 +432,8 @@ def _train_data_parallel(config: dict, settings: ExperimentSettings, trial: dict
     """
     from ray import tune
 
-    from tune_dialsum.data_parallel import TRAIN_RUNS_DIR, Workers, new_run_name, run_data_parallel
+    from tune_dialsum.contract import TRAIN_RUNS_DIR
+    from tune_dialsum.data_parallel import Workers, new_run_name, run_data_parallel
 
     process = functools.partial(_train_worker, config, settings, trial, output_dir, tune.get_checkpoint())
     workers = Workers(settings.workers_per_trial, settings.cpus_per_worker, settings.gpus_per_worker)

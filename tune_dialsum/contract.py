@@ -1,0 +1,54 @@
+"""The names every part of tune_dialsum shares: files, scores, objectives, budgets, trial states.
+
+A trial writes what the search, the export and the analysis read back; each side spells the
+same names from here, so that renaming one is a one-line change. Imports nothing.
+"""
+
+from __future__ import annotations
+
+# -- scores ---------------------------------------------------------------------------------------
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+# Copied from the transformers evaluation into every Tune report, minus "eval_" (eval_loss as "loss").
+REPORTED_SCORES = (*ROUGE_KEYS, "gen_len", "loss")
+# What a search may optimise, with the direction that is better for each.
+OBJECTIVES = {"rougeL": "max", "rougeLsum": "max", "rouge1": "max", "rouge2": "max", "eval_loss": "min"}
+
+
+def default_mode(metric: str) -> str:
+    """``max`` for a ROUGE score, ``min`` for the loss."""
+    return OBJECTIVES.get(metric, "max")
+
+
+def score_key(metric: str) -> str:
+    """The key of ``metric`` among a report's scores (REPORTED_SCORES): ``eval_loss`` is kept as ``loss``."""
+    return "loss" if metric == "eval_loss" else metric
+
+
+# -- budgets --------------------------------------------------------------------------------------
+BUDGET_UNITS = ("samples", "steps", "epochs")
+# The result key that measures a trial's training budget, per budget unit.
+TIME_ATTRS = {"steps": "step", "epochs": "epoch", "samples": "samples"}
+
+# -- trial states, as the summary, the analysis and the tracking runs name them ------------------
+TERMINATED = "TERMINATED"  # trained to the full budget
+STOPPED = "STOPPED"  # stopped early by the scheduler
+ERROR = "ERROR"  # failed
+UNFINISHED = "UNFINISHED"  # interrupted, or out of time: --resume continues it
+
+# -- files and directories ------------------------------------------------------------------------
+TRIAL_DIR_PREFIX = "trial_"  # a trial's directory in the experiment: trial_<trial id>
+TRIAL_CONFIG_FILE = "trial_config.json"  # in every checkpoint: the trial's settings, recipe and world size
+RECIPE_FILE = "tune_dialsum.json"  # beside every checkpoint and model: how inputs were built
+NOT_RETRYABLE_FILE = "not_retryable.json"  # in a trial's directory: an error another attempt cannot fix
+SPACE_SNAPSHOT = "space.yaml"  # in the experiment: the space it started with
+OPTUNA_DB = "optuna.db"  # the training search's Optuna study
+DECODING_DB = "decoding.db"  # the decoding stage's Optuna study
+DECODING_FILE = "decoding.json"  # the decoding stage's trials and choice
+SELECTION_FILE = "selection.json"  # which checkpoints were re-scored, and the choice
+BEST_MODEL_DIR = "best_model"  # the export
+TUNING_FILE = "tuning.json"  # in an export: where it came from and how it scored
+REPORT_DIR = "report"  # the analysis report's plots and index.html
+TRACKING_FILE = "tracking.json"  # the MLflow store and parent run a search logs to
+MLRUNS_DIR = "mlruns"  # the default MLflow store, inside the experiment
+TOKENIZED_CACHE = "tokenized"  # tokenized datasets shared by trials
+TRAIN_RUNS_DIR = ".data_parallel"  # where data-parallel trials stage rank 0's checkpoints
