@@ -6,8 +6,8 @@ import pytest
 
 from tests.conftest import BUNDLED_DATA, run_cli
 from tune_dialsum.contract import RECIPE_FILE
+from tune_dialsum.inference import DialogueSummarizer, read_dialogues
 from tune_dialsum.metrics import compute_rouge
-from tune_dialsum.summarize import DialogueSummarizer, read_dialogues
 
 DIALOGUES = [
     "Anna: Can I borrow your bike?\nTom: Sure, I will bring it Friday.",

@@ -220,7 +220,7 @@ def _write_lines(path: str | None, lines: list[str]) -> None:
 
 
 def _cmd_summarize(args) -> int:
-    from tune_dialsum.summarize import DialogueSummarizer, read_dialogues
+    from tune_dialsum.inference import DialogueSummarizer, read_dialogues
 
     source = Path(args.input) if args.input else None
     if source is not None and not source.is_file():
@@ -244,8 +244,8 @@ def _cmd_summarize(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from tune_dialsum.data import DialogueDataLoader
+    from tune_dialsum.inference import DialogueSummarizer
     from tune_dialsum.metrics import compute_rouge
-    from tune_dialsum.summarize import DialogueSummarizer
 
     frame = DialogueDataLoader(args.data).load_splits()[args.split]
     if frame is None:

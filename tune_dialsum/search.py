@@ -1,7 +1,7 @@
 """The search: Ray Tune's Tuner with OptunaSearch (TPE) and ASHA on one objective.
 
 Three roles are kept apart: the trainable (trainable.py) trains and reports,
-Optuna decides what to try (searcher.py), ASHA decides what to stop, and this
+Optuna decides what to try (optuna_search.py), ASHA decides what to stop, and this
 module wires them together and starts or resumes the experiment; outcome.py
 classifies the trials and exports the best model.
 """
@@ -29,8 +29,8 @@ from tune_dialsum.contract import (
 from tune_dialsum.data_parallel import DRIVER_RESOURCES, release_placement_groups
 from tune_dialsum.errors import UsageError
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
+from tune_dialsum.optuna_search import make_sampler, pruned_aware_optuna_search_class
 from tune_dialsum.outcome import SearchOutcome, format_summary, recorded_trial_ids, summarize
-from tune_dialsum.searcher import make_sampler, pruned_aware_optuna_search_class
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.storage import ExperimentStore
 from tune_dialsum.trainable import NODE_LOCAL, ExperimentSettings, train_dialsum

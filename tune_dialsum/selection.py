@@ -64,8 +64,8 @@ def score_model(
     """
     import time
 
+    from tune_dialsum.inference import DialogueSummarizer
     from tune_dialsum.metrics import compute_rouge
-    from tune_dialsum.summarize import DialogueSummarizer
 
     if split == "validation":
         _, frame = training_frames(dataclasses.replace(settings, max_eval_samples=max_examples))
