@@ -47,26 +47,34 @@ def build_bart_base_sized(out_dir: Path, data_dir: Path) -> Path:
     return out_dir
 
 
-def shared_gpu_search(model_dir: Path, data_dir: Path, storage: Path, gpus_per_trial: float, budget: int) -> dict:
-    """Four trials, two per GPU at once; what each report recorded of device memory and overlap."""
-    from tune_dialsum.analysis import read_reports
-    from tune_dialsum.search import run_search
+def _space(name: str, model_dir: Path, data_dir: Path, storage: Path, budget: int, trials: dict, resources: dict):
+    """The check's space: a bart-base-sized model, its learning rate searched, every trial to ``budget`` examples."""
     from tune_dialsum.space import parse_space
 
-    space = parse_space(
+    return parse_space(
         {
-            "name": f"gpu-check-{int(time.time())}",
+            "name": f"{name}-{int(time.time())}",
             "data": {"path": str(data_dir), "max_eval_samples": 48},
             "fixed": {"model": str(model_dir), "max_input_length": 256, "max_target_length": 64, "batch_size": 16},
             "search": {"learning_rate": {"loguniform": [5e-5, 5e-4]}},
             "scheduler": {"type": "fifo", "budget_unit": "samples", "max_budget": budget},
-            "trials": {"num_samples": 4, "max_concurrent": 2},
-            "resources": {"cpus_per_trial": 1, "gpus_per_trial": gpus_per_trial},
+            "trials": trials,
+            "resources": resources,
             "selection": {"top_k": 1},
             "storage_path": str(storage),
         },
         source="<gpu_check>",
     )
+
+
+def shared_gpu_search(model_dir: Path, data_dir: Path, storage: Path, gpus_per_trial: float, budget: int) -> dict:
+    """Four trials, two per GPU at once; what each report recorded of device memory and overlap."""
+    from tune_dialsum.analysis import read_reports
+    from tune_dialsum.search import run_search
+
+    trials = {"num_samples": 4, "max_concurrent": 2}
+    resources = {"cpus_per_trial": 1, "gpus_per_trial": gpus_per_trial}
+    space = _space("gpu-check", model_dir, data_dir, storage, budget, trials, resources)
     start = time.perf_counter()
     outcome = run_search(space)
     wall = time.perf_counter() - start
@@ -97,22 +105,9 @@ def data_parallel_trial(model_dir: Path, data_dir: Path, storage: Path, gpus_per
     """One trial of 2 workers (``resources.workers_per_trial: 2``): throughput and what each rank reported."""
     from tune_dialsum.analysis import read_reports
     from tune_dialsum.search import run_search
-    from tune_dialsum.space import parse_space
 
-    space = parse_space(
-        {
-            "name": f"gpu-check-dp-{int(time.time())}",
-            "data": {"path": str(data_dir), "max_eval_samples": 48},
-            "fixed": {"model": str(model_dir), "max_input_length": 256, "max_target_length": 64, "batch_size": 16},
-            "search": {"learning_rate": {"loguniform": [5e-5, 5e-4]}},
-            "scheduler": {"type": "fifo", "budget_unit": "samples", "max_budget": budget},
-            "trials": {"num_samples": 1},
-            "resources": {"workers_per_trial": 2, "cpus_per_worker": 1, "gpus_per_worker": gpus_per_worker},
-            "selection": {"top_k": 1},
-            "storage_path": str(storage),
-        },
-        source="<gpu_check>",
-    )
+    resources = {"workers_per_trial": 2, "cpus_per_worker": 1, "gpus_per_worker": gpus_per_worker}
+    space = _space("gpu-check-dp", model_dir, data_dir, storage, budget, {"num_samples": 1}, resources)
     outcome = run_search(space)
     (rows,) = [read_reports(d) for d in Path(outcome.location).glob("trial_*")]
     first, last = rows[0], rows[-1]
