@@ -141,8 +141,8 @@ def check_resources(space: SearchSpace) -> None:
                 f"{space.source}: resources.{key}: a trial asks for {asked} but the cluster has "
                 f"{available.get(resource, 0):g}; lower it (or --{key.replace('_', '-')})"
             )
-    held = worker_slots(resources)
-    if workers > 1 and held < workers:  # each worker must fit on one node, whatever the totals say
+    held = worker_slots(resources) if workers > 1 else workers
+    if held < workers:  # each worker must fit on one node, whatever the totals say
         kind = "gpus" if resources["gpus_per_worker"] else "cpus"
         raise SpaceError(
             f"{space.source}: resources.{kind}_per_worker: the cluster's nodes hold {held} workers of "

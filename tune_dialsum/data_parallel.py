@@ -17,16 +17,11 @@ This module knows nothing of tokenizers or models: what a worker trains is a cal
 
 from __future__ import annotations
 
-import logging
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from queue import Empty
-
-from tune_dialsum.contract import TRAIN_RUNS_DIR
-
-logger = logging.getLogger(__name__)
 
 # A Tune trial that only drives workers must still ask for something: Ray refuses an empty request.
 DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
@@ -205,7 +200,7 @@ def release_placement_groups() -> int:
     leftover = [
         group_id
         for group_id, group in placement_group_table().items()
-        if group_id.endswith(job) and group["state"] not in ("REMOVED",)
+        if group_id.endswith(job) and group["state"] != "REMOVED"
     ]
     for group_id in leftover:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
@@ -219,7 +214,6 @@ def new_run_name(trial_id: str) -> str:
 
 __all__ = [
     "DRIVER_RESOURCES",
-    "TRAIN_RUNS_DIR",
     "Workers",
     "new_run_name",
     "release_placement_groups",
