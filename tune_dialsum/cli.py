@@ -13,10 +13,8 @@ import logging
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
-from tune_dialsum.contract import default_mode
 from tune_dialsum.errors import TuneDialsumError, UsageError, one_line
 
 
@@ -147,37 +145,10 @@ def _experiment_to_resume(args) -> tuple[str, str]:
 
 
 def _cmd_export(args) -> int:
-    from tune_dialsum.analysis import Experiment
     from tune_dialsum.contract import score_key
-    from tune_dialsum.decoding import chosen_decoding
-    from tune_dialsum.export import best_checkpoint, export_checkpoint, find_checkpoints, find_record
-    from tune_dialsum.selection import read_selection
-    from tune_dialsum.storage import is_uri, reachable, upload
+    from tune_dialsum.export import export_experiment
 
-    experiment = Experiment.load(args.experiment_dir)
-    metric = args.metric or experiment.metric
-    mode = experiment.space.mode if metric == experiment.metric else default_mode(metric)
-    records = find_checkpoints(experiment.path)
-    as_searched = metric == experiment.metric and not args.trial  # what the search chose, decoding included
-    chosen = read_selection(experiment.path) if as_searched else None
-    record = find_record(records, chosen["chosen"]["trial_id"], chosen["chosen"]["step"]) if chosen else None
-    decoded = chosen_decoding(experiment.path) if as_searched else None
-    generation = None
-    if decoded is not None:  # the decoding stage chose a checkpoint (among the re-scored ones) and its decoding
-        trial_id, _, step = decoded[0].rpartition("@")
-        record, generation = find_record(records, trial_id, int(step)) or record, decoded[1]
-    record = record or best_checkpoint(records, metric, mode, trial_id=args.trial)
-    experiment.store.fetch(record.path)  # the mirror of a URI holds no weights until now
-    source = experiment.store.where(record.path)
-    written = dict(metric=metric, mode=mode, source=source, generation=generation)
-    if not is_uri(args.out):
-        out = export_checkpoint(record, args.out, force=args.force, **written)
-    else:  # written here, then uploaded
-        if reachable(args.out) is None and not args.force:
-            raise UsageError(f"{args.out} already exists; pass --force to replace it, or another --out")
-        with tempfile.TemporaryDirectory() as scratch:
-            upload(export_checkpoint(record, Path(scratch) / "model", **written), args.out)
-        out = args.out
+    record, out, metric = export_experiment(args.experiment_dir, args.out, args.metric, args.trial, args.force)
     print(
         f"exported trial {record.trial_id} at step {record.step} "
         f"({metric}={record.scores.get(score_key(metric), float('nan')):.4f}) to {out}"

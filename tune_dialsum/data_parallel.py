@@ -77,7 +77,7 @@ def run_data_parallel(
         run_config=train.RunConfig(
             name=run_name,
             storage_path=storage_location,
-            callbacks=[_relay_class()(reports, copied)],
+            callbacks=[_relay_to_tune(reports, copied)],
             checkpoint_config=train.CheckpointConfig(num_to_keep=1),  # Tune holds the ones that count
             failure_config=train.FailureConfig(max_failures=0),  # Tune's FailureConfig retries the trial
         ),
@@ -168,8 +168,8 @@ def _worker_loop(loop_config: dict) -> None:
     loop_config["train_process"](rank, publish)
 
 
-def _relay_class():
-    """The controller-side callback class (built lazily: importing Ray Train costs seconds)."""
+def _relay_to_tune(reports, copied):
+    """The controller-side callback (its class built lazily: importing Ray Train costs seconds)."""
     from ray.train.v2.api.callback import UserCallback
 
     class RelayToTune(UserCallback):
@@ -182,7 +182,7 @@ def _relay_class():
             self.reports.put((metrics[0], checkpoint))
             self.copied.get()  # the scratch run keeps one checkpoint: the next must not replace it yet
 
-    return RelayToTune
+    return RelayToTune(reports, copied)
 
 
 def release_placement_groups() -> int:

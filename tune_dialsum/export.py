@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -280,3 +281,42 @@ def set_generation_config(model_dir: Path, settings: dict) -> None:
     if (generation.num_beams or 1) == 1:  # greedy: transformers 5 refuses to save beam-only settings with it
         generation.length_penalty = generation.early_stopping = None
     generation.save_pretrained(model_dir)
+
+
+def export_experiment(
+    experiment_dir: str, out: str, metric: str | None = None, trial: str | None = None, force: bool = False
+) -> tuple[CheckpointRecord, str, str]:
+    """Export the checkpoint an experiment chose to ``out`` (a directory or a URI): (record, out, metric).
+
+    With the search's own objective and no ``trial``: what the search chose, with the decoding its
+    decoding stage chose. With another ``metric`` (its usual direction) or a ``trial``: the best
+    checkpoint by that metric, of that trial.
+    """
+    from tune_dialsum.analysis import Experiment
+    from tune_dialsum.contract import default_mode
+    from tune_dialsum.decoding import chosen_decoding
+    from tune_dialsum.selection import read_selection
+    from tune_dialsum.storage import is_uri, reachable, upload
+
+    experiment = Experiment.load(experiment_dir)
+    metric = metric or experiment.metric
+    mode = experiment.space.mode if metric == experiment.metric else default_mode(metric)
+    records = find_checkpoints(experiment.path)
+    as_searched = metric == experiment.metric and not trial  # what the search chose, decoding included
+    chosen = read_selection(experiment.path) if as_searched else None
+    record = find_record(records, chosen["chosen"]["trial_id"], chosen["chosen"]["step"]) if chosen else None
+    decoded = chosen_decoding(experiment.path) if as_searched else None
+    generation = None
+    if decoded is not None:  # the decoding stage chose a checkpoint (among the re-scored ones) and its decoding
+        trial_id, _, step = decoded[0].rpartition("@")
+        record, generation = find_record(records, trial_id, int(step)) or record, decoded[1]
+    record = record or best_checkpoint(records, metric, mode, trial_id=trial)
+    experiment.store.fetch(record.path)  # the mirror of a URI holds no weights until now
+    written = dict(metric=metric, mode=mode, source=experiment.store.where(record.path), generation=generation)
+    if not is_uri(out):
+        return record, str(export_checkpoint(record, out, force=force, **written)), metric
+    if reachable(out) is None and not force:  # written here, then uploaded
+        raise UsageError(f"{out} already exists; pass --force to replace it, or another --out")
+    with tempfile.TemporaryDirectory() as scratch:
+        upload(export_checkpoint(record, Path(scratch) / "model", **written), out)
+    return record, out, metric

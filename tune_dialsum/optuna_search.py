@@ -18,7 +18,8 @@ def make_sampler(space: SearchSpace, seed_offset: int = 0):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=space.trials["startup_trials"], constant_liar=True)
 
 
-def pruned_aware_optuna_search_class():
+def pruned_aware_optuna_search(*, time_attr: str, full_budget: int, **optuna_search_arguments):
+    """Ray's OptunaSearch, telling Optuna the truth about stopped trials (see PrunedAwareOptunaSearch)."""
     from optuna.trial import TrialState
     from ray.tune.search.optuna import OptunaSearch
 
@@ -119,4 +120,4 @@ def pruned_aware_optuna_search_class():
                 )
             )
 
-    return PrunedAwareOptunaSearch
+    return PrunedAwareOptunaSearch(time_attr=time_attr, full_budget=full_budget, **optuna_search_arguments)

@@ -29,7 +29,7 @@ from tune_dialsum.contract import (
 from tune_dialsum.data_parallel import DRIVER_RESOURCES, release_placement_groups
 from tune_dialsum.errors import UsageError
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
-from tune_dialsum.optuna_search import make_sampler, pruned_aware_optuna_search_class
+from tune_dialsum.optuna_search import make_sampler, pruned_aware_optuna_search
 from tune_dialsum.outcome import SearchOutcome, format_summary, recorded_trial_ids, summarize
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.storage import ExperimentStore
@@ -104,7 +104,7 @@ def build_searcher(space: SearchSpace, settings: ExperimentSettings, storage=Non
     ``storage``: the Optuna storage (None: in memory); ``seed_offset``: the trials already in the
     study when a search continues, so that it draws anew. The replay benchmark builds the same.
     """
-    return pruned_aware_optuna_search_class()(
+    return pruned_aware_optuna_search(
         space=space.define_by_run,
         metric=settings.ranked_by,  # the best so far: a trial is exported at its best checkpoint
         mode=space.mode,

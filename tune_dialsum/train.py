@@ -95,19 +95,21 @@ def precision_flags(choice: str = "auto") -> dict[str, bool]:
     return {"fp16": not bf16, "bf16": bf16}
 
 
-class _SaveRecipe:
-    """Writes the input recipe into every checkpoint the transformers trainer saves."""
+def _save_recipe_callback(recipe: dict):
+    """A transformers callback that writes the input recipe into every checkpoint the trainer saves.
 
-    def __new__(cls, recipe: dict):
-        from transformers import TrainerCallback
+    Built in a function, like every subclass of a library class here: importing transformers waits
+    until one is needed.
+    """
+    from transformers import TrainerCallback
 
-        class SaveRecipe(TrainerCallback):
-            def on_save(self, args, state, control, **kwargs):
-                checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                if checkpoint.is_dir():
-                    (checkpoint / RECIPE_FILE).write_text(json.dumps(recipe, indent=2))
+    class SaveRecipe(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                (checkpoint / RECIPE_FILE).write_text(json.dumps(recipe, indent=2))
 
-        return SaveRecipe()
+    return SaveRecipe()
 
 
 class DialogueSummarizationTrainer:
@@ -281,7 +283,7 @@ class DialogueSummarizationTrainer:
             padding=True,
             pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None,
         )
-        callbacks = [_SaveRecipe(self.recipe), *(callbacks or []), *self._tensorboard()]
+        callbacks = [_save_recipe_callback(self.recipe), *(callbacks or []), *self._tensorboard()]
         return Seq2SeqTrainer(
             model=self.model,
             args=training_args,

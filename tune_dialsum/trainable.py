@@ -206,7 +206,7 @@ class TrialRun:
     resume_from: object = None  # the Tune checkpoint a retried or resumed trial continues from
 
 
-def _report_callback(
+def _report_to_tune_callback(
     trial_config: dict,
     settings: ExperimentSettings,
     recipe: dict,
@@ -510,7 +510,7 @@ def _train(config: dict, settings: ExperimentSettings, output_dir: Path, run: Tr
     samples_per_step = (
         training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     )
-    callbacks = [_report_callback(config, settings, trainer.recipe, samples_per_step, rss_at_start, run)]
+    callbacks = [_report_to_tune_callback(config, settings, trainer.recipe, samples_per_step, rss_at_start, run)]
     if unit == "samples":
         training_args.max_steps = math.ceil(settings.max_budget / samples_per_step)
         training_args.logging_steps = max(1, interval // samples_per_step // 4)
