@@ -147,13 +147,13 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
     np.random.seed(space.seed)  # ASHA draws its bracket from numpy's global generator
     settings = experiment_settings(space)
     searcher, scheduler = build_searcher(space, settings), build_scheduler(space, settings)
-    metric, ranked_by = settings.metric, settings.ranked_by
-    workers = space.trials["max_concurrent"] or 1
-    eval_interval = space.scheduler["eval_interval"]
+    metric, ranked_by = settings.objective.metric, settings.ranked_by
+    workers = space.trials.max_concurrent or 1
+    eval_interval = space.scheduler.eval_interval
     for key in ("eval_interval", "grace_period"):
-        if space.scheduler[key] % table.settings["interval"]:
+        if getattr(space.scheduler, key) % table.settings["interval"]:
             raise ValueError(
-                f"scheduler.{key} {space.scheduler[key]} is not a multiple of the table's interval "
+                f"scheduler.{key} {getattr(space.scheduler, key)} is not a multiple of the table's interval "
                 f"{table.settings['interval']}: a trial can only report where the table has a row"
             )
     goal = target * table.best_full
@@ -183,7 +183,7 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
         started += 1
         heapq.heappush(events, (now + table.trial_start_s + segment_seconds(trial), next(order), trial))
 
-    for _ in range(min(workers, space.trials["num_samples"])):
+    for _ in range(min(workers, space.trials.num_samples)):
         start(0.0)
     trial_began: dict[str, float] = {}
     while events:
@@ -198,7 +198,7 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
         checkpoints = kept.setdefault(trial.trial_id, [])
         checkpoints.append((row["subset_rougeL"], row["samples"], row["full_rougeL"]))
         checkpoints.sort(key=lambda c: (-c[0], c[1]))
-        del checkpoints[space.keep_checkpoints :]
+        del checkpoints[space.checkpoints.keep :]
         if row["subset_rougeL"] > incumbent[0]:
             incumbent = (row["subset_rougeL"], row["full_rougeL"])
         if incumbent[1] >= goal and math.isinf(reached_compute):
@@ -214,13 +214,13 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
             scheduler.on_trial_complete(None, trial, result)
             searcher.on_trial_complete(trial.trial_id, result)
             busy += clock - trial_began.pop(trial.trial_id, 0.0)
-            if started < space.trials["num_samples"]:
+            if started < space.trials.num_samples:
                 trial_began[f"{started:05d}"] = clock
                 start(clock)
         else:
             heapq.heappush(events, (clock + segment_seconds(trial), next(order), trial))
     # selection.top_by_subset over the checkpoints Tune kept: best subset score first, ties the earlier step
-    top = sorted((c for cs in kept.values() for c in cs), key=lambda c: (-c[0], c[1]))[: space.top_k]
+    top = sorted((c for cs in kept.values() for c in cs), key=lambda c: (-c[0], c[1]))[: space.selection.top_k]
     exported = max(full for _, _, full in top)
     return ReplayResult(reached_compute, reached_time, table.best_full - exported, clock, samples, busy)
 

@@ -60,8 +60,8 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
     # transformers counts a trial's budget in steps whatever its batch size: where ours counts examples
     # (the bundled bed) both sides train one fixed batch size, so its steps are our examples / batch
     batch = fixed.get("batch_size", 8)
-    per_step = batch if scheduler["budget_unit"] == "samples" else 1
-    max_steps, step = scheduler["max_budget"] // per_step, scheduler["eval_interval"] // per_step
+    per_step = batch if scheduler.budget_unit == "samples" else 1
+    max_steps, step = scheduler.max_budget // per_step, scheduler.eval_interval // per_step
     hp_space = {"learning_rate": tune.loguniform(*space.search["learning_rate"].bounds)}
     if "batch_size" in space.search:
         hp_space["per_device_train_batch_size"] = tune.choice(list(space.search["batch_size"].args))
@@ -101,8 +101,8 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
     start = time.time()
     rungs = dict(
         max_t=max_steps // step,
-        grace_period=max(1, scheduler["grace_period"] // scheduler["eval_interval"]),
-        reduction_factor=scheduler["reduction_factor"],
+        grace_period=max(1, scheduler.grace_period // scheduler.eval_interval),
+        reduction_factor=scheduler.reduction_factor,
     )
     trainer.hyperparameter_search(
         hp_space=lambda _: hp_space,

@@ -11,6 +11,7 @@ import pandas as pd
 from tests.conftest import BUNDLED_DATA
 from tune_dialsum import DialogueDataLoader, DialogueSummarizationTrainer
 from tune_dialsum.data import hold_out, training_splits
+from tune_dialsum.space_schema import DataSection, ObjectiveSection, ResourcesSection, SchedulerSection
 from tune_dialsum.trainable import ExperimentSettings, _prepared_datasets, training_frames
 
 
@@ -25,18 +26,10 @@ def _no_validation_data(root, rows: int = 40):
 
 def _settings(data, **changes) -> ExperimentSettings:
     base = ExperimentSettings(
-        data_path=str(data),
-        dialogue_column="dialogue",
-        summary_column="summary",
-        id_column="id",
-        validation_split=0.2,
-        max_train_samples=None,
-        max_eval_samples=None,
-        metric="rougeL",
-        mode="max",
-        budget_unit="steps",
-        max_budget=10,
-        eval_interval=5,
+        data=DataSection(path=str(data), validation_split=0.2),
+        objective=ObjectiveSection(metric="rougeL", mode="max"),
+        scheduler=SchedulerSection(budget_unit="steps", max_budget=10, eval_interval=5),
+        resources=ResourcesSection(),
         seed=7,
     )
     return replace(base, **changes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -33,7 +34,7 @@ def _space(tmp_path, *overrides: str):
 
 def test_workers_per_trial_gives_each_worker_its_share(tmp_path):
     resources = _space(tmp_path, "resources.workers_per_trial=4", "resources.gpus_per_worker=1").resources
-    assert resources == {
+    assert dataclasses.asdict(resources) == {
         "workers_per_trial": 4,
         "cpus_per_worker": 0.25,  # the space's cpus_per_trial: 1, split over the 4 workers
         "gpus_per_worker": 1.0,  # replaces the space's gpus_per_trial: 0
@@ -44,14 +45,14 @@ def test_workers_per_trial_gives_each_worker_its_share(tmp_path):
 
 def test_a_trials_total_is_split_over_its_workers(tmp_path):
     resources = _space(tmp_path, "resources.workers_per_trial=2", "resources.gpus_per_trial=2").resources
-    assert resources["gpus_per_worker"] == 1 and resources["cpus_per_worker"] == 0.5
-    assert resources["gpus_per_trial"] == 2 and resources["cpus_per_trial"] == 1
+    assert resources.gpus_per_worker == 1 and resources.cpus_per_worker == 0.5
+    assert resources.gpus_per_trial == 2 and resources.cpus_per_trial == 1
 
 
 def test_one_worker_is_todays_trial(tmp_path):
     resources = _space(tmp_path).resources
-    assert resources["workers_per_trial"] == 1
-    assert resources["cpus_per_worker"] == resources["cpus_per_trial"] == 1
+    assert resources.workers_per_trial == 1
+    assert resources.cpus_per_worker == resources.cpus_per_trial == 1
 
 
 @pytest.mark.parametrize(

@@ -60,9 +60,9 @@ def test_a_trial_at_the_full_budget_completes_and_a_crash_fails(searcher):
     search.suggest("full")
     search.suggest("crashed")
     search.on_trial_result("full", {metric: 0.3, budget: 1600})
-    search.on_trial_complete("full", {metric: 0.5, budget: settings.max_budget})
+    search.on_trial_complete("full", {metric: 0.5, budget: settings.scheduler.max_budget})
     search.on_trial_complete("crashed", None, error=True)
     full, crashed = _trial(search, "full"), _trial(search, "crashed")
     assert full.state == TrialState.COMPLETE and math.isclose(full.value, 0.5)
-    assert full.intermediate_values == {1600: 0.3, settings.max_budget: 0.5}
+    assert full.intermediate_values == {1600: 0.3, settings.scheduler.max_budget: 0.5}
     assert crashed.state == TrialState.FAIL

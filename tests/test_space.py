@@ -33,7 +33,7 @@ def test_every_space_file_loads_validates_and_samples(path):
             else:
                 low, high = distribution.bounds
                 assert low <= config[name] <= high
-    assert space.scheduler["grace_period"] <= space.scheduler["max_budget"]
+    assert space.scheduler.grace_period <= space.scheduler.max_budget
 
 
 def test_multi_model_ranges_follow_the_sampled_family():
@@ -61,7 +61,7 @@ def test_overrides_reach_nested_keys(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(MINIMAL)
     space = load_space(path, ["trials.num_samples=3", "scheduler.max_budget=50", "name=other"])
-    assert (space.trials["num_samples"], space.scheduler["max_budget"], space.name) == (3, 50, "other")
+    assert (space.trials.num_samples, space.scheduler.max_budget, space.name) == (3, 50, "other")
 
 
 BAD_SPACES = {
@@ -211,8 +211,8 @@ def test_samples_budget_and_room_for_as_many_trials_as_fit(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(MINIMAL)
     space = load_space(path, ["scheduler.budget_unit=samples", "scheduler.max_budget=6400"])
-    assert space.scheduler["budget_unit"] == "samples" and space.trials["max_concurrent"] is None
-    assert space.top_k == 3
+    assert space.scheduler.budget_unit == "samples" and space.trials.max_concurrent is None
+    assert space.selection.top_k == 3
 
 
 def test_searching_the_batch_size_over_a_step_budget_is_warned_about(tmp_path, caplog):
@@ -229,7 +229,7 @@ def test_bundled_spaces_that_search_batch_or_accumulation_budget_in_samples():
     for path in sorted((REPO / "search_spaces").glob("*.yaml")):
         space = load_space(path)
         if {"batch_size", "gradient_accumulation_steps"} & set(space.searched_settings):
-            assert space.scheduler["budget_unit"] in ("samples", "epochs"), path.name
+            assert space.scheduler.budget_unit in ("samples", "epochs"), path.name
 
 
 def test_the_demo_searches_model_rate_format_and_a_length():

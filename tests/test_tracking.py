@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -27,7 +28,7 @@ def test_tracking_section_is_validated():
     with pytest.raises(SpaceError, match="tracking.url.*unknown key"):
         parse_space({**base, "tracking": {"url": "x"}})
     space = parse_space({**base, "tracking": {"uri": "/tmp/m"}})
-    assert space.tracking == {"backend": "mlflow", "uri": "/tmp/m"}
+    assert dataclasses.asdict(space.tracking) == {"backend": "mlflow", "uri": "/tmp/m"}
     assert parse_space(base).tracking is None
     assert parse_space({**base, "tracking": {"backend": "none"}}).tracking is None
 

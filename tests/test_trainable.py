@@ -62,7 +62,7 @@ def test_a_trial_that_ran_its_whole_budget_is_finished_even_without_a_done_mark(
     from tune_dialsum.outcome import _classify
 
     space = SimpleNamespace(metric="rougeL", mode="max")
-    settings = SimpleNamespace(time_attr="step", max_budget=300)
+    settings = SimpleNamespace(time_attr="step", scheduler=SimpleNamespace(max_budget=300))
     rows = [{"step": 100, "rougeL": 0.2}, {"step": 300, "rougeL": 0.3}]  # FIFO: the last report is not marked
     assert _classify("t", rows, rows[-1], {}, None, space, settings).status == "TERMINATED"
     assert _classify("t", rows[:1], rows[0], {}, None, space, settings).status == "UNFINISHED"

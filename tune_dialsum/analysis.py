@@ -70,7 +70,7 @@ class Experiment:
 
     @property
     def time_attr(self) -> str:
-        return TIME_ATTRS[self.space.scheduler["budget_unit"]]
+        return TIME_ATTRS[self.space.scheduler.budget_unit]
 
     # -- frames -----------------------------------------------------------------------
     @cached_property
@@ -89,7 +89,7 @@ class Experiment:
         """One row per trial: its settings, state, best and last objective, budget used, wall time."""
         rows = []
         best = max if self.space.mode == "max" else min
-        budget = self.space.scheduler["max_budget"]
+        budget = self.space.scheduler.max_budget
         for trial_dir in sorted(self.path.glob("trial_*")):
             trial_id = trial_dir.name.removeprefix("trial_")
             params_file = trial_dir / "params.json"

@@ -11,6 +11,7 @@ from pathlib import Path
 from tune_dialsum import storage
 from tune_dialsum.errors import SpaceError, UsageError, one_line
 from tune_dialsum.space import SearchSpace
+from tune_dialsum.space_schema import ResourcesSection
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -130,10 +131,10 @@ def check_resources(space: SearchSpace) -> None:
     import ray
 
     available = ray.cluster_resources()
-    resources, workers = space.resources, space.resources["workers_per_trial"]
+    resources, workers = space.resources, space.resources.workers_per_trial
     for resource in ("CPU", "GPU"):
         kind = resource.lower()
-        wanted = resources[f"{kind}s_per_trial"]
+        wanted = getattr(resources, f"{kind}s_per_trial")
         if wanted and available.get(resource, 0) < wanted:
             key = f"{kind}s_per_trial" if workers == 1 else f"{kind}s_per_worker"
             asked = f"{wanted:g} {resource}" if workers == 1 else f"{workers} workers x {wanted / workers:g} {resource}"
@@ -143,19 +144,19 @@ def check_resources(space: SearchSpace) -> None:
             )
     held = worker_slots(resources) if workers > 1 else workers
     if held < workers:  # each worker must fit on one node, whatever the totals say
-        kind = "gpus" if resources["gpus_per_worker"] else "cpus"
+        kind = "gpus" if resources.gpus_per_worker else "cpus"
         raise SpaceError(
             f"{space.source}: resources.{kind}_per_worker: the cluster's nodes hold {held} workers of "
-            f"{resources[f'{kind}_per_worker']:g} {kind[:-1].upper()} and a trial asks for {workers}; give each "
+            f"{getattr(resources, f'{kind}_per_worker'):g} {kind[:-1].upper()} and a trial asks for {workers}; give each "
             f"worker less and raise resources.workers_per_trial, or add nodes"
         )
 
 
-def worker_slots(resources: dict) -> int:
+def worker_slots(resources: ResourcesSection) -> int:
     """How many workers of ``resources``' per-worker size the live nodes hold, each on one node."""
     import ray
 
-    per_worker = {"CPU": resources["cpus_per_worker"], "GPU": resources["gpus_per_worker"]}
+    per_worker = {"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker}
     return sum(
         min(int(node["Resources"].get(name, 0) // amount) for name, amount in per_worker.items() if amount)
         for node in ray.nodes()
@@ -163,7 +164,7 @@ def worker_slots(resources: dict) -> int:
     )
 
 
-def task_slots(resources: dict, wanted: int, per: str = "trial") -> int:
+def task_slots(resources: ResourcesSection, wanted: int, per: str = "trial") -> int:
     """How many of ``wanted`` tasks the cluster runs at once (at least 1).
 
     ``per="trial"``: tasks the size of a whole trial (all its workers, each on one node); ``"worker"``:
@@ -174,9 +175,9 @@ def task_slots(resources: dict, wanted: int, per: str = "trial") -> int:
     available = ray.cluster_resources()
     room = [wanted]
     for resource in ("CPU", "GPU"):
-        per_task = resources[f"{resource.lower()}s_per_{per}"]
+        per_task = getattr(resources, f"{resource.lower()}s_per_{per}")
         if per_task:
             room.append(int(available.get(resource, 0) // per_task))
-    if per == "trial" and resources["workers_per_trial"] > 1:
-        room.append(worker_slots(resources) // resources["workers_per_trial"])
+    if per == "trial" and resources.workers_per_trial > 1:
+        room.append(worker_slots(resources) // resources.workers_per_trial)
     return max(1, min(room))

@@ -33,7 +33,8 @@ from tune_dialsum.contract import DECODING_DB, DECODING_FILE, TUNING_FILE
 from tune_dialsum.errors import UsageError, one_line
 from tune_dialsum.export import format_settings
 from tune_dialsum.selection import remote_scorer
-from tune_dialsum.space import DECODING_SETTINGS, DecodingSpace, SearchSpace, default_startup_trials
+from tune_dialsum.space import DECODING_SETTINGS, SearchSpace, default_startup_trials
+from tune_dialsum.space_schema import DecodingSpace, ResourcesSection
 from tune_dialsum.trainable import ExperimentSettings
 
 logger = logging.getLogger(__name__)
@@ -67,19 +68,19 @@ class DecodingStudy:
     models: dict[str, tuple[str, dict]]  # label -> (location, the decoding it was scored with in training)
     space: DecodingSpace
     settings: ExperimentSettings  # the data, and the objective
-    resources: dict
+    resources: ResourcesSection
     seed: int = 0
 
     @property
     def objective(self) -> str:
-        return "rougeL" if self.settings.metric == "eval_loss" else self.settings.metric
+        return "rougeL" if self.settings.objective.metric == "eval_loss" else self.settings.objective.metric
 
     @property
     def study_name(self) -> str:
         """The name and a digest of what makes trials comparable: the checkpoints, the searched ranges, the
         examples scored. Changed, it is another study (Optuna refuses a parameter's range changed mid-study)."""
         identity = [sorted(self.models), repr(sorted(self.space.search.items())), self.space.max_eval_samples]
-        identity += [self.settings.data_path, self.settings.validation_split, self.settings.seed]
+        identity += [self.settings.data.path, self.settings.data.validation_split, self.settings.seed]
         return f"{self.name}-{hashlib.sha1(repr(identity).encode()).hexdigest()[:8]}"
 
 
@@ -400,7 +401,7 @@ def _copy_model(model: str, out: Path, settings: ExperimentSettings) -> None:
             raise UsageError(f"{model}: not a model directory (no config.json); pass an export or a model name")
         shutil.copytree(model, out, ignore=shutil.ignore_patterns(*TRAINING_ONLY, "rng_state*"), dirs_exist_ok=True)
         return
-    loaded, tokenizer = load_model_and_tokenizer(model, settings.trust_remote_code, settings.data_path)
+    loaded, tokenizer = load_model_and_tokenizer(model, settings.trust_remote_code, settings.data.path)
     loaded.save_pretrained(out)
     tokenizer.save_pretrained(out)
 

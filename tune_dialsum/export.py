@@ -260,7 +260,7 @@ def export_checkpoint(
 def fidelity(snapshot: dict) -> str:
     """Which validation examples and decoding a checkpoint's scores come from."""
     settings = snapshot.get("settings", {})
-    subset = settings.get("max_eval_samples")
+    subset = settings.get("data", settings).get("max_eval_samples")  # flat in experiments before 2026-11-29
     beams = snapshot.get("config", {}).get("generation_num_beams")
     return f"{'first ' + str(subset) if subset else 'all'} validation examples, {beams} beam(s)"
 

@@ -12,10 +12,10 @@ def make_sampler(space: SearchSpace, seed_offset: int = 0):
     import optuna
 
     seed = space.seed + seed_offset
-    if space.trials["sampler"] == "random":
+    if space.trials.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     # constant_liar keeps trials that run at the same time from being sampled on top of each other.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=space.trials["startup_trials"], constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=space.trials.startup_trials, constant_liar=True)
 
 
 def pruned_aware_optuna_search(*, time_attr: str, full_budget: int, **optuna_search_arguments):

@@ -93,7 +93,12 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: 
     """
     experiment_dir = store.pull(CHECKPOINT_METADATA)
     outcome = SearchOutcome(
-        store.location, experiment_dir, space.metric, space.mode, settings.max_budget, settings.budget_unit
+        store.location,
+        experiment_dir,
+        space.metric,
+        space.mode,
+        settings.scheduler.max_budget,
+        settings.scheduler.budget_unit,
     )
     for result in results:
         rows = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
@@ -108,7 +113,7 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: 
             outcome.trials.append(_classify_from_disk(trial_dir, trial_id, space, settings))
     set_aside_orphans(store, {t.trial_id for t in outcome.trials} | recorded)
     outcome.unfinished = sum(t.status == UNFINISHED for t in outcome.trials)
-    outcome.unfinished += max(0, space.trials["num_samples"] - len(outcome.trials))
+    outcome.unfinished += max(0, space.trials.num_samples - len(outcome.trials))
     records = find_checkpoints(experiment_dir)
     if records:
         _choose_and_export(outcome, records, space, settings, store)
@@ -139,7 +144,7 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
     """
     chosen = best_checkpoint(records, space.metric, space.mode)
     # ROUGE is re-scored by decoding; a loss objective is not (the subset's loss is what ranks)
-    rescoring = settings.max_eval_samples is not None and not outcome.unfinished and space.metric != "eval_loss"
+    rescoring = settings.data.max_eval_samples is not None and not outcome.unfinished and space.metric != "eval_loss"
     if rescoring:
         chosen = _rescore(outcome, records, space, settings, store)
     generation = None  # the decoding the chosen trial was scored with
@@ -173,7 +178,7 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
 
 def _rescore(outcome: SearchOutcome, records, space: SearchSpace, settings: ExperimentSettings, store):
     """The top checkpoints by the subset score, re-scored on all of validation; returns the best of them."""
-    top = selection.top_by_subset(records, space.metric, space.mode, space.top_k)
+    top = selection.top_by_subset(records, space.metric, space.mode, space.selection.top_k)
     outcome.candidates = selection.rescore(top, [store.where(r.path) for r in top], settings, space.resources)
     best = selection.choose(outcome.candidates, space.metric, space.mode)
     outcome.full_validation = best.full
@@ -256,8 +261,8 @@ def _classify(trial_id: str, rows: list[dict], last: dict, config: dict, error: 
     used = float(last.get(settings.time_attr, 0) or 0)
     # Ray marks the last logged report done only where its scheduler stopped the trial; a trial
     # that ran its whole budget under FIFO may end on an unmarked one
-    if last.get("done") or used >= settings.max_budget:
-        status, error = (STOPPED if used < settings.max_budget else TERMINATED), None
+    if last.get("done") or used >= settings.scheduler.max_budget:
+        status, error = (STOPPED if used < settings.scheduler.max_budget else TERMINATED), None
     elif error is not None:
         status = ERROR
     else:

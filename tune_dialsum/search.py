@@ -40,30 +40,18 @@ logger = logging.getLogger(__name__)
 
 def experiment_settings(space: SearchSpace, store: ExperimentStore | None = None) -> ExperimentSettings:
     """What every trial shares; tokenized data is cached in the experiment, or per node where that is a URI."""
-    data = space.data
     cache_dir = None
     if store is not None:
         cache_dir = NODE_LOCAL if store.remote else str(store.local / TOKENIZED_CACHE)
     return ExperimentSettings(
-        data_path=str(Path(data["path"]).expanduser().resolve()),
-        dialogue_column=data["dialogue_column"],
-        summary_column=data["summary_column"],
-        id_column=data["id_column"],
-        validation_split=data["validation_split"],
-        max_train_samples=data["max_train_samples"],
-        max_eval_samples=data["max_eval_samples"],
-        metric=space.metric,
-        mode=space.mode,
-        budget_unit=space.scheduler["budget_unit"],
-        max_budget=space.scheduler["max_budget"],
-        eval_interval=space.scheduler["eval_interval"],
+        data=dataclasses.replace(space.data, path=str(Path(space.data.path).expanduser().resolve())),
+        objective=space.objective,
+        scheduler=space.scheduler,
+        resources=space.resources,
         seed=space.seed,
         trust_remote_code=space.trust_remote_code,
         cache_dir=cache_dir,
         experiment_location=store.location if store is not None else None,
-        workers_per_trial=space.resources["workers_per_trial"],
-        cpus_per_worker=space.resources["cpus_per_worker"],
-        gpus_per_worker=space.resources["gpus_per_worker"],
     )
 
 
@@ -72,12 +60,12 @@ def preflight(space: SearchSpace, settings: ExperimentSettings) -> None:
     from tune_dialsum.data import DialogueDataLoader
 
     DialogueDataLoader(
-        settings.data_path, settings.dialogue_column, settings.summary_column, settings.id_column
+        settings.data.path, settings.data.dialogue_column, settings.data.summary_column, settings.data.id_column
     ).load_splits()
     for model in space.models:
         check_model_available(model)
         if model.startswith(TINY_PREFIX):
-            resolve_model_path(model, settings.data_path)  # built once here, not in every trial at once
+            resolve_model_path(model, settings.data.path)  # built once here, not in every trial at once
 
 
 def _trial_name(trial) -> str:
@@ -90,12 +78,12 @@ def _trainable(space: SearchSpace, settings: ExperimentSettings):
     if data_parallel(space):  # the trial only drives its workers, which Ray Train places itself
         resources = DRIVER_RESOURCES
     else:
-        resources = {"cpu": space.resources["cpus_per_trial"], "gpu": space.resources["gpus_per_trial"]}
+        resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(train_dialsum, settings=settings), resources)
 
 
 def data_parallel(space: SearchSpace) -> bool:
-    return space.resources["workers_per_trial"] > 1
+    return space.resources.workers_per_trial > 1
 
 
 def build_searcher(space: SearchSpace, settings: ExperimentSettings, storage=None, seed_offset: int = 0):
@@ -112,7 +100,7 @@ def build_searcher(space: SearchSpace, settings: ExperimentSettings, storage=Non
         storage=storage,
         study_name=space.name,
         time_attr=settings.time_attr,
-        full_budget=settings.max_budget,
+        full_budget=settings.scheduler.max_budget,
     )
 
 
@@ -120,15 +108,15 @@ def build_scheduler(space: SearchSpace, settings: ExperimentSettings):
     """ASHA on the best score so far, in the space's budget unit; or FIFO (every trial to the full budget)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    if space.scheduler["type"] != "asha":
+    if space.scheduler.type != "asha":
         return FIFOScheduler()
     return ASHAScheduler(
         time_attr=settings.time_attr,
         metric=settings.ranked_by,
         mode=space.mode,
-        max_t=settings.max_budget,
-        grace_period=space.scheduler["grace_period"],
-        reduction_factor=space.scheduler["reduction_factor"],
+        max_t=settings.scheduler.max_budget,
+        grace_period=space.scheduler.grace_period,
+        reduction_factor=space.scheduler.reduction_factor,
     )
 
 
@@ -164,8 +152,8 @@ def _build_tuner(
             scheduler=scheduler,
             num_samples=num_samples,
             # Tune does not see a data-parallel trial's workers: it would start trials their workers cannot join
-            max_concurrent_trials=trials_at_once(space) if data_parallel(space) else space.trials["max_concurrent"],
-            time_budget_s=space.trials["time_budget_s"],
+            max_concurrent_trials=trials_at_once(space) if data_parallel(space) else space.trials.max_concurrent,
+            time_budget_s=space.trials.time_budget_s,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
             # A worker that already imported torch and transformers and read the data runs the next trial;
@@ -179,7 +167,7 @@ def _build_tuner(
             callbacks=callbacks,
             verbose=1,
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=space.keep_checkpoints,
+                num_to_keep=space.checkpoints.keep,
                 checkpoint_score_attribute=space.metric,
                 checkpoint_score_order=space.mode,
             ),
@@ -233,14 +221,14 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
         from tune_dialsum.tracking import require_mlflow, tracking_uri
 
         require_mlflow()
-        tracking_uri(space.tracking["uri"], store.local, store.remote)
+        tracking_uri(space.tracking.uri, store.local, store.remote)
     logger.info("preflight took %.1fs", time.perf_counter() - clock)
     started_ray = start_ray(address)
     logger.info("ray ready after %.1fs", time.perf_counter() - clock)
     try:
         check_resources(space)
         store.local.mkdir(parents=True, exist_ok=True)
-        check_shared_paths({"storage_path": store.location, "data.path": settings.data_path})
+        check_shared_paths({"storage_path": store.location, "data.path": settings.data.path})
         (store.local / SPACE_SNAPSHOT).write_text(yaml.safe_dump({**space.raw, "name": space.name}))
         store.push(store.local / SPACE_SNAPSHOT)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table shows every trial's state and score
@@ -255,7 +243,7 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
             )
             results = list(tuner.fit())
             store.pull(checkpoint_files=())  # for a URI: the trial directories the restored run wrote
-        more = space.trials["num_samples"] - (len(recorded_trial_ids(store.local)) if resume else 0)
+        more = space.trials.num_samples - (len(recorded_trial_ids(store.local)) if resume else 0)
         interrupted = any(r.error is None and not (r.metrics or {}).get("done") for r in results)
         if more > 0 and not interrupted:
             # a new search, or more trials for a finished one: Optuna's study holds every earlier trial
@@ -268,7 +256,7 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
         logger.info("trials done after %.1fs", time.perf_counter() - clock)
         outcome = summarize(results, space, settings, store)
         outcome.at_once = trials_at_once(space)
-        outcome.workers_per_trial = space.resources["workers_per_trial"]
+        outcome.workers_per_trial = space.resources.workers_per_trial
         outcome.scratch_bytes = session_scratch_bytes() if started_ray else None
         if tracked:
             _close_tracking(tracked, outcome)
@@ -288,9 +276,9 @@ def _open_tracking(space: SearchSpace, settings: ExperimentSettings, store: Expe
     from tune_dialsum.contract import TRACKING_FILE
     from tune_dialsum.tracking import open_search_run
 
-    params = {"objective": f"{space.metric} ({space.mode})", "budget_unit": settings.budget_unit}
-    params |= {"max_budget": settings.max_budget, "num_samples": space.trials["num_samples"]}
-    params |= {"scheduler": space.scheduler["type"], "sampler": space.trials["sampler"], "seed": space.seed}
+    params = {"objective": f"{space.metric} ({space.mode})", "budget_unit": settings.scheduler.budget_unit}
+    params |= {"max_budget": settings.scheduler.max_budget, "num_samples": space.trials.num_samples}
+    params |= {"scheduler": space.scheduler.type, "sampler": space.trials.sampler, "seed": space.seed}
     params |= {f"fixed.{key}": value for key, value in space.fixed.items()}
     params |= {f"search.{key}": f"{dist.kind} {list(dist.args)}" for key, dist in space.search.items()}
     tracked = open_search_run(space.tracking, space.name, store.local, store.remote, params)
@@ -304,7 +292,7 @@ def _trial_runs(tracked, settings: ExperimentSettings):
 
     scores = tuple(key for key in REPORTED_SCORES if key != "loss")
     scores += ("eval_loss", settings.ranked_by, "train_loss", "time_total_s")
-    return trial_runs_callback(tracked, settings.time_attr, settings.max_budget, scores)
+    return trial_runs_callback(tracked, settings.time_attr, settings.scheduler.max_budget, scores)
 
 
 def _close_tracking(tracked, outcome: SearchOutcome) -> None:
@@ -355,7 +343,7 @@ def _resumed_space(store: ExperimentStore, name: str, num_samples: int | None) -
 
 def trials_at_once(space: SearchSpace) -> int:
     """How many trials the cluster has room for at once (``trials.max_concurrent`` caps it)."""
-    wanted = min(space.trials["num_samples"], space.trials["max_concurrent"] or space.trials["num_samples"])
+    wanted = min(space.trials.num_samples, space.trials.max_concurrent or space.trials.num_samples)
     return task_slots(space.resources, wanted)
 
 

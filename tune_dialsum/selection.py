@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tune_dialsum.contract import SELECTION_FILE, score_key
 from tune_dialsum.export import CheckpointRecord, trial_decoding
+from tune_dialsum.space_schema import ResourcesSection
 from tune_dialsum.storage import download, is_uri
 from tune_dialsum.trainable import ExperimentSettings, load_splits, training_frames
 
@@ -91,15 +92,15 @@ def score_model(
     }
 
 
-def remote_scorer(resources: dict):
+def remote_scorer(resources: ResourcesSection):
     """:func:`score_model` as a Ray task with the resources of one of a trial's workers (one process)."""
     import ray
 
-    return ray.remote(score_model).options(num_cpus=resources["cpus_per_worker"], num_gpus=resources["gpus_per_worker"])
+    return ray.remote(score_model).options(num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker)
 
 
 def rescore(
-    candidates: list[CheckpointRecord], locations: list[str], settings: ExperimentSettings, resources: dict
+    candidates: list[CheckpointRecord], locations: list[str], settings: ExperimentSettings, resources: ResourcesSection
 ) -> list[Candidate]:
     """Each candidate's scores on the whole validation split, decoded as its trial was scored; in parallel."""
     import ray
@@ -109,7 +110,7 @@ def rescore(
         scorer.remote(location, settings, "validation", trial_decoding(record.snapshot.get("config", {})))
         for record, location in zip(candidates, locations, strict=True)
     ]
-    key = score_key(settings.metric)
+    key = score_key(settings.objective.metric)
     return [
         Candidate(record, record.scores[key], full) for record, full in zip(candidates, ray.get(futures), strict=True)
     ]
@@ -126,7 +127,9 @@ def choose(candidates: list[Candidate], metric: str, mode: str) -> Candidate:
     return ranked(candidates, metric, mode)[0]
 
 
-def score_on_test(models: list[tuple[str, dict | None]], settings: ExperimentSettings, resources: dict) -> list | None:
+def score_on_test(
+    models: list[tuple[str, dict | None]], settings: ExperimentSettings, resources: ResourcesSection
+) -> list | None:
     """Each (model location, decoding or None for its generation config)'s scores on the test split, in
     parallel; None where the data has no test split."""
     import ray

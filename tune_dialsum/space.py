@@ -3,29 +3,14 @@
 This module imports neither Ray nor torch: a space is checked completely, with
 one-line errors that name the file and key, before anything starts.
 
-A space file has these sections (all but ``search`` optional)::
+A space file has these sections (all but ``search`` optional; every key, with its default and help,
+is a field in space_schema.py, and ``python -m tune_dialsum space-keys`` prints them all)::
 
-    name: demo                    # experiment name (default: the file's stem)
-    data: {path, dialogue_column, summary_column, id_column, validation_split,
-           max_train_samples, max_eval_samples}
-    objective: {metric: rougeL, mode: max}
+    name, description, storage_path, seed, trust_remote_code
+    data, objective, scheduler, trials, resources, checkpoints, selection, tracking, decoding
     fixed: {SETTING: value}       # held fixed for every trial
     search: {SETTING: DISTRIBUTION}
     per_family: {bart|t5|pegasus: {SETTING: DISTRIBUTION}}   # overrides once the model is known
-    scheduler: {type: asha|fifo, budget_unit: samples|steps|epochs, max_budget, grace_period,
-                reduction_factor, eval_interval}
-    trials: {num_samples, max_concurrent, time_budget_s, sampler: tpe|random, startup_trials}
-    resources: {cpus_per_trial, gpus_per_trial}           # one process per trial, or
-               {workers_per_trial, cpus_per_worker, gpus_per_worker}   # data-parallel trials (Ray Train;
-                                  # *_per_trial beside workers_per_trial: the trial's total, split evenly)
-    checkpoints: {keep}
-    selection: {top_k}            # checkpoints re-scored on the whole validation split
-    decoding: {search: {GENERATE_SETTING: DISTRIBUTION}, num_samples, top_k_checkpoints,
-               max_eval_samples, constraints: {max_mean_length, length_unit, max_seconds_per_summary}}
-    storage_path: ray_results
-    tracking: {backend: mlflow, uri}   # optional: one MLflow run per trial, nested under one per search
-    seed: 0
-    trust_remote_code: false
 
 ``budget_unit: samples`` counts training examples seen (steps x batch x accumulation x workers),
 so trials with different batch sizes are compared after equal work; evaluations and ASHA's rungs
@@ -46,7 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,44 +41,29 @@ from tune_dialsum.contract import BUDGET_UNITS, OBJECTIVES, default_mode
 from tune_dialsum.data.formats import DIALOGUE_FORMATS
 from tune_dialsum.errors import SpaceError
 from tune_dialsum.models import FAMILIES, family_of
+from tune_dialsum.space_schema import (
+    SECTIONS,
+    SETTINGS_SECTIONS,
+    TOP_LEVEL,
+    CheckpointsSection,
+    DataSection,
+    DecodingSpace,
+    ObjectiveSection,
+    ResourcesSection,
+    SchedulerSection,
+    SelectionSection,
+    TrackingSection,
+    TrialSettings,
+    TrialsSection,
+    section_keys,
+)
 
 logger = logging.getLogger(__name__)
 
-# Every setting a trial takes, with its type. ``fixed`` and ``search`` draw from these.
-SETTINGS: dict[str, type] = {
-    "model": str,
-    "learning_rate": float,
-    "dialogue_format": str,
-    "max_input_length": int,
-    "max_target_length": int,
-    "batch_size": int,
-    "gradient_accumulation_steps": int,
-    "num_train_epochs": float,
-    "warmup_steps": int,
-    "warmup_ratio": float,
-    "weight_decay": float,
-    "label_smoothing": float,
-    "generation_num_beams": int,
-    "generation_max_length": int,
-    "lr_scheduler_type": str,
-    "gradient_checkpointing": bool,  # recompute activations in the backward pass: less memory, more time
-    "mixed_precision": str,  # one of MIXED_PRECISION
-}
+# Every setting a trial takes, with its type: the fields of the one record a trial trains with.
+SETTINGS: dict[str, type] = {f.name: f.metadata["kind"] for f in fields(TrialSettings)}
+DEFAULT_SETTINGS = {f.name: f.default for f in fields(TrialSettings) if f.default is not None}
 MIXED_PRECISION = ("auto", "bf16", "fp16", "no")  # auto: bf16 where the GPU has it, else fp16; none on CPU
-DEFAULT_SETTINGS = {
-    "max_input_length": 512,
-    "max_target_length": 128,
-    "dialogue_format": "standard",
-    "gradient_accumulation_steps": 1,
-    "num_train_epochs": 3.0,
-    "warmup_steps": 0,
-    "weight_decay": 0.0,
-    "label_smoothing": 0.0,
-    "generation_num_beams": 1,  # greedy: ranking trials needs a cheap decoding; the decoding stage tunes it
-    "lr_scheduler_type": "linear",
-    "gradient_checkpointing": False,
-    "mixed_precision": "auto",
-}
 # ``generate()`` settings the decoding stage searches, with their types.
 DECODING_SETTINGS: dict[str, type] = {
     "num_beams": int,
@@ -106,33 +76,7 @@ DECODING_SETTINGS: dict[str, type] = {
 LENGTH_UNITS = ("words", "tokens")
 TRACKING_BACKENDS = ("mlflow",)
 DISTRIBUTIONS = {"choice", "uniform", "loguniform", "quniform", "int", "logint", "qint"}
-SECTIONS = {
-    "name": None,
-    "description": None,
-    "data": {
-        "path",
-        "dialogue_column",
-        "summary_column",
-        "id_column",
-        "validation_split",
-        "max_train_samples",
-        "max_eval_samples",
-    },
-    "objective": {"metric", "mode"},
-    "fixed": set(SETTINGS),
-    "search": set(SETTINGS),
-    "per_family": set(FAMILIES),
-    "scheduler": {"type", "budget_unit", "max_budget", "grace_period", "reduction_factor", "eval_interval"},
-    "trials": {"num_samples", "max_concurrent", "time_budget_s", "sampler", "startup_trials"},
-    "resources": {"cpus_per_trial", "gpus_per_trial", "workers_per_trial", "cpus_per_worker", "gpus_per_worker"},
-    "checkpoints": {"keep"},
-    "selection": {"top_k"},
-    "decoding": {"search", "num_samples", "top_k_checkpoints", "max_eval_samples", "constraints"},
-    "storage_path": None,
-    "tracking": {"backend", "uri"},
-    "seed": None,
-    "trust_remote_code": None,
-}
+TOP_LEVEL_KEYS = [*TOP_LEVEL, *SECTIONS, *SETTINGS_SECTIONS]
 
 
 @dataclass(frozen=True)
@@ -155,56 +99,35 @@ class Distribution:
 
 
 @dataclass(frozen=True)
-class DecodingSpace:
-    """The decoding stage: ``generate()`` settings searched on the best trained checkpoints."""
-
-    search: dict[str, Distribution]
-    num_samples: int = 12
-    top_k_checkpoints: int = 1  # the best by full-validation score (selection.top_k re-scored them)
-    max_eval_samples: int | None = None  # None: every validation example
-    max_mean_length: float | None = None  # in length_unit; a decoding writing longer is not chosen
-    length_unit: str = "words"
-    max_seconds_per_summary: float | None = None
-
-    @property
-    def constraints(self) -> dict:
-        return {
-            f"mean_{self.length_unit}": self.max_mean_length,
-            "seconds_per_summary": self.max_seconds_per_summary,
-        }
-
-    def describe_constraints(self) -> str:
-        parts = []
-        if self.max_mean_length is not None:
-            parts.append(f"mean length at most {self.max_mean_length:g} {self.length_unit}")
-        if self.max_seconds_per_summary is not None:
-            parts.append(f"at most {self.max_seconds_per_summary:g} s per summary")
-        return " and ".join(parts)
-
-
-@dataclass
 class SearchSpace:
-    """A validated search space; see the module docstring for the file format."""
+    """A validated search space; see the module docstring for the file format, space_schema.py for every key."""
 
     name: str
     source: str
-    data: dict[str, Any]
-    metric: str
-    mode: str
+    data: DataSection
+    objective: ObjectiveSection  # its mode filled in from the metric
     fixed: dict[str, Any]
     search: dict[str, Distribution]
     per_family: dict[str, dict[str, Distribution]]
-    scheduler: dict[str, Any]
-    trials: dict[str, Any]
-    resources: dict[str, float]
-    keep_checkpoints: int
+    scheduler: SchedulerSection  # grace_period and eval_interval filled in
+    trials: TrialsSection  # startup_trials filled in
+    resources: ResourcesSection  # both the trial's totals and one worker's share filled in
+    checkpoints: CheckpointsSection
+    selection: SelectionSection
     storage_path: str
-    top_k: int  # checkpoints, best on the subset first, re-scored on the whole validation split
     seed: int
     trust_remote_code: bool = False
     decoding: DecodingSpace | None = None  # None: exported with the decoding trials were scored with
-    tracking: dict | None = None  # {"backend": "mlflow", "uri": URI or None}; None: no experiment tracker
+    tracking: TrackingSection | None = None  # None: no experiment tracker
     raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def metric(self) -> str:
+        return self.objective.metric
+
+    @property
+    def mode(self) -> str:
+        return self.objective.mode
 
     # -- sampling -------------------------------------------------------------------
     def define_by_run(self, trial) -> dict[str, Any]:
@@ -338,10 +261,13 @@ class _Checker:
     def fail(self, key: str, message: str):
         raise SpaceError(f"{self.source}: {key}: {message}")
 
-    def section(self, raw: dict, key: str, allowed: set[str] | None) -> dict:
+    def section(self, raw: dict, key: str, allowed) -> dict:
+        """The mapping under ``key``; ``allowed``: its keys, or a section dataclass whose fields they are."""
         value = raw.get(key) or {}
         if not isinstance(value, dict):
             self.fail(key, f"must be a mapping, not {type(value).__name__}")
+        if isinstance(allowed, type):
+            allowed = {spelled.split(".")[0] for spelled in section_keys(allowed)}
         if allowed is not None:
             for name in value:
                 if name not in allowed:
@@ -440,62 +366,74 @@ class _Checker:
         return Distribution(kind, tuple(values))
 
 
-def _parse_resources(check: _Checker, section: dict, source: str) -> dict:
-    """A trial's resources: one process (``*_per_trial``) or ``workers_per_trial`` data-parallel workers.
-
-    The result holds both views: ``cpus_per_trial``/``gpus_per_trial`` are a trial's totals (what the
-    cluster must have room for), ``*_per_worker`` what one process gets (a scoring task's share too).
-    """
-    workers = check.number("resources.workers_per_trial", section.get("workers_per_trial", 1), int, minimum=1)
-    per_worker = {}
-    for kind, default in (("cpus", 1), ("gpus", 0)):
-        trial_key, worker_key = f"{kind}_per_trial", f"{kind}_per_worker"
-        if trial_key in section and worker_key in section:
-            check.fail(f"resources.{trial_key}", f"give a trial's total or resources.{worker_key}, not both")
-        key = f"resources.{worker_key if worker_key in section else trial_key}"
-        value = section.get(worker_key, section.get(trial_key, default))
-        value = check.number(key, value, float, minimum=0, strict=kind == "cpus")
-        # a trial's total is split evenly over its workers
-        per_worker[kind] = value if worker_key in section else value / workers
-        if kind == "gpus" and per_worker[kind] > 1 and per_worker[kind] != int(per_worker[kind]):
-            check.fail(key, f"above 1 must be a whole number per worker but got {per_worker[kind]:g}")
-        if kind == "gpus" and workers > 1 and 0 < per_worker[kind] < 1:  # NCCL: "Duplicate GPU detected"
-            check.fail(key, f"data-parallel workers need a whole GPU each but got {per_worker[kind]:g} per worker")
-    if per_worker["gpus"] > 1:
-        logger.warning(
-            "%s: resources: %g GPUs for one process: transformers trains on them with torch's DataParallel, "
-            "which is slower than data-parallel workers: workers_per_trial: %g with gpus_per_worker: 1",
-            source,
-            per_worker["gpus"],
-            per_worker["gpus"],
-        )
-    return {
-        "workers_per_trial": workers,
-        "cpus_per_worker": per_worker["cpus"],
-        "gpus_per_worker": per_worker["gpus"],
-        "cpus_per_trial": workers * per_worker["cpus"],
-        "gpus_per_trial": workers * per_worker["gpus"],
-    }
-
-
 def parse_space(raw: dict, source: str = "<space>", default_name: str = "search", training: bool = True) -> SearchSpace:
     """Validate a raw space; ``training=False`` (the decoding stage alone) needs nothing searched in training."""
     check = _Checker(source)
     for key in raw:
-        if key not in SECTIONS:
-            check.fail(key, f"unknown key; valid keys: {', '.join(SECTIONS)}")
+        if key not in TOP_LEVEL_KEYS:
+            check.fail(key, f"unknown key; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+    fixed, search, per_family = _parse_settings(check, raw, training)
+    scheduler = _parse_scheduler(check, raw)
+    _warn_about_searched(source, scheduler, _searched(search, per_family))
+    selection = SelectionSection(
+        top_k=check.number("selection.top_k", _values(check, raw, "selection").get("top_k", 3), int, 1)
+    )
+    return SearchSpace(
+        name=_parse_name(check, raw, default_name),
+        source=source,
+        data=_parse_data(check, raw),
+        objective=_parse_objective(check, raw),
+        fixed=fixed,
+        search=search,
+        per_family=per_family,
+        scheduler=scheduler,
+        trials=_parse_trials(check, raw),
+        resources=_parse_resources(check, _values(check, raw, "resources"), source),
+        checkpoints=CheckpointsSection(
+            keep=check.number("checkpoints.keep", _values(check, raw, "checkpoints").get("keep", 2), int, minimum=1)
+        ),
+        selection=selection,
+        storage_path=_parse_storage_path(check, raw),
+        seed=check.number("seed", raw.get("seed", 0), int),
+        trust_remote_code=_parse_trust_remote_code(check, raw),
+        decoding=_parse_decoding(check, raw, selection.top_k),
+        tracking=_parse_tracking(check, raw),
+        raw=copy.deepcopy(raw),
+    )
 
-    data = check.section(raw, "data", SECTIONS["data"])
-    data = {
-        "path": "data",
-        "dialogue_column": "dialogue",
-        "summary_column": "summary",
-        "id_column": "id",
-        "validation_split": 0.1,
-        "max_train_samples": None,
-        "max_eval_samples": None,
-        **data,
-    }
+
+def _values(check: _Checker, raw: dict, name: str) -> dict:
+    """The keys a section sets, every one of them a field of its dataclass."""
+    return check.section(raw, name, SECTIONS[name])
+
+
+def _defaults(section: type) -> dict:
+    return {f.name: f.default for f in fields(section)}
+
+
+def _parse_name(check: _Checker, raw: dict, default_name: str) -> str:
+    name = str(raw.get("name") or default_name)
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name.startswith("."):
+        check.fail("name", f"{name!r} must be letters, digits, '-', '_' or '.' (it names a directory)")
+    return name
+
+
+def _parse_storage_path(check: _Checker, raw: dict) -> str:
+    storage_path = raw.get("storage_path", TOP_LEVEL["storage_path"][0])
+    if not isinstance(storage_path, str) or not storage_path:
+        check.fail("storage_path", f"expected a path but got {storage_path!r}")
+    return storage_path
+
+
+def _parse_trust_remote_code(check: _Checker, raw: dict) -> bool:
+    trust = raw.get("trust_remote_code", False)
+    if not isinstance(trust, bool):
+        check.fail("trust_remote_code", f"expected true or false but got {trust!r}")
+    return trust
+
+
+def _parse_data(check: _Checker, raw: dict) -> DataSection:
+    data = {**_defaults(DataSection), **_values(check, raw, "data")}
     if not isinstance(data["path"], str) or not data["path"]:
         check.fail("data.path", f"expected a directory path but got {data['path']!r}")
     for key in ("max_train_samples", "max_eval_samples"):
@@ -506,9 +444,12 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
     )
     if data["validation_split"] >= 1:
         check.fail("data.validation_split", f"must be below 1 but got {data['validation_split']!r}")
+    return DataSection(**data)
 
-    objective = check.section(raw, "objective", SECTIONS["objective"])
-    metric = objective.get("metric", "rougeL")
+
+def _parse_objective(check: _Checker, raw: dict) -> ObjectiveSection:
+    objective = _values(check, raw, "objective")
+    metric = objective.get("metric", ObjectiveSection.metric)
     if metric not in OBJECTIVES:
         check.fail("objective.metric", f"unknown metric {metric!r}; use one of {', '.join(OBJECTIVES)}")
     mode = objective.get("mode", default_mode(metric))
@@ -517,24 +458,27 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
     if mode != default_mode(metric):
         better = "lower" if metric == "eval_loss" else "higher"
         check.fail("objective.mode", f"{metric} is better {better}: use mode: {'min' if better == 'lower' else 'max'}")
+    return ObjectiveSection(metric=metric, mode=mode)
 
+
+def _parse_settings(check: _Checker, raw: dict, training: bool) -> tuple[dict, dict, dict]:
+    """``fixed`` (with the defaults), ``search`` and ``per_family``: what a trial trains with."""
     _refuse_decoding_settings(check, raw)
     fixed = {**DEFAULT_SETTINGS}
-    for name, value in check.section(raw, "fixed", SECTIONS["fixed"]).items():
+    for name, value in check.section(raw, "fixed", set(SETTINGS)).items():
         fixed[name] = check.setting(f"fixed.{name}", name, value)
-    search_raw = check.section(raw, "search", SECTIONS["search"])
+    search_raw = check.section(raw, "search", set(SETTINGS))
     search = {name: check.distribution(f"search.{name}", name, spec) for name, spec in search_raw.items()}
     for name in search:
         fixed.pop(name, None)
     if not search and training:
         check.fail("search", "no setting is searched; add at least one, e.g. learning_rate: {loguniform: [1e-5, 1e-4]}")
     per_family = {}
-    for family, settings in check.section(raw, "per_family", SECTIONS["per_family"]).items():
-        block = check.section({family: settings}, family, SECTIONS["search"])
+    for family, settings in check.section(raw, "per_family", set(FAMILIES)).items():
+        block = check.section({family: settings}, family, set(SETTINGS))
         per_family[family] = {n: check.distribution(f"per_family.{family}.{n}", n, s) for n, s in block.items()}
-        for name in per_family[family]:
-            if name == "model":
-                check.fail(f"per_family.{family}.model", "the model decides the family; search it under 'search'")
+        if "model" in per_family[family]:
+            check.fail(f"per_family.{family}.model", "the model decides the family; search it under 'search'")
     if "model" not in search and "model" not in fixed:
         check.fail("search", "no model: set fixed.model or search model: {choice: [...]}")
     for where, block in (("search", search), *((f"per_family.{f}", b) for f, b in per_family.items())):
@@ -543,17 +487,11 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
                 f"{where}.num_train_epochs",
                 "has no effect: the scheduler sets every trial's budget (scheduler.max_budget); remove it from the search",
             )
+    return fixed, search, per_family
 
-    scheduler = check.section(raw, "scheduler", SECTIONS["scheduler"])
-    scheduler = {
-        "type": "asha",
-        "budget_unit": "steps",
-        "max_budget": None,
-        "grace_period": None,
-        "reduction_factor": 3,
-        "eval_interval": None,
-        **scheduler,
-    }
+
+def _parse_scheduler(check: _Checker, raw: dict) -> SchedulerSection:
+    scheduler = {**_defaults(SchedulerSection), **_values(check, raw, "scheduler")}
     if scheduler["type"] not in ("asha", "fifo"):
         check.fail("scheduler.type", f"must be 'asha' or 'fifo' but got {scheduler['type']!r}")
     if scheduler["budget_unit"] not in BUDGET_UNITS:
@@ -575,32 +513,30 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
                 f"scheduler.{key}",
                 f"{scheduler[key]} exceeds max_budget {scheduler['max_budget']}; lower it or raise max_budget",
             )
-    batch_searched = [n for n in ("batch_size", "gradient_accumulation_steps") if n in _searched(search, per_family)]
-    if scheduler["budget_unit"] == "steps" and batch_searched and scheduler["type"] == "asha":
-        # Not refused: a user may mean it. But a step of batch 16 is twice the work of a step of batch 8.
+    return SchedulerSection(**scheduler)
+
+
+def _warn_about_searched(source: str, scheduler: SchedulerSection, searched: set[str]) -> None:
+    """Searches that run but compare trials unfairly or waste retrainings: warned about, not refused."""
+    batch_searched = [n for n in ("batch_size", "gradient_accumulation_steps") if n in searched]
+    if scheduler.budget_unit == "steps" and batch_searched and scheduler.type == "asha":
+        # A user may mean it. But a step of batch 16 is twice the work of a step of batch 8.
         logger.warning(
             "%s: %s searched with budget_unit: steps, so ASHA compares trials after unequal work; "
             "budget_unit: samples compares them after the same number of training examples",
             source,
             " and ".join(batch_searched) + (" are" if len(batch_searched) > 1 else " is"),
         )
-
-    if "generation_num_beams" in _searched(search, per_family):
+    if "generation_num_beams" in searched:
         logger.warning(
             "%s: generation_num_beams searched in training: each value costs a retraining; the decoding section "
             "(decoding.search.num_beams) tries beam widths on the trained checkpoints instead",
             source,
         )
 
-    trials = check.section(raw, "trials", SECTIONS["trials"])
-    trials = {
-        "num_samples": 8,
-        "max_concurrent": None,
-        "time_budget_s": None,
-        "sampler": "tpe",
-        "startup_trials": None,
-        **trials,
-    }
+
+def _parse_trials(check: _Checker, raw: dict) -> TrialsSection:
+    trials = {**_defaults(TrialsSection), **_values(check, raw, "trials")}
     if trials["sampler"] not in ("tpe", "random"):
         check.fail("trials.sampler", f"must be 'tpe' or 'random' but got {trials['sampler']!r}")
     trials["num_samples"] = check.number("trials.num_samples", trials["num_samples"], int, minimum=1)
@@ -613,51 +549,51 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
         trials["time_budget_s"] = check.number(
             "trials.time_budget_s", trials["time_budget_s"], float, minimum=0, strict=True
         )
+    return TrialsSection(**trials)
 
-    resources = _parse_resources(check, check.section(raw, "resources", SECTIONS["resources"]), source)
 
-    keep = check.number(
-        "checkpoints.keep", check.section(raw, "checkpoints", SECTIONS["checkpoints"]).get("keep", 2), int, minimum=1
+def _parse_resources(check: _Checker, section: dict, source: str) -> ResourcesSection:
+    """A trial's resources: one process (``*_per_trial``) or ``workers_per_trial`` data-parallel workers.
+
+    The result holds both views: ``cpus_per_trial``/``gpus_per_trial`` are a trial's totals (what the
+    cluster must have room for), ``*_per_worker`` what one process gets (a scoring task's share too).
+    """
+    defaults = _defaults(ResourcesSection)
+    workers = check.number("resources.workers_per_trial", section.get("workers_per_trial", 1), int, minimum=1)
+    per_worker = {}
+    for kind in ("cpus", "gpus"):
+        trial_key, worker_key = f"{kind}_per_trial", f"{kind}_per_worker"
+        if trial_key in section and worker_key in section:
+            check.fail(f"resources.{trial_key}", f"give a trial's total or resources.{worker_key}, not both")
+        key = f"resources.{worker_key if worker_key in section else trial_key}"
+        value = section.get(worker_key, section.get(trial_key, defaults[trial_key]))
+        value = check.number(key, value, float, minimum=0, strict=kind == "cpus")
+        # a trial's total is split evenly over its workers
+        per_worker[kind] = value if worker_key in section else value / workers
+        if kind == "gpus" and per_worker[kind] > 1 and per_worker[kind] != int(per_worker[kind]):
+            check.fail(key, f"above 1 must be a whole number per worker but got {per_worker[kind]:g}")
+        if kind == "gpus" and workers > 1 and 0 < per_worker[kind] < 1:  # NCCL: "Duplicate GPU detected"
+            check.fail(key, f"data-parallel workers need a whole GPU each but got {per_worker[kind]:g} per worker")
+    if per_worker["gpus"] > 1:
+        logger.warning(
+            "%s: resources: %g GPUs for one process: transformers trains on them with torch's DataParallel, "
+            "which is slower than data-parallel workers: workers_per_trial: %g with gpus_per_worker: 1",
+            source,
+            per_worker["gpus"],
+            per_worker["gpus"],
+        )
+    return ResourcesSection(
+        workers_per_trial=workers,
+        cpus_per_worker=per_worker["cpus"],
+        gpus_per_worker=per_worker["gpus"],
+        cpus_per_trial=workers * per_worker["cpus"],
+        gpus_per_trial=workers * per_worker["gpus"],
     )
-    top_k = check.number(
-        "selection.top_k", check.section(raw, "selection", SECTIONS["selection"]).get("top_k", 3), int, minimum=1
-    )
-    storage_path = raw.get("storage_path", "ray_results")
-    if not isinstance(storage_path, str) or not storage_path:
-        check.fail("storage_path", f"expected a path but got {storage_path!r}")
-    name = str(raw.get("name") or default_name)
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name.startswith("."):
-        check.fail("name", f"{name!r} must be letters, digits, '-', '_' or '.' (it names a directory)")
-    trust = raw.get("trust_remote_code", False)
-    if not isinstance(trust, bool):
-        check.fail("trust_remote_code", f"expected true or false but got {trust!r}")
-
-    return SearchSpace(
-        name=name,
-        source=source,
-        data=data,
-        metric=metric,
-        mode=mode,
-        fixed=fixed,
-        search=search,
-        per_family=per_family,
-        scheduler=scheduler,
-        trials=trials,
-        resources=resources,
-        keep_checkpoints=keep,
-        storage_path=storage_path,
-        top_k=top_k,
-        seed=check.number("seed", raw.get("seed", 0), int),
-        trust_remote_code=trust,
-        decoding=_parse_decoding(check, raw, top_k),
-        tracking=_parse_tracking(check, raw),
-        raw=copy.deepcopy(raw),
-    )
 
 
-def _parse_tracking(check: _Checker, raw: dict) -> dict | None:
+def _parse_tracking(check: _Checker, raw: dict) -> TrackingSection | None:
     """``tracking: {backend: mlflow, uri: URI}``; no section, or ``backend: none``, tracks nothing."""
-    tracking = check.section(raw, "tracking", SECTIONS["tracking"])
+    tracking = _values(check, raw, "tracking")
     backend = tracking.get("backend", "mlflow" if tracking else "none")
     if backend in (None, "none"):
         return None
@@ -666,7 +602,7 @@ def _parse_tracking(check: _Checker, raw: dict) -> dict | None:
     uri = tracking.get("uri")
     if uri is not None and (not isinstance(uri, str) or not uri):
         check.fail("tracking.uri", f"expected a tracking URI (a server or a local path) but got {uri!r}")
-    return {"backend": backend, "uri": uri}
+    return TrackingSection(backend=backend, uri=uri)
 
 
 def _refuse_decoding_settings(check: _Checker, raw: dict) -> None:
@@ -685,14 +621,17 @@ def _refuse_decoding_settings(check: _Checker, raw: dict) -> None:
 
 
 def _parse_decoding(check: _Checker, raw: dict, top_k: int) -> DecodingSpace | None:
-    section = check.section(raw, "decoding", SECTIONS["decoding"])
+    section = _values(check, raw, "decoding")
     if not section:
         return None
     search_raw = check.section({"decoding.search": section.get("search")}, "decoding.search", set(DECODING_SETTINGS))
     search = {n: check.distribution(f"decoding.search.{n}", n, spec) for n, spec in search_raw.items()}
     if not search:
         check.fail("decoding.search", "nothing to search; add a setting, e.g. num_beams: {choice: [1, 4]}")
-    top_k_checkpoints = check.number("decoding.top_k_checkpoints", section.get("top_k_checkpoints", 1), int, 1)
+    defaults = _defaults(DecodingSpace)
+    top_k_checkpoints = check.number(
+        "decoding.top_k_checkpoints", section.get("top_k_checkpoints", defaults["top_k_checkpoints"]), int, 1
+    )
     if top_k_checkpoints > top_k:
         check.fail(
             "decoding.top_k_checkpoints",
@@ -700,12 +639,11 @@ def _parse_decoding(check: _Checker, raw: dict, top_k: int) -> DecodingSpace | N
             f"lower it or raise selection.top_k",
         )
     max_eval = section.get("max_eval_samples")
+    constrained = [spelled.split(".")[1] for spelled in section_keys(DecodingSpace) if "." in spelled]
     constraints = check.section(
-        {"decoding.constraints": section.get("constraints")},
-        "decoding.constraints",
-        {"max_mean_length", "length_unit", "max_seconds_per_summary"},
+        {"decoding.constraints": section.get("constraints")}, "decoding.constraints", set(constrained)
     )
-    unit = constraints.get("length_unit", "words")
+    unit = constraints.get("length_unit", defaults["length_unit"])
     if unit not in LENGTH_UNITS:
         check.fail("decoding.constraints.length_unit", f"must be one of {', '.join(LENGTH_UNITS)} but got {unit!r}")
 
@@ -715,7 +653,7 @@ def _parse_decoding(check: _Checker, raw: dict, top_k: int) -> DecodingSpace | N
 
     return DecodingSpace(
         search=search,
-        num_samples=check.number("decoding.num_samples", section.get("num_samples", 12), int, minimum=1),
+        num_samples=check.number("decoding.num_samples", section.get("num_samples", defaults["num_samples"]), int, 1),
         top_k_checkpoints=top_k_checkpoints,
         max_eval_samples=None if max_eval is None else check.number("decoding.max_eval_samples", max_eval, int, 1),
         max_mean_length=limit("max_mean_length"),

@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.contract import ERROR, MLRUNS_DIR, STOPPED, TERMINATED, TRACKING_FILE
 from tune_dialsum.errors import UsageError, one_line
+from tune_dialsum.space_schema import TrackingSection
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ def tracking_uri(setting: str | None, experiment_dir: Path, remote: bool) -> str
     return f"sqlite:///{(experiment_dir / MLRUNS_DIR).resolve() / 'mlflow.db'}"
 
 
-def open_search_run(tracking: dict, name: str, experiment_dir: Path, remote: bool, params: dict) -> TrackedSearch:
+def open_search_run(
+    tracking: TrackingSection, name: str, experiment_dir: Path, remote: bool, params: dict
+) -> TrackedSearch:
     """Start the search's parent run, or reopen the one ``tracking.json`` names (a resumed search)."""
     require_mlflow()
     record = experiment_dir / TRACKING_FILE
@@ -92,7 +95,7 @@ def open_search_run(tracking: dict, name: str, experiment_dir: Path, remote: boo
         tracked.client().update_run(tracked.parent_run_id, status="RUNNING")
         logger.info("tracking: continuing MLflow run %s at %s", tracked.parent_run_id, tracked.uri)
         return tracked
-    uri = tracking_uri(tracking.get("uri"), experiment_dir, remote)
+    uri = tracking_uri(tracking.uri, experiment_dir, remote)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)

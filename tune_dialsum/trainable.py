@@ -34,6 +34,7 @@ from tune_dialsum.contract import (
 from tune_dialsum.data import DialogueDataLoader, training_splits
 from tune_dialsum.errors import ModelNotFoundError, TuneDialsumError, one_line
 from tune_dialsum.models import tokenizer_fingerprint
+from tune_dialsum.space_schema import DataSection, ObjectiveSection, ResourcesSection, SchedulerSection
 from tune_dialsum.train import DialogueSummarizationTrainer
 
 logger = logging.getLogger(__name__)
@@ -52,20 +53,12 @@ class NotRetryable(RuntimeError):
 
 @dataclass(frozen=True)
 class ExperimentSettings:
-    """What every trial of one experiment shares (the space minus what is sampled)."""
+    """What every trial of one experiment shares: the space's sections minus what is sampled."""
 
-    data_path: str
-    dialogue_column: str
-    summary_column: str
-    id_column: str
-    validation_split: float
-    max_train_samples: int | None
-    max_eval_samples: int | None
-    metric: str
-    mode: str
-    budget_unit: str  # "steps", "epochs" or "samples" (training examples seen)
-    max_budget: int
-    eval_interval: int
+    data: DataSection  # its path resolved, so that every node reads the same directory
+    objective: ObjectiveSection
+    scheduler: SchedulerSection
+    resources: ResourcesSection  # workers_per_trial above 1: data-parallel trials (data_parallel.py)
     seed: int
     trust_remote_code: bool = False
     # Tokenized datasets are shared here by every trial with the same tokenizer, format and lengths
@@ -73,15 +66,11 @@ class ExperimentSettings:
     cache_dir: str | None = None
     # The experiment (a directory or a URI): where a trial records an error that must not be retried.
     experiment_location: str | None = None
-    # Above 1: every trial trains data-parallel over this many Ray Train workers (data_parallel.py).
-    workers_per_trial: int = 1
-    cpus_per_worker: float = 1
-    gpus_per_worker: float = 0
 
     @property
     def time_attr(self) -> str:
         """The result key that measures a trial's training budget."""
-        return TIME_ATTRS[self.budget_unit]
+        return TIME_ATTRS[self.scheduler.budget_unit]
 
     @property
     def ranked_by(self) -> str:
@@ -90,7 +79,7 @@ class ExperimentSettings:
         A trial is exported at its best checkpoint, so a curve that dips at a rung must not get a
         trial stopped whose best checkpoint is the best of all; the raw value stays under ``metric``.
         """
-        return f"best_{self.metric}"
+        return f"best_{self.objective.metric}"
 
 
 @functools.lru_cache(maxsize=4)
@@ -103,16 +92,18 @@ def _load_splits(data_path, dialogue_column, summary_column, id_column):
 
 def load_splits(settings: ExperimentSettings) -> dict:
     """Every split of the experiment's data, as read (and cleaned) once per process."""
-    return _load_splits(settings.data_path, settings.dialogue_column, settings.summary_column, settings.id_column)
+    return _load_splits(
+        settings.data.path, settings.data.dialogue_column, settings.data.summary_column, settings.data.id_column
+    )
 
 
 def training_frames(settings: ExperimentSettings):
     train_df, val_df = training_splits(
         load_splits(settings),
-        settings.validation_split,
+        settings.data.validation_split,
         settings.seed,
-        settings.max_train_samples,
-        settings.max_eval_samples,
+        settings.data.max_train_samples,
+        settings.data.max_eval_samples,
     )
     # Longest first: generation batches of similar length pad less, and a too-long batch fails at once.
     val_df = val_df.iloc[val_df["dialogue"].str.len().argsort()[::-1]]
@@ -131,20 +122,9 @@ def _prepared_datasets(trainer: DialogueSummarizationTrainer, settings: Experime
     identity = {
         **trainer.recipe,
         "tokenizer": tokenizer_fingerprint(trainer.tokenizer),
-        "data": DialogueDataLoader(settings.data_path).fingerprint(("train", "validation")),
-        **{
-            field: getattr(settings, field)
-            for field in (
-                "data_path",
-                "dialogue_column",
-                "summary_column",
-                "id_column",
-                "validation_split",
-                "max_train_samples",
-                "max_eval_samples",
-                "seed",
-            )
-        },
+        "data": DialogueDataLoader(settings.data.path).fingerprint(("train", "validation")),
+        "rows": asdict(settings.data),  # which files, columns and how many rows of them
+        "seed": settings.seed,
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     if settings.cache_dir == NODE_LOCAL:
@@ -258,7 +238,7 @@ def _report_to_tune_callback(
             report = {
                 **self.scores,
                 "eval_loss": self.scores.get("loss"),
-                settings.ranked_by: best_so_far(state.log_history, settings.metric, settings.mode),
+                settings.ranked_by: best_so_far(state.log_history, settings.objective.metric, settings.objective.mode),
                 "step": state.global_step,
                 "epoch": state.epoch,
                 "samples": state.global_step * samples_per_step,
@@ -401,7 +381,7 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
     # reused worker runs several trials, each in its own working directory of Ray's session.
     output_dir = Path.cwd() / f"hf-{trial_id}"
     try:
-        if settings.workers_per_trial > 1:
+        if settings.resources.workers_per_trial > 1:
             _train_data_parallel(config, settings, trial, output_dir)
         else:
             run = TrialRun(trial, publish=_report_to_tune, resume_from=tune.get_checkpoint())
@@ -425,7 +405,7 @@ def _report_to_tune(report: dict, checkpoint_dir: str) -> None:
 
 
 def _train_data_parallel(config: dict, settings: ExperimentSettings, trial: dict, output_dir: Path) -> None:
-    """This trial's training on ``settings.workers_per_trial`` Ray Train workers, reported by rank 0.
+    """This trial's training on ``settings.resources.workers_per_trial`` Ray Train workers, reported by rank 0.
 
     Every worker trains with this trial's ``config`` (sampled once, by this driver's searcher) and
     keeps its scratch in ``output_dir/rank-N`` (on its own node where the workers are spread).
@@ -436,7 +416,9 @@ def _train_data_parallel(config: dict, settings: ExperimentSettings, trial: dict
     from tune_dialsum.data_parallel import Workers, new_run_name, run_data_parallel
 
     process = functools.partial(_train_worker, config, settings, trial, output_dir, tune.get_checkpoint())
-    workers = Workers(settings.workers_per_trial, settings.cpus_per_worker, settings.gpus_per_worker)
+    workers = Workers(
+        settings.resources.workers_per_trial, settings.resources.cpus_per_worker, settings.resources.gpus_per_worker
+    )
     staging = storage.join(settings.experiment_location or str(output_dir), TRAIN_RUNS_DIR)
     run_name = new_run_name(trial["trial_id"])
     try:
@@ -477,18 +459,18 @@ def _train(config: dict, settings: ExperimentSettings, output_dir: Path, run: Tr
         dialogue_format=config["dialogue_format"],
         trust_remote_code=settings.trust_remote_code,
         tensorboard=False,  # Tune logs every report to TensorBoard in the trial directory already
-        data_dir=settings.data_path,
+        data_dir=settings.data.path,
     )
     dataset_dict = _prepared_datasets(trainer, settings)
-    unit = settings.budget_unit
-    interval = settings.eval_interval
+    unit = settings.scheduler.budget_unit
+    interval = settings.scheduler.eval_interval
     strategy = {"steps": "steps", "epochs": "epoch", "samples": "no"}[unit]  # samples: EvaluateEverySamples
     training_args = trainer.get_training_arguments(
         learning_rate=config.get("learning_rate"),
         batch_size=config.get("batch_size"),
         gradient_accumulation_steps=config["gradient_accumulation_steps"],
-        num_train_epochs=settings.max_budget if unit == "epochs" else config["num_train_epochs"],
-        max_steps=settings.max_budget if unit == "steps" else -1,
+        num_train_epochs=settings.scheduler.max_budget if unit == "epochs" else config["num_train_epochs"],
+        max_steps=settings.scheduler.max_budget if unit == "steps" else -1,
         warmup_steps=config.get("warmup_ratio") or config["warmup_steps"],
         weight_decay=config["weight_decay"],
         label_smoothing_factor=config["label_smoothing"],
@@ -512,7 +494,7 @@ def _train(config: dict, settings: ExperimentSettings, output_dir: Path, run: Tr
     )
     callbacks = [_report_to_tune_callback(config, settings, trainer.recipe, samples_per_step, rss_at_start, run)]
     if unit == "samples":
-        training_args.max_steps = math.ceil(settings.max_budget / samples_per_step)
+        training_args.max_steps = math.ceil(settings.scheduler.max_budget / samples_per_step)
         training_args.logging_steps = max(1, interval // samples_per_step // 4)
         callbacks.append(_evaluate_every_samples(interval, samples_per_step))
     trainer.train(
