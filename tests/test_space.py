@@ -1,14 +1,17 @@
 """Search-space files: a contract over every shipped file, and one test per bad input."""
 
+from dataclasses import fields
 from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from tests.conftest import REPO
 from tune_dialsum.errors import SpaceError
 from tune_dialsum.models import family_of
 from tune_dialsum.space import SETTINGS, load_space, parse_space
+from tune_dialsum.space_schema import DataSection, ResourcesSection, SchedulerSection
 
 SPACE_FILES = sorted((REPO / "search_spaces").glob("*.yaml"))
 MINIMAL = "search:\n  learning_rate: {loguniform: [1.0e-5, 1.0e-4]}\nfixed:\n  model: tiny:bart\nscheduler:\n  max_budget: 100\n"
@@ -249,3 +252,26 @@ def test_memory_levers_default_off_and_can_be_fixed_or_searched(tmp_path):
     space = load_space(path)
     config = space.define_by_run(optuna.create_study().ask())
     assert config["gradient_checkpointing"] in (True, False) and config["mixed_precision"] in ("bf16", "no")
+
+
+def test_readme_lists_every_space_key_as_space_keys_prints_it(capsys):
+    from tune_dialsum.cli import main
+
+    assert main(["space-keys"]) == 0
+    printed = capsys.readouterr().out.strip()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    listed = readme.split("<!-- space-keys: begin -->")[1].split("<!-- space-keys: end -->")[0].strip()
+    assert listed == printed, "README's space reference is stale: paste `python -m tune_dialsum space-keys` into it"
+
+
+def test_the_keys_space_keys_prints_are_the_keys_a_space_takes():
+    from tune_dialsum.space_schema import space_keys
+
+    listed = {key for key, _, _ in space_keys()}
+    for section, keys in (("data", DataSection), ("scheduler", SchedulerSection), ("resources", ResourcesSection)):
+        assert {f"{section}.{f.name}" for f in fields(keys)} <= listed
+    for bad in ("data.dialogue_col", "scheduler.max_steps", "resources.cpus"):
+        section, key = bad.split(".")
+        with pytest.raises(SpaceError, match=rf"{section}\.{key}: unknown key; valid keys: "):
+            parse_space({**yaml.safe_load(MINIMAL), section: {key: 1}})
+    assert {f"SETTING {name}" for name in SETTINGS} <= listed

@@ -1,8 +1,10 @@
 """``python -m tune_dialsum``: a thin dispatcher over the package's commands.
 
-Each command is a small function that returns an exit code. Errors that are
-the user's to fix (:class:`TuneDialsumError`) print as one line on stderr with
-no traceback; everything else is a bug and keeps its traceback.
+Each command is a handler that returns an exit code, registered by ``@_command``
+together with its help and the function that declares its arguments, which sits
+right above it; :func:`build_parser` makes one subcommand per registered command.
+Errors that are the user's to fix (:class:`TuneDialsumError`) print as one line
+on stderr with no traceback; everything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,11 +15,82 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tune_dialsum.errors import TuneDialsumError, UsageError, one_line
 
 
+@dataclass(frozen=True)
+class _Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+_COMMANDS: list[_Command] = []  # filled by @_command in file order, the order ``--help`` lists them in
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _command(name: str, help: str, add_arguments=_no_arguments):
+    """Register the decorated handler as the command ``name``."""
+
+    def register(run):
+        _COMMANDS.append(_Command(name, help, add_arguments, run))
+        return run
+
+    return register
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 but got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65534:  # the decoding study takes the next port
+        raise argparse.ArgumentTypeError(f"must be 0 (free ports) or 1-65534 but got {value}")
+    return value
+
+
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=None, help="Ray cluster to use (auto or HOST:PORT); default: local")
+
+
+def _add_experiment_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment_dir", help="<storage-path>/<name>: a directory or a URI (s3://...)")
+
+
+def _add_inference_batch_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=_positive_int, default=16)
+
+
+def _write_lines(path: str | None, lines: list[str]) -> None:
+    text = "".join(line + "\n" for line in lines)
+    if path:
+        Path(path).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def _tiny_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from tune_dialsum.models import FAMILIES
+
+    parser.add_argument("--family", choices=sorted(FAMILIES), required=True)
+    parser.add_argument("--out", required=True, help="directory to write the model to")
+    parser.add_argument("--data", default=None, help="data directory whose train split trains the tokenizer")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+@_command("tiny-model", "build a tiny randomly initialised model for offline use", _tiny_model_arguments)
 def _cmd_tiny_model(args) -> int:
     from tune_dialsum.models import build_tiny_model
 
@@ -26,6 +99,33 @@ def _cmd_tiny_model(args) -> int:
     return 0
 
 
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from tune_dialsum.data.formats import DIALOGUE_FORMATS
+
+    parser.add_argument("--model", required=True, help="hub name, local directory, or tiny:bart|tiny:t5|tiny:pegasus")
+    parser.add_argument("--data", default="data", help="directory with train/validation/test files")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--dialogue-format", choices=DIALOGUE_FORMATS, default="standard")
+    parser.add_argument("--max-input-length", type=_positive_int, default=512)
+    parser.add_argument("--max-target-length", type=_positive_int, default=128)
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: the model family's")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, help="default: the model family's")
+    parser.add_argument("--gradient-accumulation-steps", type=_positive_int, default=1)
+    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
+    parser.add_argument("--warmup-steps", type=int, default=500)
+    parser.add_argument("--eval-steps", type=_positive_int, default=500)
+    parser.add_argument("--logging-steps", type=_positive_int, default=100)
+    parser.add_argument("--num-beams", type=_positive_int, default=4)
+    parser.add_argument(
+        "--val-split", type=float, default=0.1, help="held out of train when there is no validation split"
+    )
+    parser.add_argument("--max-train-samples", type=_positive_int, default=None)
+    parser.add_argument("--max-eval-samples", type=_positive_int, default=None)
+    parser.add_argument("--seed", type=int, default=42)
+
+
+@_command("train", "fine-tune one model (the training guide's command line)", _train_arguments)
 def _cmd_train(args) -> int:
     from tune_dialsum.data import DialogueDataLoader, training_splits
     from tune_dialsum.train import DialogueSummarizationTrainer
@@ -61,6 +161,64 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _add_resource_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that set the space's ``resources`` section."""
+    parser.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial; fractions share a GPU")
+    parser.add_argument("--cpus-per-trial", type=float, default=None)
+    parser.add_argument(
+        "--workers-per-trial",
+        type=int,
+        default=None,
+        help="above 1: each trial trains data-parallel over this many workers (Ray Train); see --gpus-per-worker",
+    )
+    parser.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker of a data-parallel trial")
+    parser.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per worker of a data-parallel trial")
+
+
+def _add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that set the space's ``tracking`` section."""
+    parser.add_argument(
+        "--track",
+        choices=("mlflow", "none"),
+        default=None,
+        help="log every trial to an experiment tracker: mlflow (one run per trial under one per search)",
+    )
+    parser.add_argument(
+        "--track-uri",
+        default=None,
+        help="tracking server or store (default: MLFLOW_TRACKING_URI, else <experiment>/mlruns)",
+    )
+
+
+def _search_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--space", default=None, help="YAML search space, e.g. search_spaces/tiny.yaml")
+    parser.add_argument("--name", default=None, help="experiment name (default: the space's)")
+    parser.add_argument(
+        "--num-samples", type=_positive_int, default=None, help="number of trials (with --resume: raise it to add more)"
+    )
+    parser.add_argument("--max-concurrent", type=_positive_int, default=None, help="trials running at once")
+    _add_resource_arguments(parser)
+    _add_address(parser)
+    parser.add_argument(
+        "--storage-path",
+        default=None,
+        help="where experiments are kept: a directory every node shares, or a URI such as s3://bucket/path "
+        "(default: ray_results)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the experiment --name (in --storage-path) with its own space"
+    )
+    _add_tracking_arguments(parser)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a space setting, e.g. --set scheduler.max_budget=300 (repeatable)",
+    )
+
+
+@_command("search", "run a hyperparameter search described by a space file", _search_arguments)
 def _cmd_search(args) -> int:
     from tune_dialsum.cluster import keep_on_loopback
 
@@ -144,6 +302,15 @@ def _experiment_to_resume(args) -> tuple[str, str]:
     return name, args.storage_path or (space.storage_path if space else "ray_results")
 
 
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_experiment_dir(parser)
+    parser.add_argument("--out", required=True, help="directory (or URI) to write the model to")
+    parser.add_argument("--metric", default=None, help="score to choose by (default: the experiment's objective)")
+    parser.add_argument("--trial", default=None, help="export this trial's best checkpoint instead")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+
+@_command("export", "export the best checkpoint of an experiment as a model directory", _export_arguments)
 def _cmd_export(args) -> int:
     from tune_dialsum.contract import score_key
     from tune_dialsum.export import export_experiment
@@ -156,6 +323,58 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """Decoding settings that override the model's; read back by :func:`_decoding_overrides`."""
+    parser.add_argument("--num-beams", type=_positive_int, default=None, help="default: the model's (tuned) setting")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default: the model's setting")
+    parser.add_argument("--length-penalty", type=float, default=None, help="default: the model's setting")
+
+
+def _decoding_overrides(args) -> dict:
+    # the model's generation config (a tuned decoding, for an export) unless a flag says otherwise
+    flags = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens, "length_penalty": args.length_penalty}
+    return {key: value for key, value in flags.items() if value is not None}
+
+
+def _summarize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model directory (best_model or final_model)")
+    parser.add_argument("--input", default=None, help="text (blank-line separated), .jsonl or .csv; default stdin")
+    parser.add_argument("--output", default=None, help="default: stdout")
+    _add_inference_batch_size(parser)
+    _add_decoding_arguments(parser)
+
+
+@_command("summarize", "summarise dialogues with a trained or exported model", _summarize_arguments)
+def _cmd_summarize(args) -> int:
+    from tune_dialsum.inference import DialogueSummarizer, read_dialogues, summary_lines
+
+    source = Path(args.input) if args.input else None
+    if source is not None and not source.is_file():
+        raise UsageError(f"--input {source}: no such file")
+    summarizer = DialogueSummarizer(args.model, batch_size=args.batch_size)  # a bad model fails before stdin is read
+    records = read_dialogues(source, text=None if source else sys.stdin.read())
+    summaries = summarizer.summarize([r["dialogue"] for r in records], **_decoding_overrides(args))
+    # a file of records (.jsonl, .csv, ...) gets records back, keyed by id; so does asking for a .jsonl output
+    jsonl = (source is not None and not source.name.endswith(".txt")) or (args.output or "").endswith(".jsonl")
+    _write_lines(args.output, summary_lines(records, summaries, jsonl))
+    return 0
+
+
+def _tune_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model directory (an export, a checkpoint), hub name or tiny:FAMILY")
+    parser.add_argument("--data", required=True, help="data directory; its validation split scores each decoding")
+    parser.add_argument("--space", default=None, help="space file whose data and decoding sections to use")
+    parser.add_argument(
+        "--out", default=None, help="where the model with the chosen decoding goes (default: MODEL-decoding)"
+    )
+    _add_address(parser)
+
+
+@_command(
+    "tune-decoding",
+    "search how a trained model decodes (beams, length, repetition) without retraining",
+    _tune_decoding_arguments,
+)
 def _cmd_tune_decoding(args) -> int:
     from tune_dialsum.cluster import keep_on_loopback
 
@@ -182,40 +401,21 @@ def _default_decoding_out(model: str) -> Path:
     return Path(f"{model.rstrip('/').split('/')[-1].replace(':', '-')}-decoding")
 
 
-def _write_lines(path: str | None, lines: list[str]) -> None:
-    text = "".join(line + "\n" for line in lines)
-    if path:
-        Path(path).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True, help="data directory")
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    parser.add_argument(
+        "--predictions", default=None, help="where to write predictions (default: predictions-SPLIT.jsonl)"
+    )
+    parser.add_argument("--max-samples", type=_positive_int, default=None)
+    _add_inference_batch_size(parser)
 
 
-def _cmd_summarize(args) -> int:
-    from tune_dialsum.inference import DialogueSummarizer, read_dialogues
-
-    source = Path(args.input) if args.input else None
-    if source is not None and not source.is_file():
-        raise UsageError(f"--input {source}: no such file")
-    summarizer = DialogueSummarizer(args.model, batch_size=args.batch_size)  # a bad model fails before stdin is read
-    records = read_dialogues(source, text=None if source else sys.stdin.read())
-    # the model's generation config (a tuned decoding, for an export) unless a flag says otherwise
-    generation = {k: v for k, v in _decoding_flags(args).items() if v is not None}
-    summaries = summarizer.summarize([r["dialogue"] for r in records], **generation)
-    structured = (source is not None and not source.name.endswith(".txt")) or (args.output or "").endswith(".jsonl")
-    if structured:
-        lines = [
-            json.dumps({"id": r["id"], "summary": s}, ensure_ascii=False)
-            for r, s in zip(records, summaries, strict=True)
-        ]
-    else:
-        lines = [s.replace("\n", " ") for s in summaries]
-    _write_lines(args.output, lines)
-    return 0
-
-
+@_command("evaluate", "score a model on a data split with ROUGE", _evaluate_arguments)
 def _cmd_evaluate(args) -> int:
     from tune_dialsum.data import DialogueDataLoader
-    from tune_dialsum.inference import DialogueSummarizer
+    from tune_dialsum.inference import DialogueSummarizer, prediction_lines
     from tune_dialsum.metrics import compute_rouge
 
     frame = DialogueDataLoader(args.data).load_splits()[args.split]
@@ -226,13 +426,7 @@ def _cmd_evaluate(args) -> int:
     predictions = DialogueSummarizer(args.model, batch_size=args.batch_size).summarize(list(frame["dialogue"]))
     scores = compute_rouge(predictions, list(frame["summary"]))
     output = Path(args.predictions or f"predictions-{args.split}.jsonl")
-    _write_lines(
-        str(output),
-        [
-            json.dumps({"id": i, "reference": r, "prediction": p}, ensure_ascii=False)
-            for i, r, p in zip(frame["id"], frame["summary"], predictions, strict=True)
-        ],
-    )
+    _write_lines(str(output), prediction_lines(frame["id"], frame["summary"], predictions))
     print(f"{args.split}: {len(frame)} dialogues")
     for key, value in scores.items():
         print(f"{key:10s} {value:.4f}")
@@ -240,6 +434,44 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment_dir", help="<storage-path>/<name>, running or finished")
+    parser.add_argument(
+        "--port", type=_port, default=8080, help="the training study's port; the decoding study's is the next (0: free)"
+    )
+
+
+@_command(
+    "dashboard",
+    "optuna-dashboard on an experiment's studies (training and decoding), live, on 127.0.0.1",
+    _dashboard_arguments,
+)
+def _cmd_dashboard(args) -> int:
+    import time
+
+    from tune_dialsum.dashboard import start_dashboards
+
+    dashboards = start_dashboards(args.experiment_dir, args.port)
+    for dashboard in dashboards:
+        waiting = "" if dashboard.database.is_file() else " (not there yet: served once it is)"
+        print(f"{dashboard.label} study: {dashboard.url}{waiting}", flush=True)
+    print("serving on 127.0.0.1 only; Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for dashboard in dashboards:
+            dashboard.close()
+
+
+def _analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_experiment_dir(parser)
+    parser.add_argument("--top", type=_positive_int, default=None, help="show only the best N trials")
+
+
+@_command("analyze", "leaderboard and report (plots, HTML) of an experiment", _analyze_arguments)
 def _cmd_analyze(args) -> int:
     from tune_dialsum.analysis import Experiment
     from tune_dialsum.report import write_report
@@ -267,42 +499,12 @@ def _cmd_analyze(args) -> int:
     return 0
 
 
-def _cmd_dashboard(args) -> int:
-    import time
+@_command("space-keys", "print every key a space file takes, with its default and help")
+def _cmd_space_keys(args) -> int:
+    from tune_dialsum.space_schema import format_space_keys
 
-    from tune_dialsum.dashboard import start_dashboards
-
-    dashboards = start_dashboards(args.experiment_dir, args.port)
-    for dashboard in dashboards:
-        waiting = "" if dashboard.database.is_file() else " (not there yet: served once it is)"
-        print(f"{dashboard.label} study: {dashboard.url}{waiting}", flush=True)
-    print("serving on 127.0.0.1 only; Ctrl-C stops", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        for dashboard in dashboards:
-            dashboard.close()
-
-
-def _decoding_flags(args) -> dict:
-    return {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens, "length_penalty": args.length_penalty}
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65534:  # the decoding study takes the next port
-        raise argparse.ArgumentTypeError(f"must be 0 (free ports) or 1-65534 but got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 but got {value}")
-    return value
+    print(format_space_keys())
+    return 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -313,145 +515,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tune_dialsum.data.formats import DIALOGUE_FORMATS
-    from tune_dialsum.models import FAMILIES
-
     parser = _Parser(prog="tune_dialsum", description="Hyperparameter search for dialogue summarization.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    tiny = commands.add_parser("tiny-model", help="build a tiny randomly initialised model for offline use")
-    tiny.add_argument("--family", choices=sorted(FAMILIES), required=True)
-    tiny.add_argument("--out", required=True, help="directory to write the model to")
-    tiny.add_argument("--data", default=None, help="data directory whose train split trains the tokenizer")
-    tiny.add_argument("--seed", type=int, default=0)
-    tiny.set_defaults(run=_cmd_tiny_model)
-
-    train = commands.add_parser("train", help="fine-tune one model (the training guide's command line)")
-    train.add_argument("--model", required=True, help="hub name, local directory, or tiny:bart|tiny:t5|tiny:pegasus")
-    train.add_argument("--data", default="data", help="directory with train/validation/test files")
-    train.add_argument("--output-dir", required=True)
-    train.add_argument("--dialogue-format", choices=DIALOGUE_FORMATS, default="standard")
-    train.add_argument("--max-input-length", type=_positive_int, default=512)
-    train.add_argument("--max-target-length", type=_positive_int, default=128)
-    train.add_argument("--learning-rate", type=float, default=None, help="default: the model family's")
-    train.add_argument("--batch-size", type=_positive_int, default=None, help="default: the model family's")
-    train.add_argument("--gradient-accumulation-steps", type=_positive_int, default=1)
-    train.add_argument("--epochs", type=float, default=3)
-    train.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
-    train.add_argument("--warmup-steps", type=int, default=500)
-    train.add_argument("--eval-steps", type=_positive_int, default=500)
-    train.add_argument("--logging-steps", type=_positive_int, default=100)
-    train.add_argument("--num-beams", type=_positive_int, default=4)
-    train.add_argument(
-        "--val-split", type=float, default=0.1, help="held out of train when there is no validation split"
-    )
-    train.add_argument("--max-train-samples", type=_positive_int, default=None)
-    train.add_argument("--max-eval-samples", type=_positive_int, default=None)
-    train.add_argument("--seed", type=int, default=42)
-    train.set_defaults(run=_cmd_train)
-
-    search = commands.add_parser("search", help="run a hyperparameter search described by a space file")
-    search.add_argument("--space", default=None, help="YAML search space, e.g. search_spaces/tiny.yaml")
-    search.add_argument("--name", default=None, help="experiment name (default: the space's)")
-    search.add_argument(
-        "--num-samples", type=_positive_int, default=None, help="number of trials (with --resume: raise it to add more)"
-    )
-    search.add_argument("--max-concurrent", type=_positive_int, default=None, help="trials running at once")
-    search.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial; fractions share a GPU")
-    search.add_argument("--cpus-per-trial", type=float, default=None)
-    search.add_argument(
-        "--workers-per-trial",
-        type=int,
-        default=None,
-        help="above 1: each trial trains data-parallel over this many workers (Ray Train); see --gpus-per-worker",
-    )
-    search.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker of a data-parallel trial")
-    search.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per worker of a data-parallel trial")
-    search.add_argument("--address", default=None, help="Ray cluster to use (auto or HOST:PORT); default: local")
-    search.add_argument(
-        "--storage-path",
-        default=None,
-        help="where experiments are kept: a directory every node shares, or a URI such as s3://bucket/path "
-        "(default: ray_results)",
-    )
-    search.add_argument(
-        "--resume", action="store_true", help="continue the experiment --name (in --storage-path) with its own space"
-    )
-    search.add_argument(
-        "--track",
-        choices=("mlflow", "none"),
-        default=None,
-        help="log every trial to an experiment tracker: mlflow (one run per trial under one per search)",
-    )
-    search.add_argument(
-        "--track-uri",
-        default=None,
-        help="tracking server or store (default: MLFLOW_TRACKING_URI, else <experiment>/mlruns)",
-    )
-    search.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a space setting, e.g. --set scheduler.max_budget=300 (repeatable)",
-    )
-    search.set_defaults(run=_cmd_search)
-
-    export = commands.add_parser("export", help="export the best checkpoint of an experiment as a model directory")
-    export.add_argument("experiment_dir", help="<storage-path>/<name>: a directory or a URI (s3://...)")
-    export.add_argument("--out", required=True, help="directory (or URI) to write the model to")
-    export.add_argument("--metric", default=None, help="score to choose by (default: the experiment's objective)")
-    export.add_argument("--trial", default=None, help="export this trial's best checkpoint instead")
-    export.add_argument("--force", action="store_true", help="replace --out if it exists")
-    export.set_defaults(run=_cmd_export)
-
-    summarize = commands.add_parser("summarize", help="summarise dialogues with a trained or exported model")
-    summarize.add_argument("--model", required=True, help="model directory (best_model or final_model)")
-    summarize.add_argument("--input", default=None, help="text (blank-line separated), .jsonl or .csv; default stdin")
-    summarize.add_argument("--output", default=None, help="default: stdout")
-    summarize.add_argument("--batch-size", type=_positive_int, default=16)
-    summarize.add_argument("--num-beams", type=_positive_int, default=None, help="default: the model's (tuned) setting")
-    summarize.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default: the model's setting")
-    summarize.add_argument("--length-penalty", type=float, default=None, help="default: the model's setting")
-    summarize.set_defaults(run=_cmd_summarize)
-
-    tune = commands.add_parser(
-        "tune-decoding", help="search how a trained model decodes (beams, length, repetition) without retraining"
-    )
-    tune.add_argument("model", help="model directory (an export, a checkpoint), hub name or tiny:FAMILY")
-    tune.add_argument("--data", required=True, help="data directory; its validation split scores each decoding")
-    tune.add_argument("--space", default=None, help="space file whose data and decoding sections to use")
-    tune.add_argument(
-        "--out", default=None, help="where the model with the chosen decoding goes (default: MODEL-decoding)"
-    )
-    tune.add_argument("--address", default=None, help="Ray cluster to use (auto or HOST:PORT); default: local")
-    tune.set_defaults(run=_cmd_tune_decoding)
-
-    evaluate = commands.add_parser("evaluate", help="score a model on a data split with ROUGE")
-    evaluate.add_argument("--model", required=True)
-    evaluate.add_argument("--data", required=True, help="data directory")
-    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    evaluate.add_argument(
-        "--predictions", default=None, help="where to write predictions (default: predictions-SPLIT.jsonl)"
-    )
-    evaluate.add_argument("--max-samples", type=_positive_int, default=None)
-    evaluate.add_argument("--batch-size", type=_positive_int, default=16)
-    evaluate.set_defaults(run=_cmd_evaluate)
-
-    dashboard = commands.add_parser(
-        "dashboard", help="optuna-dashboard on an experiment's studies (training and decoding), live, on 127.0.0.1"
-    )
-    dashboard.add_argument("experiment_dir", help="<storage-path>/<name>, running or finished")
-    dashboard.add_argument(
-        "--port", type=_port, default=8080, help="the training study's port; the decoding study's is the next (0: free)"
-    )
-    dashboard.set_defaults(run=_cmd_dashboard)
-
-    analyze = commands.add_parser("analyze", help="leaderboard and report (plots, HTML) of an experiment")
-    analyze.add_argument("experiment_dir", help="<storage-path>/<name>: a directory or a URI (s3://...)")
-    analyze.add_argument("--top", type=_positive_int, default=None, help="show only the best N trials")
-    analyze.set_defaults(run=_cmd_analyze)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in _COMMANDS:
+        subparser = subparsers.add_parser(command.name, help=command.help)
+        command.add_arguments(subparser)
+        subparser.set_defaults(run=command.run)
     return parser
 
 

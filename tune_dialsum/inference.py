@@ -9,7 +9,7 @@ so ``summarize`` feeds the model what it saw in training.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tune_dialsum.contract import RECIPE_FILE
@@ -93,3 +93,21 @@ def read_dialogues(path: Path | None, text: str | None = None) -> list[dict]:
     return pd.DataFrame(
         {"id": [str(i) for i, b in enumerate(b for b in blocks if b)], "dialogue": [b for b in blocks if b]}
     ).to_dict("records")
+
+
+def summary_lines(records: list[dict], summaries: list[str], jsonl: bool) -> list[str]:
+    """What ``summarize`` writes: one ``{"id", "summary"}`` JSON object a line, or else one summary a line."""
+    if jsonl:
+        return [
+            json.dumps({"id": r["id"], "summary": s}, ensure_ascii=False)
+            for r, s in zip(records, summaries, strict=True)
+        ]
+    return [s.replace("\n", " ") for s in summaries]
+
+
+def prediction_lines(ids: Iterable, references: Iterable[str], predictions: Sequence[str]) -> list[str]:
+    """What ``evaluate`` writes: one ``{"id", "reference", "prediction"}`` JSON object a line."""
+    return [
+        json.dumps({"id": i, "reference": r, "prediction": p}, ensure_ascii=False)
+        for i, r, p in zip(ids, references, predictions, strict=True)
+    ]

@@ -22,6 +22,7 @@ from tune_dialsum.data.splits import hold_out
 from tune_dialsum.errors import UsageError
 from tune_dialsum.metrics import RougeMetric, compute_rouge
 from tune_dialsum.models import family_of, load_model_and_tokenizer
+from tune_dialsum.space_schema import TrialSettings
 
 logger = logging.getLogger(__name__)
 
@@ -218,14 +219,12 @@ class DialogueSummarizationTrainer:
         mixed_precision: str = "auto",
         **overrides,
     ):
-        """Seq2SeqTrainingArguments with the guide's defaults and the family's learning rate and batch size.
+        """The guide's API: Seq2SeqTrainingArguments with the guide's defaults (see :meth:`training_arguments`).
 
-        Any other Seq2SeqTrainingArguments field may be passed as a keyword;
-        names transformers 5 removed (``evaluation_strategy``, ``no_cuda``) are
-        mapped to today's. Mixed precision is on only where CUDA is available.
+        Any other Seq2SeqTrainingArguments field may be passed as a keyword; names transformers 5
+        removed (``evaluation_strategy``, ``no_cuda``) are mapped to today's. ``warmup_steps`` below
+        1 is a ratio of all steps.
         """
-        from transformers import Seq2SeqTrainingArguments
-
         for old, new in RENAMED_TRAINING_ARGUMENTS.items():
             if old in overrides:
                 value = overrides.pop(old)
@@ -238,35 +237,65 @@ class DialogueSummarizationTrainer:
         if overrides.pop("group_by_length", False):
             overrides["train_sampling_strategy"] = "group_by_length"
         overrides.pop("logging_dir", None)  # logs always go to output_dir/logs (see train())
-        batch_size = int(batch_size or self.family.batch_size)
+        ratio = 0 < float(warmup_steps) < 1
+        settings = TrialSettings(
+            model=self.model_name,
+            learning_rate=learning_rate,
+            dialogue_format=self.dialogue_format,
+            max_input_length=self.max_input_length,
+            max_target_length=self.max_target_length,
+            batch_size=batch_size,
+            gradient_accumulation_steps=int(gradient_accumulation_steps),
+            num_train_epochs=float(num_train_epochs),
+            warmup_steps=0 if ratio else int(warmup_steps),
+            warmup_ratio=float(warmup_steps) if ratio else None,
+            weight_decay=float(weight_decay),
+            label_smoothing=float(label_smoothing_factor),
+            generation_num_beams=int(generation_num_beams),
+            generation_max_length=generation_max_length,
+            lr_scheduler_type=overrides.pop("lr_scheduler_type", TrialSettings.lr_scheduler_type),
+            gradient_checkpointing=bool(gradient_checkpointing),
+            mixed_precision=mixed_precision,
+        )
+        run = dict(eval_steps=int(eval_steps), save_steps=int(save_steps), logging_steps=int(logging_steps))
+        return self.training_arguments(settings, save_total_limit=save_total_limit, **run, **overrides)
+
+    def training_arguments(self, settings: TrialSettings, **run):
+        """The one mapping of a settings record onto Seq2SeqTrainingArguments.
+
+        ``settings`` is what a trial trains with (the family's learning rate and batch size fill in
+        what it leaves out: :meth:`TrialSettings.for_family`); ``run`` is how this run evaluates,
+        saves and logs, and any other Seq2SeqTrainingArguments field. Mixed precision is on only
+        where CUDA is available.
+        """
+        from transformers import Seq2SeqTrainingArguments
+
+        settings = settings.for_family(self.family)
         arguments = dict(
             output_dir=self.output_dir,
-            learning_rate=float(learning_rate or self.family.learning_rate),
-            num_train_epochs=float(num_train_epochs),
-            warmup_steps=warmup_steps,  # a float below 1 is a ratio of all steps
-            weight_decay=float(weight_decay),
-            per_device_train_batch_size=batch_size,
-            per_device_eval_batch_size=batch_size * 2,
-            gradient_accumulation_steps=int(gradient_accumulation_steps),
+            learning_rate=settings.learning_rate,
+            num_train_epochs=float(settings.num_train_epochs),
+            warmup_steps=settings.warmup_ratio or settings.warmup_steps,  # below 1: a ratio (transformers 5)
+            weight_decay=settings.weight_decay,
+            per_device_train_batch_size=settings.batch_size,
+            per_device_eval_batch_size=settings.batch_size * 2,
+            gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            lr_scheduler_type=settings.lr_scheduler_type,
             eval_strategy="steps",
-            eval_steps=int(eval_steps),
             save_strategy="steps",
-            save_steps=int(save_steps),
-            save_total_limit=save_total_limit,
-            logging_steps=int(logging_steps),
             predict_with_generate=True,
-            generation_max_length=int(generation_max_length or self.max_target_length),
-            generation_num_beams=int(generation_num_beams),
-            gradient_checkpointing=bool(gradient_checkpointing),
-            label_smoothing_factor=float(label_smoothing_factor),
+            generation_max_length=int(settings.generation_max_length or self.max_target_length),
+            generation_num_beams=settings.generation_num_beams,
+            gradient_checkpointing=settings.gradient_checkpointing,
+            label_smoothing_factor=settings.label_smoothing,
             # Batches of similar length waste less compute on padding.
             train_sampling_strategy="group_by_length",
             report_to="none",  # TensorBoard is attached in train() with our own log directory
             disable_tqdm=True,
             dataloader_pin_memory=_cuda_available(),
-            **precision_flags(mixed_precision),
+            **precision_flags(settings.mixed_precision),
         )
-        arguments.update(overrides)
+        arguments.update(run)
         return Seq2SeqTrainingArguments(**arguments)
 
     def compute_metrics(self, eval_pred) -> dict[str, float]:

@@ -8,6 +8,7 @@ It knows nothing of Optuna or of how the search is set up beyond the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -34,7 +35,7 @@ from tune_dialsum.contract import (
 from tune_dialsum.data import DialogueDataLoader, training_splits
 from tune_dialsum.errors import ModelNotFoundError, TuneDialsumError, one_line
 from tune_dialsum.models import tokenizer_fingerprint
-from tune_dialsum.space_schema import DataSection, ObjectiveSection, ResourcesSection, SchedulerSection
+from tune_dialsum.space_schema import DataSection, ObjectiveSection, ResourcesSection, SchedulerSection, TrialSettings
 from tune_dialsum.train import DialogueSummarizationTrainer
 
 logger = logging.getLogger(__name__)
@@ -465,20 +466,12 @@ def _train(config: dict, settings: ExperimentSettings, output_dir: Path, run: Tr
     unit = settings.scheduler.budget_unit
     interval = settings.scheduler.eval_interval
     strategy = {"steps": "steps", "epochs": "epoch", "samples": "no"}[unit]  # samples: EvaluateEverySamples
-    training_args = trainer.get_training_arguments(
-        learning_rate=config.get("learning_rate"),
-        batch_size=config.get("batch_size"),
-        gradient_accumulation_steps=config["gradient_accumulation_steps"],
-        num_train_epochs=settings.scheduler.max_budget if unit == "epochs" else config["num_train_epochs"],
+    trained_with = TrialSettings.from_config(config).for_family(trainer.family)
+    if unit == "epochs":  # the scheduler's budget bounds the run, not the setting
+        trained_with = dataclasses.replace(trained_with, num_train_epochs=float(settings.scheduler.max_budget))
+    training_args = trainer.training_arguments(
+        trained_with,
         max_steps=settings.scheduler.max_budget if unit == "steps" else -1,
-        warmup_steps=config.get("warmup_ratio") or config["warmup_steps"],
-        weight_decay=config["weight_decay"],
-        label_smoothing_factor=config["label_smoothing"],
-        lr_scheduler_type=config["lr_scheduler_type"],
-        generation_num_beams=config["generation_num_beams"],
-        generation_max_length=config.get("generation_max_length"),
-        gradient_checkpointing=config["gradient_checkpointing"],
-        mixed_precision=config["mixed_precision"],
         eval_steps=interval,  # read in steps mode only
         save_steps=interval,
         eval_strategy=strategy,
@@ -492,7 +485,9 @@ def _train(config: dict, settings: ExperimentSettings, output_dir: Path, run: Tr
     samples_per_step = (
         training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     )
-    callbacks = [_report_to_tune_callback(config, settings, trainer.recipe, samples_per_step, rss_at_start, run)]
+    # recorded: every value the trial trained with, the family's defaults included
+    recorded = {**config, **dataclasses.asdict(trained_with)}
+    callbacks = [_report_to_tune_callback(recorded, settings, trainer.recipe, samples_per_step, rss_at_start, run)]
     if unit == "samples":
         training_args.max_steps = math.ceil(settings.scheduler.max_budget / samples_per_step)
         training_args.logging_steps = max(1, interval // samples_per_step // 4)
