@@ -24,6 +24,7 @@ from tests.conftest import (
     trial_results,
 )
 from tests.helpers.mlflow_runs import assert_tracked
+from tune_dialsum.space import SETTINGS
 
 pytestmark = pytest.mark.slow
 
@@ -137,6 +138,9 @@ def test_every_checkpoint_carries_the_resolved_config(tiny_search):
             snapshot["config"]
         )
         assert not any("@" in key for key in snapshot["config"])
+        # every value the trial trained with, defaults (the family's included) as much as sampled ones
+        assert set(SETTINGS) <= set(snapshot["config"])
+        assert all(snapshot["config"][key] is not None for key in ("learning_rate", "batch_size", "warmup_steps"))
 
 
 def test_trials_share_tokenized_data_through_the_experiment(tiny_search):

@@ -113,6 +113,22 @@ def test_memory_levers_reach_the_training_arguments(tiny_models, tmp_path):
         trainer.get_training_arguments(mixed_precision="fp16")  # this machine has no GPU
 
 
+def test_one_settings_record_maps_onto_the_training_arguments_with_the_familys_defaults(tiny_models, tmp_path):
+    from tune_dialsum.space_schema import TrialSettings
+
+    trainer = DialogueSummarizationTrainer(str(tiny_models["t5"]), str(tmp_path))
+    asked = TrialSettings.from_config({"model": "tiny:t5", "label_smoothing": 0.1, "warmup_ratio": 0.2, "other": 1})
+    trained_with = asked.for_family(trainer.family)  # what a trial records
+    assert (trained_with.learning_rate, trained_with.batch_size) == (1e-4, 4)  # T5's, where the space gives none
+    args = trainer.training_arguments(asked, max_steps=7)
+    assert (args.learning_rate, args.per_device_train_batch_size, args.per_device_eval_batch_size) == (1e-4, 4, 8)
+    assert (args.label_smoothing_factor, args.warmup_steps, args.max_steps) == (0.1, 0.2, 7)
+    assert (args.weight_decay, args.generation_num_beams) == (0.0, 1)  # the search's defaults
+    guide = trainer.get_training_arguments()  # the guide's own defaults stay
+    assert (guide.weight_decay, guide.warmup_steps, guide.generation_num_beams) == (0.01, 500, 4)
+    assert trainer.get_training_arguments(warmup_steps=0.1).warmup_steps == 0.1  # below 1: a ratio
+
+
 def test_guide_quick_start_runs_as_written(tiny_models, tmp_path):
     # The guide's Quick Start with a tiny local model in place of the hub name and fewer steps.
     loader = DialogueDataLoader(data_dir=str(BUNDLED_DATA))

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tune_dialsum.errors import TuneDialsumError, UsageError, one_line
+from tune_dialsum.errors import TuneDialsumError, UsageError
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ def _cmd_tiny_model(args) -> int:
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags named as the space's settings (the shorter names before them still parse)."""
     from tune_dialsum.data.formats import DIALOGUE_FORMATS
 
     parser.add_argument("--model", required=True, help="hub name, local directory, or tiny:bart|tiny:t5|tiny:pegasus")
@@ -111,14 +112,22 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, default=None, help="default: the model family's")
     parser.add_argument("--batch-size", type=_positive_int, default=None, help="default: the model family's")
     parser.add_argument("--gradient-accumulation-steps", type=_positive_int, default=1)
-    parser.add_argument("--epochs", type=float, default=3)
-    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
+    parser.add_argument("--num-train-epochs", "--epochs", type=float, default=3)
+    parser.add_argument(
+        "--max-steps", type=int, default=-1, help="stop after this many steps (overrides --num-train-epochs)"
+    )
+    # the guide's defaults, not a search's (space_schema.TrialSettings)
     parser.add_argument("--warmup-steps", type=int, default=500)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--eval-steps", type=_positive_int, default=500)
     parser.add_argument("--logging-steps", type=_positive_int, default=100)
-    parser.add_argument("--num-beams", type=_positive_int, default=4)
+    parser.add_argument("--generation-num-beams", "--num-beams", type=_positive_int, default=4)
     parser.add_argument(
-        "--val-split", type=float, default=0.1, help="held out of train when there is no validation split"
+        "--validation-split",
+        "--val-split",
+        type=float,
+        default=0.1,
+        help="held out of train when there is no validation split",
     )
     parser.add_argument("--max-train-samples", type=_positive_int, default=None)
     parser.add_argument("--max-eval-samples", type=_positive_int, default=None)
@@ -127,35 +136,14 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 @_command("train", "fine-tune one model (the training guide's command line)", _train_arguments)
 def _cmd_train(args) -> int:
-    from tune_dialsum.data import DialogueDataLoader, training_splits
-    from tune_dialsum.train import DialogueSummarizationTrainer
+    from tune_dialsum.space_schema import TrialSettings
+    from tune_dialsum.train import train_on_directory
 
-    splits = DialogueDataLoader(args.data).load_splits()
-    train_df, val_df = training_splits(splits, args.val_split, args.seed, args.max_train_samples, args.max_eval_samples)
-    trainer = DialogueSummarizationTrainer(
-        model_name=args.model,
-        output_dir=args.output_dir,
-        max_input_length=args.max_input_length,
-        max_target_length=args.max_target_length,
-        dialogue_format=args.dialogue_format,
-        data_dir=args.data,
-    )
-    dataset_dict = trainer.load_and_prepare_data(train_df, val_df=val_df)
-    training_args = trainer.get_training_arguments(
-        learning_rate=args.learning_rate,
-        num_train_epochs=args.epochs,
-        batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        warmup_steps=args.warmup_steps,
-        eval_steps=args.eval_steps,
-        save_steps=args.eval_steps,
-        logging_steps=args.logging_steps,
-        generation_num_beams=args.num_beams,
-        max_steps=args.max_steps,
-        seed=args.seed,
-    )
-    trained = trainer.train(train_dataset=dataset_dict, training_args=training_args)
-    scores = trained.evaluate()
+    settings = TrialSettings.from_config(vars(args))
+    data = {key: getattr(args, key) for key in ("validation_split", "max_train_samples", "max_eval_samples")}
+    run = {"max_steps": args.max_steps, "eval_steps": args.eval_steps, "save_steps": args.eval_steps}
+    run |= {"logging_steps": args.logging_steps}
+    scores = train_on_directory(args.data, args.output_dir, settings, seed=args.seed, **data, **run)
     print(json.dumps({k: round(v, 4) for k, v in scores.items() if k.startswith("eval_")}, indent=2))
     print(f"final model: {Path(args.output_dir) / 'final_model'}")
     return 0
@@ -414,21 +402,13 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 @_command("evaluate", "score a model on a data split with ROUGE", _evaluate_arguments)
 def _cmd_evaluate(args) -> int:
-    from tune_dialsum.data import DialogueDataLoader
-    from tune_dialsum.inference import DialogueSummarizer, prediction_lines
-    from tune_dialsum.metrics import compute_rouge
+    from tune_dialsum.inference import evaluate_split
 
-    frame = DialogueDataLoader(args.data).load_splits()[args.split]
-    if frame is None:
-        raise UsageError(f"{args.data}: no {args.split} split; pass --split train, validation or test")
-    if args.max_samples:
-        frame = frame.head(args.max_samples)
-    predictions = DialogueSummarizer(args.model, batch_size=args.batch_size).summarize(list(frame["dialogue"]))
-    scores = compute_rouge(predictions, list(frame["summary"]))
+    evaluation = evaluate_split(args.model, args.data, args.split, args.max_samples, args.batch_size)
     output = Path(args.predictions or f"predictions-{args.split}.jsonl")
-    _write_lines(str(output), prediction_lines(frame["id"], frame["summary"], predictions))
-    print(f"{args.split}: {len(frame)} dialogues")
-    for key, value in scores.items():
+    _write_lines(str(output), evaluation.lines())
+    print(f"{args.split}: {len(evaluation.ids)} dialogues")
+    for key, value in evaluation.scores.items():
         print(f"{key:10s} {value:.4f}")
     print(f"predictions: {output}")
     return 0
@@ -474,28 +454,19 @@ def _analyze_arguments(parser: argparse.ArgumentParser) -> None:
 @_command("analyze", "leaderboard and report (plots, HTML) of an experiment", _analyze_arguments)
 def _cmd_analyze(args) -> int:
     from tune_dialsum.analysis import Experiment
-    from tune_dialsum.report import write_report
-    from tune_dialsum.tracking import log_report, read_tracking, require_mlflow
+    from tune_dialsum.report import publish_report
 
     experiment = Experiment.load(args.experiment_dir)
     board = experiment.leaderboard(args.top)
     print(board.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for warning in experiment.boundary_warnings():
         print(f"warning: {warning}")
-    page = write_report(experiment)
-    experiment.store.push(page.parent)  # beside the experiment, wherever that is kept
-    stored = experiment.store.where(page)
-    print(f"report: {page}" + (f" (stored at {stored})" if stored != str(page) else ""))
-    tracked = read_tracking(experiment.path)
-    if tracked is not None:  # a tracked search: the report goes to its MLflow run too
-        try:
-            require_mlflow()
-            log_report(tracked, page.parent)
-            print(f"report logged to MLflow run {tracked.parent_run_id} at {tracked.uri}")
-        except Exception as error:  # noqa: BLE001 (the report is written; the tracker is a copy of it)
-            print(
-                f"warning: report not logged to MLflow run {tracked.parent_run_id}: {one_line(error)}", file=sys.stderr
-            )
+    report = publish_report(experiment)
+    print(f"report: {report.page}" + (f" (stored at {report.stored})" if report.stored != str(report.page) else ""))
+    if report.tracked:
+        print(f"report logged to {report.tracked}")
+    if report.not_tracked:
+        print(f"warning: report not logged to {report.not_tracked}", file=sys.stderr)
     return 0
 
 

@@ -163,7 +163,7 @@ def _workers(tuning: dict) -> str:
 
 
 def _model_card(tuning: dict) -> str:
-    settings = "\n".join(f"| {k} | {v} |" for k, v in sorted(tuning["config"].items()))
+    settings = "\n".join(f"| {k} | {v} |" for k, v in sorted(tuning["config"].items()) if v is not None)
     test, full = tuning.get("test"), tuning.get("full_validation")
     sections = []
     if test:
@@ -260,7 +260,7 @@ def export_checkpoint(
 def fidelity(snapshot: dict) -> str:
     """Which validation examples and decoding a checkpoint's scores come from."""
     settings = snapshot.get("settings", {})
-    subset = settings.get("data", settings).get("max_eval_samples")  # flat in experiments before 2026-11-29
+    subset = settings.get("data", settings).get("max_eval_samples")  # older experiments recorded it flat
     beams = snapshot.get("config", {}).get("generation_num_beams")
     return f"{'first ' + str(subset) if subset else 'all'} validation examples, {beams} beam(s)"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tune_dialsum.contract import RECIPE_FILE
@@ -111,3 +112,33 @@ def prediction_lines(ids: Iterable, references: Iterable[str], predictions: Sequ
         json.dumps({"id": i, "reference": r, "prediction": p}, ensure_ascii=False)
         for i, r, p in zip(ids, references, predictions, strict=True)
     ]
+
+
+@dataclass
+class Evaluation:
+    """A model's summaries of one data split, and their ROUGE against the references."""
+
+    ids: list
+    references: list[str]
+    predictions: list[str]
+    scores: dict[str, float]
+
+    def lines(self) -> list[str]:
+        return prediction_lines(self.ids, self.references, self.predictions)
+
+
+def evaluate_split(
+    model_dir: str | Path, data_dir: str, split: str, max_samples: int | None = None, batch_size: int = 16
+) -> Evaluation:
+    """Summarise ``split`` of ``data_dir`` (its first ``max_samples``) with a model and score it."""
+    from tune_dialsum.data import DialogueDataLoader
+    from tune_dialsum.metrics import compute_rouge
+
+    frame = DialogueDataLoader(data_dir).load_splits()[split]
+    if frame is None:
+        raise UsageError(f"{data_dir}: no {split} split; pass --split train, validation or test")
+    if max_samples:
+        frame = frame.head(max_samples)
+    predictions = DialogueSummarizer(model_dir, batch_size=batch_size).summarize(list(frame["dialogue"]))
+    references = list(frame["summary"])
+    return Evaluation(list(frame["id"]), references, predictions, compute_rouge(predictions, references))

@@ -370,7 +370,8 @@ def format_summary(outcome: SearchOutcome) -> str:
             lines.append(
                 "Chosen by the ranking score only: resume the search to re-score and test the best checkpoints."
             )
-        lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(best.snapshot.get("config", {}).items())))
+        config = best.snapshot.get("config", {})
+        lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(config.items()) if v is not None))
         if outcome.decoding is not None:
             from tune_dialsum.decoding import format_result
 

@@ -9,6 +9,7 @@ decoding trials against length and time with their Pareto fronts.
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pandas as pd
 from tune_dialsum.analysis import Experiment
 from tune_dialsum.contract import REPORT_DIR, STOPPED
 from tune_dialsum.decoding import read_decoding
+from tune_dialsum.errors import one_line
 
 
 def _pyplot():
@@ -211,3 +213,30 @@ td,th{{border:1px solid #ccc;padding:2px 6px}} img{{max-width:100%}}</style></he
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+@dataclass
+class PublishedReport:
+    page: Path
+    stored: str  # where the experiment keeps it (a URI for a bucket experiment)
+    tracked: str | None = None  # "MLflow run ID at URI" where the search was tracked and the report logged there
+    not_tracked: str | None = None  # why a tracked search's run did not get it
+
+
+def publish_report(experiment: Experiment) -> PublishedReport:
+    """Write the report, keep it beside the experiment, and log it to the search's MLflow run where there is one."""
+    from tune_dialsum.tracking import log_report, read_tracking, require_mlflow
+
+    page = write_report(experiment)
+    experiment.store.push(page.parent)
+    published = PublishedReport(page, experiment.store.where(page))
+    tracked = read_tracking(experiment.path)
+    if tracked is not None:
+        run = f"MLflow run {tracked.parent_run_id}"
+        try:
+            require_mlflow()
+            log_report(tracked, page.parent)
+            published.tracked = f"{run} at {tracked.uri}"
+        except Exception as error:  # noqa: BLE001 (the report is written; the tracker is a copy of it)
+            published.not_tracked = f"{run}: {one_line(error)}"
+    return published

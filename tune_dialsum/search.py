@@ -32,6 +32,7 @@ from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_mode
 from tune_dialsum.optuna_search import make_sampler, pruned_aware_optuna_search
 from tune_dialsum.outcome import SearchOutcome, format_summary, recorded_trial_ids, summarize
 from tune_dialsum.space import SearchSpace, parse_space
+from tune_dialsum.space_schema import TrialsSection
 from tune_dialsum.storage import ExperimentStore
 from tune_dialsum.trainable import NODE_LOCAL, ExperimentSettings, train_dialsum
 
@@ -329,7 +330,7 @@ def _resumed_space(store: ExperimentStore, name: str, num_samples: int | None) -
         raise UsageError(f"--resume: nothing to resume at {store.location}; run without --resume to start it")
     raw = yaml.safe_load(snapshot.read_text())
     if num_samples is not None:
-        planned = int((raw.get("trials") or {}).get("num_samples", 8))
+        planned = int((raw.get("trials") or {}).get("num_samples", TrialsSection.num_samples))
         existing = max(planned, len(recorded_trial_ids(store.local)))
         if num_samples < existing:
             raise UsageError(

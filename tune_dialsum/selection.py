@@ -69,7 +69,8 @@ def score_model(
     from tune_dialsum.metrics import compute_rouge
 
     if split == "validation":
-        _, frame = training_frames(dataclasses.replace(settings, max_eval_samples=max_examples))
+        subset = dataclasses.replace(settings.data, max_eval_samples=max_examples)
+        _, frame = training_frames(dataclasses.replace(settings, data=subset))
     else:
         frame = load_splits(settings)[split]
     with tempfile.TemporaryDirectory() as scratch:

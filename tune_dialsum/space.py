@@ -376,7 +376,9 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
     scheduler = _parse_scheduler(check, raw)
     _warn_about_searched(source, scheduler, _searched(search, per_family))
     selection = SelectionSection(
-        top_k=check.number("selection.top_k", _values(check, raw, "selection").get("top_k", 3), int, 1)
+        top_k=check.number(
+            "selection.top_k", _values(check, raw, "selection").get("top_k", SelectionSection.top_k), int, 1
+        )
     )
     return SearchSpace(
         name=_parse_name(check, raw, default_name),
@@ -390,11 +392,16 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
         trials=_parse_trials(check, raw),
         resources=_parse_resources(check, _values(check, raw, "resources"), source),
         checkpoints=CheckpointsSection(
-            keep=check.number("checkpoints.keep", _values(check, raw, "checkpoints").get("keep", 2), int, minimum=1)
+            keep=check.number(
+                "checkpoints.keep",
+                _values(check, raw, "checkpoints").get("keep", CheckpointsSection.keep),
+                int,
+                minimum=1,
+            )
         ),
         selection=selection,
         storage_path=_parse_storage_path(check, raw),
-        seed=check.number("seed", raw.get("seed", 0), int),
+        seed=check.number("seed", raw.get("seed", TOP_LEVEL["seed"][0]), int),
         trust_remote_code=_parse_trust_remote_code(check, raw),
         decoding=_parse_decoding(check, raw, selection.top_k),
         tracking=_parse_tracking(check, raw),
@@ -426,7 +433,7 @@ def _parse_storage_path(check: _Checker, raw: dict) -> str:
 
 
 def _parse_trust_remote_code(check: _Checker, raw: dict) -> bool:
-    trust = raw.get("trust_remote_code", False)
+    trust = raw.get("trust_remote_code", TOP_LEVEL["trust_remote_code"][0])
     if not isinstance(trust, bool):
         check.fail("trust_remote_code", f"expected true or false but got {trust!r}")
     return trust
@@ -559,7 +566,9 @@ def _parse_resources(check: _Checker, section: dict, source: str) -> ResourcesSe
     cluster must have room for), ``*_per_worker`` what one process gets (a scoring task's share too).
     """
     defaults = _defaults(ResourcesSection)
-    workers = check.number("resources.workers_per_trial", section.get("workers_per_trial", 1), int, minimum=1)
+    workers = check.number(
+        "resources.workers_per_trial", section.get("workers_per_trial", defaults["workers_per_trial"]), int, minimum=1
+    )
     per_worker = {}
     for kind in ("cpus", "gpus"):
         trial_key, worker_key = f"{kind}_per_trial", f"{kind}_per_worker"

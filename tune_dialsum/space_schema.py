@@ -206,9 +206,14 @@ SETTINGS_SECTIONS = {
 }
 
 
+def spelled(f: dataclasses.Field) -> str:
+    """A field's key as a space file spells it (``constraints.length_unit`` where nested)."""
+    return f.metadata.get("key") or f.name
+
+
 def section_keys(section: type) -> list[str]:
-    """The keys a section takes, as a space file spells them (``constraints.length_unit`` where nested)."""
-    return [f.metadata.get("key") or f.name for f in dataclasses.fields(section)]
+    """The keys a section takes."""
+    return [spelled(f) for f in dataclasses.fields(section)]
 
 
 def space_keys() -> list[tuple[str, Any, str]]:
@@ -216,7 +221,7 @@ def space_keys() -> list[tuple[str, Any, str]]:
     rows: list[tuple[str, Any, str]] = [(name, default, help) for name, (default, help) in TOP_LEVEL.items()]
     for name, section in SECTIONS.items():
         for f in dataclasses.fields(section):
-            rows.append((f"{name}.{f.metadata.get('key') or f.name}", f.default, f.metadata["help"]))
+            rows.append((f"{name}.{spelled(f)}", f.default, f.metadata["help"]))
     for name, help in SETTINGS_SECTIONS.items():
         rows.append((name, None, help))
     for f in dataclasses.fields(TrialSettings):

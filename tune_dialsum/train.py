@@ -158,6 +158,12 @@ class DialogueSummarizationTrainer:
             "max_target_length": self.max_target_length,
         }
 
+    @classmethod
+    def for_settings(cls, settings: TrialSettings, output_dir: str, **options) -> DialogueSummarizationTrainer:
+        """The trainer of a settings record: its model, dialogue format and lengths."""
+        inputs = {key: getattr(settings, key) for key in ("max_input_length", "max_target_length", "dialogue_format")}
+        return cls(model_name=settings.model, output_dir=output_dir, **inputs, **options)
+
     # -- data -----------------------------------------------------------------------
     def tokenize(self, frame: pd.DataFrame, dialogue_col: str = "dialogue", summary_col: str = "summary"):
         """A tokenized ``datasets.Dataset`` from a frame of dialogues and summaries."""
@@ -394,3 +400,29 @@ def train_model_from_dataframes(
         learning_rate=learning_rate, num_train_epochs=num_epochs, batch_size=batch_size, **training_kwargs
     )
     return trainer.train(train_dataset=dataset_dict, training_args=training_args)
+
+
+def train_on_directory(
+    data_dir: str,
+    output_dir: str,
+    settings: TrialSettings,
+    validation_split: float = 0.1,
+    seed: int = 42,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    **run,
+) -> dict[str, float]:
+    """The ``train`` command: one model trained on a data directory's splits; returns its validation scores.
+
+    The rows are those a search's trials see with the same split, seed and sample counts
+    (``training_splits``); ``run`` is how the run evaluates, saves and logs (:meth:`training_arguments`).
+    """
+    from tune_dialsum.data import DialogueDataLoader, training_splits
+
+    splits = DialogueDataLoader(data_dir).load_splits()
+    train_df, val_df = training_splits(splits, validation_split, seed, max_train_samples, max_eval_samples)
+    trainer = DialogueSummarizationTrainer.for_settings(settings, output_dir, data_dir=data_dir)
+    dataset_dict = trainer.load_and_prepare_data(train_df, val_df=val_df)
+    run = {"save_total_limit": 3, **run}  # the guide's: a run of its own keeps its last checkpoints
+    trained = trainer.train(dataset_dict, training_args=trainer.training_arguments(settings, seed=seed, **run))
+    return trained.evaluate()

@@ -452,12 +452,10 @@ def _train(config: dict, settings: ExperimentSettings, output_dir: Path, run: Tr
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     rss_at_start = resident_memory_mb()
-    trainer = DialogueSummarizationTrainer(
-        model_name=config["model"],
-        output_dir=str(output_dir),
-        max_input_length=config["max_input_length"],
-        max_target_length=config["max_target_length"],
-        dialogue_format=config["dialogue_format"],
+    asked = TrialSettings.from_config(config)
+    trainer = DialogueSummarizationTrainer.for_settings(
+        asked,
+        str(output_dir),
         trust_remote_code=settings.trust_remote_code,
         tensorboard=False,  # Tune logs every report to TensorBoard in the trial directory already
         data_dir=settings.data.path,
@@ -466,7 +464,7 @@ def _train(config: dict, settings: ExperimentSettings, output_dir: Path, run: Tr
     unit = settings.scheduler.budget_unit
     interval = settings.scheduler.eval_interval
     strategy = {"steps": "steps", "epochs": "epoch", "samples": "no"}[unit]  # samples: EvaluateEverySamples
-    trained_with = TrialSettings.from_config(config).for_family(trainer.family)
+    trained_with = asked.for_family(trainer.family)
     if unit == "epochs":  # the scheduler's budget bounds the run, not the setting
         trained_with = dataclasses.replace(trained_with, num_train_epochs=float(settings.scheduler.max_budget))
     training_args = trainer.training_arguments(
@@ -486,7 +484,7 @@ def _train(config: dict, settings: ExperimentSettings, output_dir: Path, run: Tr
         training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     )
     # recorded: every value the trial trained with, the family's defaults included
-    recorded = {**config, **dataclasses.asdict(trained_with)}
+    recorded = {**config, **asdict(trained_with)}
     callbacks = [_report_to_tune_callback(recorded, settings, trainer.recipe, samples_per_step, rss_at_start, run)]
     if unit == "samples":
         training_args.max_steps = math.ceil(settings.scheduler.max_budget / samples_per_step)
