@@ -261,13 +261,10 @@ class _Checker:
     def fail(self, key: str, message: str):
         raise SpaceError(f"{self.source}: {key}: {message}")
 
-    def section(self, raw: dict, key: str, allowed) -> dict:
-        """The mapping under ``key``; ``allowed``: its keys, or a section dataclass whose fields they are."""
+    def section(self, raw: dict, key: str, allowed: set[str] | None) -> dict:
         value = raw.get(key) or {}
         if not isinstance(value, dict):
             self.fail(key, f"must be a mapping, not {type(value).__name__}")
-        if isinstance(allowed, type):
-            allowed = {spelled.split(".")[0] for spelled in section_keys(allowed)}
         if allowed is not None:
             for name in value:
                 if name not in allowed:
@@ -410,8 +407,8 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
 
 
 def _values(check: _Checker, raw: dict, name: str) -> dict:
-    """The keys a section sets, every one of them a field of its dataclass."""
-    return check.section(raw, name, SECTIONS[name])
+    """The keys a section sets, every one of them a field of its dataclass (the first part, where nested)."""
+    return check.section(raw, name, {spelled.split(".")[0] for spelled in section_keys(SECTIONS[name])})
 
 
 def _defaults(section: type) -> dict:
@@ -463,8 +460,8 @@ def _parse_objective(check: _Checker, raw: dict) -> ObjectiveSection:
     if mode not in ("min", "max"):
         check.fail("objective.mode", f"must be 'min' or 'max' but got {mode!r}")
     if mode != default_mode(metric):
-        better = "lower" if metric == "eval_loss" else "higher"
-        check.fail("objective.mode", f"{metric} is better {better}: use mode: {'min' if better == 'lower' else 'max'}")
+        better = {"min": "lower", "max": "higher"}[default_mode(metric)]
+        check.fail("objective.mode", f"{metric} is better {better}: use mode: {default_mode(metric)}")
     return ObjectiveSection(metric=metric, mode=mode)
 
 
@@ -565,17 +562,15 @@ def _parse_resources(check: _Checker, section: dict, source: str) -> ResourcesSe
     The result holds both views: ``cpus_per_trial``/``gpus_per_trial`` are a trial's totals (what the
     cluster must have room for), ``*_per_worker`` what one process gets (a scoring task's share too).
     """
-    defaults = _defaults(ResourcesSection)
-    workers = check.number(
-        "resources.workers_per_trial", section.get("workers_per_trial", defaults["workers_per_trial"]), int, minimum=1
-    )
+    workers = section.get("workers_per_trial", ResourcesSection.workers_per_trial)
+    workers = check.number("resources.workers_per_trial", workers, int, minimum=1)
     per_worker = {}
     for kind in ("cpus", "gpus"):
         trial_key, worker_key = f"{kind}_per_trial", f"{kind}_per_worker"
         if trial_key in section and worker_key in section:
             check.fail(f"resources.{trial_key}", f"give a trial's total or resources.{worker_key}, not both")
         key = f"resources.{worker_key if worker_key in section else trial_key}"
-        value = section.get(worker_key, section.get(trial_key, defaults[trial_key]))
+        value = section.get(worker_key, section.get(trial_key, getattr(ResourcesSection, trial_key)))
         value = check.number(key, value, float, minimum=0, strict=kind == "cpus")
         # a trial's total is split evenly over its workers
         per_worker[kind] = value if worker_key in section else value / workers
@@ -637,9 +632,8 @@ def _parse_decoding(check: _Checker, raw: dict, top_k: int) -> DecodingSpace | N
     search = {n: check.distribution(f"decoding.search.{n}", n, spec) for n, spec in search_raw.items()}
     if not search:
         check.fail("decoding.search", "nothing to search; add a setting, e.g. num_beams: {choice: [1, 4]}")
-    defaults = _defaults(DecodingSpace)
     top_k_checkpoints = check.number(
-        "decoding.top_k_checkpoints", section.get("top_k_checkpoints", defaults["top_k_checkpoints"]), int, 1
+        "decoding.top_k_checkpoints", section.get("top_k_checkpoints", DecodingSpace.top_k_checkpoints), int, 1
     )
     if top_k_checkpoints > top_k:
         check.fail(
@@ -652,7 +646,7 @@ def _parse_decoding(check: _Checker, raw: dict, top_k: int) -> DecodingSpace | N
     constraints = check.section(
         {"decoding.constraints": section.get("constraints")}, "decoding.constraints", set(constrained)
     )
-    unit = constraints.get("length_unit", defaults["length_unit"])
+    unit = constraints.get("length_unit", DecodingSpace.length_unit)
     if unit not in LENGTH_UNITS:
         check.fail("decoding.constraints.length_unit", f"must be one of {', '.join(LENGTH_UNITS)} but got {unit!r}")
 
@@ -662,7 +656,7 @@ def _parse_decoding(check: _Checker, raw: dict, top_k: int) -> DecodingSpace | N
 
     return DecodingSpace(
         search=search,
-        num_samples=check.number("decoding.num_samples", section.get("num_samples", defaults["num_samples"]), int, 1),
+        num_samples=check.number("decoding.num_samples", section.get("num_samples", DecodingSpace.num_samples), int, 1),
         top_k_checkpoints=top_k_checkpoints,
         max_eval_samples=None if max_eval is None else check.number("decoding.max_eval_samples", max_eval, int, 1),
         max_mean_length=limit("max_mean_length"),
