@@ -43,6 +43,9 @@ COLUMNS = (
     "full_rouge1",
     "full_rouge2",
     "full_rougeLsum",
+    "subset_loss",  # teacher-forced validation loss on the subset (no generation: what rung_metric eval_loss ranks on)
+    "full_loss",  # the same on the whole validation split
+    "full_distinct",  # distinct greedy summaries over the whole validation split (1: one summary for every input)
 )
 # Subset sizes other than --subset, scored from the same predictions (the first N validation rows),
 # to choose max_eval_samples from: their columns are "first<N>_rougeL".
@@ -116,25 +119,31 @@ def record_one(config: dict, data_dir: str, model_dir: str, args_dict: dict) -> 
             if seen // args["interval"] == before // args["interval"] and state.global_step < state.max_steps:
                 return
             train_s = time.perf_counter() - self.mark
-            scores, seconds = {}, {}
+            scores, seconds, losses, texts = {}, {}, {}, []
             for name, part in (("subset", subset), ("rest", rest)):
                 t0 = time.perf_counter()
                 output = self.hf_trainer.predict(part)
                 predictions, references = decode_for_rouge(trainer.tokenizer, output.predictions, output.label_ids)
                 scores[name] = rouge_per_example(predictions, references)
+                losses[name] = output.metrics["test_loss"]  # computed in the same pass, before generating
+                texts += predictions
                 seconds[name] = time.perf_counter() - t0
             full = scores["subset"] + scores["rest"]
             mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-            losses = [e["loss"] for e in state.log_history if "loss" in e]
+            train_losses = [e["loss"] for e in state.log_history if "loss" in e]
+            full_loss = (losses["subset"] * len(subset) + losses["rest"] * len(rest)) / (len(subset) + len(rest))
             rows.append(
                 [
                     seen,
                     round(train_s, 2),
                     round(seconds["subset"], 2),
                     round(seconds["rest"], 2),
-                    round(losses[-1], 4) if losses else None,
+                    round(train_losses[-1], 4) if train_losses else None,
                     round(mean(scores["subset"], "rougeL"), 5),
                     *(round(mean(full, key), 5) for key in ("rougeL", "rouge1", "rouge2", "rougeLsum")),
+                    round(losses["subset"], 5),
+                    round(full_loss, 5),
+                    len(set(texts)),
                     *(round(mean(full[:n], "rougeL"), 5) for n in PREFIXES),
                 ]
             )

@@ -9,7 +9,8 @@ from __future__ import annotations
 # -- scores ---------------------------------------------------------------------------------------
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # Copied from the transformers evaluation into every Tune report, minus "eval_" (eval_loss as "loss").
-REPORTED_SCORES = (*ROUGE_KEYS, "gen_len", "loss")
+# degenerate: 1.0 where greedy output is empty or one summary for every input (not ranked on ROUGE).
+REPORTED_SCORES = (*ROUGE_KEYS, "gen_len", "degenerate", "loss")
 # What a search may optimise, with the direction that is better for each.
 OBJECTIVES = {"rougeL": "max", "rougeLsum": "max", "rouge1": "max", "rouge2": "max", "eval_loss": "min"}
 
@@ -23,6 +24,12 @@ def score_key(metric: str) -> str:
     """The key of ``metric`` among a report's scores (REPORTED_SCORES): ``eval_loss`` is kept as ``loss``."""
     return "loss" if metric == "eval_loss" else metric
 
+
+# What ASHA's rungs compare (scheduler.rung_metric): the objective; the teacher-forced validation loss
+# (smooth where greedy ROUGE on a hundred summaries zig-zags, and no generation); or auto: the loss
+# below the last rung, the objective at it.
+RUNG_METRICS = ("objective", "eval_loss", "auto")
+RUNG_SCORE = "rung_score"  # the reported key ASHA ranks on where rung_metric is not the objective (higher: better)
 
 # -- budgets --------------------------------------------------------------------------------------
 BUDGET_UNITS = ("samples", "steps", "epochs")

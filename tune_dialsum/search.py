@@ -30,6 +30,7 @@ from tune_dialsum.data_parallel import DRIVER_RESOURCES, release_placement_group
 from tune_dialsum.errors import UsageError
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
 from tune_dialsum.optuna_search import make_sampler, pruned_aware_optuna_search
+from tune_dialsum.rungs import scheduler_target
 from tune_dialsum.outcome import SearchOutcome, format_summary, recorded_trial_ids, summarize
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.space_schema import TrialsSection
@@ -106,15 +107,17 @@ def build_searcher(space: SearchSpace, settings: ExperimentSettings, storage=Non
 
 
 def build_scheduler(space: SearchSpace, settings: ExperimentSettings):
-    """ASHA on the best score so far, in the space's budget unit; or FIFO (every trial to the full budget)."""
+    """ASHA in the space's budget unit on the signal ``scheduler.rung_metric`` names (rungs.py); or FIFO
+    (every trial to the full budget)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if space.scheduler.type != "asha":
         return FIFOScheduler()
+    metric, mode = scheduler_target(space.scheduler, settings.objective, settings.ranked_by)
     return ASHAScheduler(
         time_attr=settings.time_attr,
-        metric=settings.ranked_by,
-        mode=space.mode,
+        metric=metric,
+        mode=mode,
         max_t=settings.scheduler.max_budget,
         grace_period=space.scheduler.grace_period,
         reduction_factor=space.scheduler.reduction_factor,
@@ -139,7 +142,15 @@ def _build_tuner(
     searcher = build_searcher(space, settings, storage=study, seed_offset=earlier)
     scheduler = build_scheduler(space, settings)
     reporter = tune.CLIReporter(
-        metric_columns={key: key for key in (settings.time_attr, space.metric, settings.ranked_by)},
+        metric_columns={
+            key: key
+            for key in (
+                settings.time_attr,
+                space.metric,
+                settings.ranked_by,
+                scheduler_target(space.scheduler, settings.objective, settings.ranked_by)[0],
+            )
+        },
         parameter_columns=space.searched_settings[:6],
         metric=settings.ranked_by,
         mode=space.mode,

@@ -2,10 +2,18 @@
 
 ASHA ranks trials on a validation *subset* (cheap, noisy): the maximum over dozens of (trial,
 report) scores on a few hundred examples is an optimistic figure. So the ``top_k`` checkpoints by
-subset score are re-scored on the whole validation split, and the best of those by the full score
-is exported. Where the data has a test split, the exported model is scored on it: that is the
-figure a user can expect, and the only one reported as the model's; validation figures are
-labelled as used for selection.
+subset score are re-scored on the whole validation split. Even there, greedy ROUGE on a hundred or
+so summaries is noisy, and the maximum over checkpoints of one trial favours a lucky early one (the
+winner's curse in time). So the choice is made in two steps (:func:`ranked`):
+
+1. The best by full-validation score leads. A candidate whose greedy output is degenerate (every
+   summary empty, or one summary for every input) is not ranked on ROUGE: it goes last.
+2. Every candidate whose paired-bootstrap difference from the leader holds 0 (metrics.paired_difference)
+   is as good on this evidence; among those the lower validation loss wins, then the later checkpoint.
+   The summary and ``selection.json`` say when the choice was made within noise.
+
+Where the data has a test split, the exported model is scored on it: that is the figure a user can
+expect, and the only one reported as the model's; validation figures are labelled as used for selection.
 
 Scoring runs as Ray tasks with a trial's resources (a GPU where trials had one), several at once,
 reading each model from the store that every node reaches.
@@ -17,11 +25,12 @@ import dataclasses
 import json
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune_dialsum.contract import SELECTION_FILE, score_key
 from tune_dialsum.export import CheckpointRecord, trial_decoding
+from tune_dialsum.metrics import Difference, paired_difference
 from tune_dialsum.space_schema import ResourcesSection
 from tune_dialsum.storage import download, is_uri
 from tune_dialsum.trainable import ExperimentSettings, load_splits, training_frames
@@ -31,14 +40,30 @@ from tune_dialsum.trainable import ExperimentSettings, load_splits, training_fra
 class Candidate:
     record: CheckpointRecord
     subset: float  # the objective on the validation subset ASHA ranked on
-    full: dict  # every score on the whole validation split
+    full: dict  # every score on the whole validation split (with "intervals" and "degenerate")
+    per_example: list[float] = field(default_factory=list, repr=False)  # the objective per validation example
+    versus_leader: Difference | None = None  # leader minus this one, paired over the same examples
+
+    @property
+    def degenerate(self) -> bool:
+        return bool(self.full.get("degenerate"))
+
+    @property
+    def loss(self) -> float:
+        """The validation loss the trial reported with this checkpoint (teacher-forced, on the subset)."""
+        return float(self.record.scores.get("loss", math.nan))
 
     def as_dict(self, metric: str) -> dict:
+        key = score_key(metric)
         return {
             "trial_id": self.record.trial_id,
             "step": self.record.step,
             "subset": self.subset,
-            "full_validation": self.full.get(score_key(metric)),
+            "full_validation": self.full.get(key),
+            "interval": (self.full.get("intervals") or {}).get(key),
+            "eval_loss": None if math.isnan(self.loss) else self.loss,
+            "degenerate": self.degenerate,
+            "difference_from_leader": self.versus_leader.as_list() if self.versus_leader else None,
         }
 
 
@@ -55,18 +80,22 @@ def score_model(
     split: str,
     generation: dict | None = None,
     max_examples: int | None = None,
+    per_example: bool = False,
 ) -> dict:
     """ROUGE of a model (a checkpoint or an export, a path or a URI) on a whole split of the experiment's data.
 
     ``validation`` is the whole validation split (or the rows a search holds out of train), or its
     first ``max_examples``; ``test`` the test split. Decoding is ``generation``, else the model's
-    generation config. Also measured: the summaries' mean length (words and tokens) and the seconds
-    decoding took per summary (the model loaded, the data in memory).
+    generation config. Also measured: each mean's 95% bootstrap interval (``intervals``), whether the
+    output is degenerate, the summaries' mean length (words and tokens) and the seconds decoding took
+    per summary (the model loaded, the data in memory). ``per_example``: each example's ROUGE too, under
+    ``per_example`` (for paired comparisons; not for files).
     """
     import time
 
+    from tune_dialsum.contract import ROUGE_KEYS
     from tune_dialsum.inference import DialogueSummarizer
-    from tune_dialsum.metrics import compute_rouge
+    from tune_dialsum.metrics import is_degenerate, rouge_per_example, with_intervals
 
     if split == "validation":
         subset = dataclasses.replace(settings.data, max_eval_samples=max_examples)
@@ -81,16 +110,21 @@ def score_model(
         seconds = time.perf_counter() - clock
         encoded = summarizer.tokenizer(predictions, add_special_tokens=False)["input_ids"] if predictions else []
         tokens = [len(ids) for ids in encoded]
-    scores = compute_rouge(predictions, list(frame["summary"]))
+    each = rouge_per_example(predictions, list(frame["summary"]))
     words = [len(p.split()) for p in predictions]
     count = max(1, len(predictions))
-    return {
+    scores = {
         "examples": len(frame),
         "mean_words": sum(words) / count,
         "mean_tokens": sum(tokens) / count,
         "seconds_per_summary": seconds / count,
-        **scores,
+        **{key: sum(e[key] for e in each) / count for key in ROUGE_KEYS},
+        "intervals": with_intervals(each),
+        "degenerate": is_degenerate(predictions),
     }
+    if per_example:
+        scores["per_example"] = {key: [e[key] for e in each] for key in ROUGE_KEYS}
+    return scores
 
 
 def remote_scorer(resources: ResourcesSection):
@@ -108,24 +142,62 @@ def rescore(
 
     scorer = remote_scorer(resources)
     futures = [
-        scorer.remote(location, settings, "validation", trial_decoding(record.snapshot.get("config", {})))
+        scorer.remote(
+            location, settings, "validation", trial_decoding(record.snapshot.get("config", {})), per_example=True
+        )
         for record, location in zip(candidates, locations, strict=True)
     ]
     key = score_key(settings.objective.metric)
-    return [
-        Candidate(record, record.scores[key], full) for record, full in zip(candidates, ray.get(futures), strict=True)
-    ]
+    scored = []
+    for record, full in zip(candidates, ray.get(futures), strict=True):
+        each = full.pop("per_example")
+        scored.append(Candidate(record, record.scores[key], full, each.get(key, [])))
+    return scored
 
 
 def ranked(candidates: list[Candidate], metric: str, mode: str) -> list[Candidate]:
-    """The candidates best first by their full-validation score (ties: the better subset score)."""
+    """The candidates in the order they would be exported: the rule in this module's docstring.
+
+    Sets each one's ``versus_leader``, the paired difference from the best by full-validation score.
+    """
     key, sign = score_key(metric), 1 if mode == "max" else -1
-    return sorted(candidates, key=lambda c: (sign * c.full[key], sign * c.subset), reverse=True)
+    by_score = sorted(
+        candidates,
+        key=lambda c: (not c.degenerate, sign * c.full[key], sign * c.subset),
+        reverse=True,
+    )
+    leader = by_score[0]
+    for c in by_score:
+        c.versus_leader = _difference(leader, c, sign) if c.per_example and leader.per_example else None
+    if leader.degenerate:  # nothing summarizes: ROUGE cannot rank them, the loss can
+        return sorted(by_score, key=lambda c: (_loss_or_inf(c), -c.record.step))
+    tied = [c for c in by_score if not c.degenerate and c.versus_leader is not None and c.versus_leader.within_noise]
+    if not tied:
+        tied = [leader]
+    rest = [c for c in by_score if c not in tied]
+    return sorted(tied, key=lambda c: (_loss_or_inf(c), -c.record.step)) + rest
+
+
+def _difference(leader: Candidate, other: Candidate, sign: int) -> Difference:
+    """How much better the leader is (in the objective's direction), paired over the same examples."""
+    difference = paired_difference(leader.per_example, other.per_example)
+    if sign > 0:
+        return difference
+    return Difference(-difference.mean, -difference.high, -difference.low)
+
+
+def _loss_or_inf(candidate: Candidate) -> float:
+    return candidate.loss if math.isfinite(candidate.loss) else math.inf
 
 
 def choose(candidates: list[Candidate], metric: str, mode: str) -> Candidate:
-    """The best candidate by its full-validation score (ties: the better subset score)."""
+    """The candidate to export (:func:`ranked`'s first)."""
     return ranked(candidates, metric, mode)[0]
+
+
+def within_noise(candidates: list[Candidate]) -> bool:
+    """Whether the choice was made within noise: a candidate besides the leader was as good (after :func:`ranked`)."""
+    return sum(1 for c in candidates if c.versus_leader is not None and c.versus_leader.within_noise) > 1
 
 
 def score_on_test(
@@ -151,6 +223,9 @@ def write_selection(
                 "metric": metric,
                 "mode": mode,
                 "chosen": chosen.as_dict(metric),
+                "within_noise": within_noise(candidates),
+                "rule": "best full-validation score; within its paired 95% interval, lower eval_loss, then later step; "
+                "degenerate output last",
                 "candidates": [c.as_dict(metric) for c in candidates],
             },
             indent=2,

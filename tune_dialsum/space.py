@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from tune_dialsum.contract import BUDGET_UNITS, OBJECTIVES, default_mode
+from tune_dialsum.contract import BUDGET_UNITS, OBJECTIVES, RUNG_METRICS, default_mode
 from tune_dialsum.data.formats import DIALOGUE_FORMATS
 from tune_dialsum.errors import SpaceError
 from tune_dialsum.models import FAMILIES, family_of
@@ -511,6 +511,11 @@ def _parse_scheduler(check: _Checker, raw: dict) -> SchedulerSection:
     scheduler["reduction_factor"] = check.number(
         "scheduler.reduction_factor", scheduler["reduction_factor"], float, minimum=1, strict=True
     )
+    if scheduler["rung_metric"] not in RUNG_METRICS:
+        check.fail(
+            "scheduler.rung_metric",
+            f"must be one of {', '.join(RUNG_METRICS)} but got {scheduler['rung_metric']!r}",
+        )
     for key in ("eval_interval", "grace_period"):
         if scheduler[key] > scheduler["max_budget"]:
             check.fail(

@@ -94,6 +94,20 @@ class SchedulerSection:
     grace_period: int | None = key(None, "budget before ASHA may stop a trial; none: eval_interval", int)
     reduction_factor: float = key(3.0, "ASHA keeps 1 in reduction_factor trials at each rung", float)
     eval_interval: int | None = key(None, "budget between evaluations; none: max_budget // 4", int)
+    rung_metric: str = key(
+        "objective", "what ASHA's rungs compare: objective, eval_loss, or auto (loss, the objective at the last)", str
+    )
+
+    @property
+    def rungs(self) -> list[float]:
+        """ASHA's milestones below max_budget, lowest first (Ray's formula: grace_period x factor^k)."""
+        import math
+
+        if self.type != "asha" or self.grace_period is None or self.max_budget is None:
+            return []
+        count = int(math.log(self.max_budget / self.grace_period) / math.log(self.reduction_factor) + 1)
+        milestones = (self.grace_period * self.reduction_factor**k for k in range(count))
+        return [m for m in milestones if m < self.max_budget]
 
 
 @dataclass(frozen=True)

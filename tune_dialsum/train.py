@@ -20,7 +20,7 @@ from tune_dialsum.contract import RECIPE_FILE
 from tune_dialsum.data.formats import check_dialogue_format, format_dialogue
 from tune_dialsum.data.splits import hold_out
 from tune_dialsum.errors import UsageError
-from tune_dialsum.metrics import RougeMetric, compute_rouge
+from tune_dialsum.metrics import RougeMetric, compute_rouge, is_degenerate
 from tune_dialsum.models import family_of, load_model_and_tokenizer
 from tune_dialsum.space_schema import TrialSettings
 
@@ -61,13 +61,15 @@ def decode_for_rouge(tokenizer, predictions, labels):
 
 
 def rouge_metrics(eval_pred, tokenizer) -> dict[str, float]:
-    """``compute_metrics`` for Seq2SeqTrainer: ROUGE-1/2/L/Lsum and mean generated length."""
+    """``compute_metrics`` for Seq2SeqTrainer: ROUGE-1/2/L/Lsum, mean generated length, and ``degenerate``
+    (1.0 where every summary is empty or the same: metrics.is_degenerate)."""
     predictions, labels = eval_pred.predictions, eval_pred.label_ids
     if isinstance(predictions, tuple):
         predictions = predictions[0]
     decoded_preds, decoded_labels = decode_for_rouge(tokenizer, predictions, labels)
     result = compute_rouge(decoded_preds, decoded_labels)
     pad = tokenizer.pad_token_id
+    result["degenerate"] = float(is_degenerate(decoded_preds))
     result["gen_len"] = float(np.mean([np.count_nonzero((row != pad) & (row != -100)) for row in predictions]))
     return result
 

@@ -35,6 +35,7 @@ from tune_dialsum.contract import (
 from tune_dialsum.data import DialogueDataLoader, training_splits
 from tune_dialsum.errors import ModelNotFoundError, TuneDialsumError, one_line
 from tune_dialsum.models import tokenizer_fingerprint
+from tune_dialsum.rungs import rung_report
 from tune_dialsum.space_schema import DataSection, ObjectiveSection, ResourcesSection, SchedulerSection, TrialSettings
 from tune_dialsum.train import DialogueSummarizationTrainer
 
@@ -259,6 +260,7 @@ def _report_to_tune_callback(
                         "batches_per_epoch": self.batches_per_epoch,
                     }
                 )
+            report |= rung_report(state.log_history, report[settings.time_attr], settings.scheduler, settings.objective)
             report.pop("loss", None)
             self.scores = None
             run.publish(report, str(checkpoint_dir))
