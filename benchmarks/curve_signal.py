@@ -4,6 +4,8 @@ For every evaluation point (a possible ASHA rung), over the table's configuratio
 
 - rung -> final: Spearman between the subset score there and the configuration's best
   full-validation score (does an early ranking predict the final one?);
+- loss -> final: the same with the subset's validation loss there (negated: lower is better), where
+  the table recorded it (what ``scheduler.rung_metric: eval_loss`` ranks on);
 - subset -> full: Spearman between the subset score there and the full-validation score there
   (is the subset a faithful stand-in?), for every recorded subset size.
 
@@ -34,6 +36,8 @@ def correlations(table: CurveTable) -> list[dict]:
             "rung_to_final": spearman([r["subset_rougeL"] for r in at], final),
             "full_to_final": spearman([r["full_rougeL"] for r in at], final),
         }
+        if table.has_loss:
+            point["loss_to_final"] = spearman([-r["subset_loss"] for r in at], final)
         for n, key in sorted(sizes.items()):
             point[f"subset{n}_to_full"] = spearman([r[key] for r in at], [r["full_rougeL"] for r in at])
         points.append(point)
@@ -51,7 +55,11 @@ def main() -> None:
     print("  ".join(f"{c:>16s}" for c in columns))
     for point in points:
         print("  ".join(f"{point[c]:>16.2f}" if c != "samples" else f"{point[c]:>16d}" for c in columns))
-    print(f"curve_signal: Spearman(first rung on the subset, best full validation) {points[0]['rung_to_final']:.2f}")
+    loss = f", its loss {points[0]['loss_to_final']:.2f}" if table.has_loss else ""
+    print(
+        f"curve_signal: Spearman(first rung on the subset, best full validation) {points[0]['rung_to_final']:.2f}"
+        + loss
+    )
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ class CurveTable:
         self.formats = sorted({c["dialogue_format"] for c in configs})
         self.batch_sizes = sorted({c["batch_size"] for c in configs})
         self.best_full = max(r["full_rougeL"] for c in self.curves.values() for r in c["rows"])
+        self.has_loss = "subset_loss" in columns  # tables recorded before issue 23 have ROUGE only
         self.trial_start_s = statistics.median(c["setup_s"] for c in self.curves.values())
 
     @staticmethod
@@ -142,10 +143,13 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
     import numpy as np
     from ray.tune.schedulers import TrialScheduler
 
+    from tune_dialsum.rungs import rung_report
     from tune_dialsum.search import build_scheduler, build_searcher, experiment_settings
 
     np.random.seed(space.seed)  # ASHA draws its bracket from numpy's global generator
     settings = experiment_settings(space)
+    if space.scheduler.rung_metric != "objective" and not table.has_loss:
+        raise ValueError(f"rung_metric {space.scheduler.rung_metric}: the table has no subset_loss; re-record it")
     searcher, scheduler = build_searcher(space, settings), build_scheduler(space, settings)
     metric, ranked_by = settings.objective.metric, settings.ranked_by
     workers = space.trials.max_concurrent or 1
@@ -191,6 +195,11 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
         row = trial.rows[trial.report_rows[trial.reported]]
         trial.best = max(trial.best, row["subset_rougeL"])
         result = {metric: row["subset_rougeL"], ranked_by: trial.best, settings.time_attr: row["samples"]}
+        if table.has_loss:  # what the trainable adds for ASHA, from the same evaluations (rungs.py)
+            seen = trial.rows[: trial.report_rows[trial.reported] + 1]
+            evaluations = [r for i, r in enumerate(seen) if i in trial.report_rows]
+            evaluations = [{"eval_rougeL": r["subset_rougeL"], "eval_loss": r["subset_loss"]} for r in evaluations]
+            result |= rung_report(evaluations, row["samples"], space.scheduler, settings.objective)
         previous = trial.rows[trial.report_rows[trial.reported - 1]]["samples"] if trial.reported else 0
         samples += row["samples"] - previous
         trial.reported += 1
@@ -229,6 +238,9 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
 
 POLICIES = {
     "ours (TPE+ASHA)": {},
+    "ours, rungs on objective": {"scheduler.rung_metric": "objective"},
+    "ours, rungs on eval_loss": {"scheduler.rung_metric": "eval_loss"},
+    "ours, rungs auto (loss, then objective)": {"scheduler.rung_metric": "auto"},
     "random+FIFO": {"trials.sampler": "random", "scheduler.type": "fifo"},
     "random+ASHA": {"trials.sampler": "random"},
     "TPE+FIFO": {"scheduler.type": "fifo"},
@@ -316,6 +328,8 @@ def main() -> None:
     print(f"{args.seeds} seeds per policy, {args.trials} trials per search, {args.concurrent} at once")
     base = {"trials.num_samples": args.trials, "trials.max_concurrent": args.concurrent}
     policies = {**POLICIES, **(variants(table.settings["budget"]) if args.variants else {})}
+    if not table.has_loss:  # recorded before issue 23: no loss to rank rungs on
+        policies = {label: o for label, o in policies.items() if "scheduler.rung_metric" not in o}
     if args.only:
         # the last line's ratios need ours and both random baselines
         keep = [*args.only, "ours (TPE+ASHA)", "random+FIFO", "random+ASHA"]

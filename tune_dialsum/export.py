@@ -118,13 +118,22 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
+def _interval(scores: dict, key: str) -> str:
+    low_high = (scores.get("intervals") or {}).get(key)
+    return f"{low_high[0]:.4f} to {low_high[1]:.4f}" if low_high else "not measured"
+
+
 def _score_table(scores: dict) -> str:
-    rows = "\n".join(f"| {k} | {scores[k]:.4f} |" for k in ROUGE_KEYS if k in scores)
-    return f"| metric | value |\n|---|---|\n{rows}"
+    rows = "\n".join(f"| {k} | {scores[k]:.4f} | {_interval(scores, k)} |" for k in ROUGE_KEYS if k in scores)
+    return f"| metric | value | 95% bootstrap interval |\n|---|---|---|\n{rows}"
 
 
 def _inline(scores: dict) -> str:
-    return ", ".join(f"{k} {scores[k]:.4f}" for k in ROUGE_KEYS if k in scores)
+    return ", ".join(
+        f"{k} {scores[k]:.4f}" + (f" ({_interval(scores, k)})" if scores.get("intervals") else "")
+        for k in ROUGE_KEYS
+        if k in scores
+    )
 
 
 def format_settings(settings: dict) -> str:
@@ -177,6 +186,11 @@ def _model_card(tuning: dict) -> str:
         sections.append(
             f"## Validation scores, used for selection (all {full['examples']} examples)\n\n{_score_table(full)}"
         )
+        if tuning.get("selection_within_noise"):
+            sections[-1] += (
+                "\n\nChosen within noise: the best re-scored checkpoint beat another by less than their paired 95% "
+                "interval; the lower validation loss, then the later checkpoint, decided."
+            )
     sections.append(
         f"## Validation scores during the search, used for ranking ({tuning['fidelity']})\n\n"
         + _score_table(tuning["scores"])

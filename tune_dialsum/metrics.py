@@ -131,9 +131,7 @@ def is_degenerate(predictions: Sequence[str]) -> bool:
 
 def with_intervals(per_example: list[dict[str, float]], keys: Sequence[str] = ROUGE_KEYS, seed: int = 0) -> dict:
     """``{key: [low, high]}``: the 95% bootstrap interval of each mean score."""
-    return {
-        key: [round(v, 5) for v in bootstrap_interval([s[key] for s in per_example], seed=seed)] for key in keys
-    }
+    return {key: [round(v, 5) for v in bootstrap_interval([s[key] for s in per_example], seed=seed)] for key in keys}
 
 
 class RougeMetric:

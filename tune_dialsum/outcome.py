@@ -69,6 +69,7 @@ class SearchOutcome:
     unfinished: int = 0  # trials left pending or running: the search was interrupted or ran out of time
     at_once: int | None = None  # how many trials the cluster had room to run at once
     workers_per_trial: int = 1  # above 1: data-parallel trials
+    rung_signal: str | None = None  # what ASHA's rungs ranked on, in words (None: FIFO)
     disk_bytes: int = 0  # the experiment
     scratch_bytes: int | None = None  # left in Ray's session directory on this machine (None: not known here)
 
@@ -99,6 +100,7 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: 
         space.mode,
         settings.scheduler.max_budget,
         settings.scheduler.budget_unit,
+        rung_signal=rung_signal(space),
     )
     for result in results:
         rows = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
@@ -166,6 +168,7 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
             outcome.best_model_dir,
             full_validation=outcome.full_validation,
             selection=[c.as_dict(space.metric) for c in outcome.candidates],
+            selection_within_noise=selection.within_noise(outcome.candidates),
         )
     if outcome.decoding is not None:
         record_scores(outcome.best_model_dir, decoding=outcome.decoding.as_record(space.name))
@@ -335,8 +338,42 @@ def trim_ended_trials(
                 store.delete(record.path / name)
 
 
+def rung_signal(space: SearchSpace) -> str | None:
+    """What ASHA's rungs compare, in words (rungs.py); None where no rung stops anything (FIFO)."""
+    if space.scheduler.type != "asha":
+        return None
+    signal = space.scheduler.rung_metric
+    loss, objective = "the lowest eval_loss so far", f"the best {space.metric} so far"
+    if space.metric == "eval_loss" or signal == "eval_loss":
+        words = loss
+    elif signal == "objective":
+        words = objective
+    else:
+        words = f"{loss} below the last rung, {objective} at it"
+    rungs = ", ".join(f"{r:g}" for r in space.scheduler.rungs) or "none below max_budget"
+    return f"Rungs at {space.scheduler.budget_unit} {rungs} ranked on {words} (scheduler.rung_metric: {signal})."
+
+
 def _scores(scores: dict) -> str:
-    return ", ".join(f"{k}={scores[k]:.4f}" for k in ROUGE_KEYS if k in scores)
+    """``key=mean [low, high]`` for each ROUGE score (the 95% bootstrap interval where it was measured)."""
+    intervals = scores.get("intervals") or {}
+
+    def one(key: str) -> str:
+        low_high = intervals.get(key)
+        return f"{key}={scores[key]:.4f}" + (f" [{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else "")
+
+    return ", ".join(one(k) for k in ROUGE_KEYS if k in scores)
+
+
+def _candidate(candidate, key: str, unit: str) -> str:
+    """``trial@budget: score`` and, where not the leader, its paired difference from the leader."""
+    text = f"{candidate.record.trial_id}@{candidate.record.budget(unit):g}: {candidate.full[key]:.4f}"
+    if candidate.degenerate:
+        return text + " (degenerate output: not ranked on ROUGE)"
+    versus = candidate.versus_leader
+    if versus is not None and (versus.low, versus.high) != (0.0, 0.0):
+        text += f" (leader better by {versus.mean:+.4f} [{versus.low:+.4f}, {versus.high:+.4f}])"
+    return text
 
 
 def format_summary(outcome: SearchOutcome) -> str:
@@ -358,13 +395,16 @@ def format_summary(outcome: SearchOutcome) -> str:
                 lines.append(f"Test with the training decoding instead: {_scores(outcome.test_training_decoding)}")
         if outcome.full_validation:
             full, key = outcome.full_validation, score_key(outcome.metric)
-            ranked = ", ".join(
-                f"{c.record.trial_id}@{c.record.budget(unit):g}: {c.full[key]:.4f}" for c in outcome.candidates
-            )
+            ranked = ", ".join(_candidate(c, key, unit) for c in outcome.candidates)
             lines += [
                 f"Validation, all {full['examples']} examples (used to choose among the top {len(outcome.candidates)} "
                 f"by the ranking score: {ranked}): {_scores(full)}",
             ]
+            if selection.within_noise(outcome.candidates):
+                lines.append(
+                    f"Chosen within noise: the best {outcome.metric} on validation beats another candidate by less "
+                    "than its paired 95% interval, so the lower eval_loss, then the later checkpoint, decided."
+                )
         lines.append(f"Validation, {fidelity(best.snapshot)} (used by the scheduler to rank): {_scores(best.scores)}")
         if outcome.unfinished:
             lines.append(
@@ -376,6 +416,8 @@ def format_summary(outcome: SearchOutcome) -> str:
             from tune_dialsum.decoding import format_result
 
             lines.append(format_result(outcome.decoding))
+    if outcome.rung_signal:
+        lines.append(outcome.rung_signal)
     if outcome.stopped:
         full = outcome.max_budget * len(outcome.trials)
         lines.append(

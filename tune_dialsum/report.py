@@ -197,6 +197,7 @@ def write_report(experiment: Experiment) -> Path:
         "Decoding: ROUGE-L against length and time": plot_decoding(experiment, out_dir / "decoding.png"),
     }
     plots = {title: plot for title, plot in plots.items() if plot is not None}
+    selection_html = _selection_html(experiment.path)
     warnings_html = "".join(f"<li>{html.escape(w)}</li>" for w in experiment.boundary_warnings())
     sections = "".join(
         f"<h2>{html.escape(t)}</h2><img src='{p.name}' alt='{html.escape(t)}'>" for t, p in plots.items()
@@ -209,10 +210,35 @@ td,th{{border:1px solid #ccc;padding:2px 6px}} img{{max-width:100%}}</style></he
 <p>Objective: {experiment.metric} ({experiment.space.mode}); {len(experiment.trials)} trials.</p>
 {f"<h2>Warnings</h2><ul>{warnings_html}</ul>" if warnings_html else ""}
 <h2>Leaderboard</h2>{experiment.leaderboard().to_html(index=False, float_format=lambda v: f"{v:.4g}")}
+{selection_html}
 {sections}</body></html>"""
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+def _selection_html(experiment_dir: Path) -> str:
+    """The re-scored candidates with their 95% intervals and differences from the leader (selection.json)."""
+    from tune_dialsum.selection import read_selection
+
+    chosen = read_selection(experiment_dir)
+    if not chosen:
+        return ""
+    rows = pd.DataFrame(chosen["candidates"])
+    for column in ("interval", "difference_from_leader"):
+        if column in rows:
+            rows[column] = rows[column].map(lambda v: "" if v is None else ", ".join(f"{x:+.4f}" for x in v))
+    noise = (
+        "<p>Chosen within noise: the leader's paired 95% interval against another candidate held 0, so the lower "
+        "eval_loss, then the later checkpoint, decided.</p>"
+        if chosen.get("within_noise")
+        else ""
+    )
+    return (
+        f"<h2>Selection on all of validation ({html.escape(chosen['metric'])})</h2>"
+        f"<p>Chosen: trial {html.escape(str(chosen['chosen']['trial_id']))} at step {chosen['chosen']['step']}.</p>"
+        f"{noise}{rows.to_html(index=False, float_format=lambda v: f'{v:.4g}')}"
+    )
 
 
 @dataclass
