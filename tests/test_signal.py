@@ -178,3 +178,46 @@ def test_an_unknown_rung_metric_is_refused_with_the_choices():
             },
             source="<t>",
         )
+
+
+# -- the refit ----------------------------------------------------------------------------------
+
+
+def _refit_scores(per_example: list[float], degenerate: bool = False) -> dict:
+    mean = sum(per_example) / len(per_example)
+    return {"rougeL": mean, "degenerate": degenerate, "per_example": {"rougeL": per_example}}
+
+
+@pytest.mark.parametrize(
+    "gain, degenerate, exported",
+    [(0.0, False, True), (0.03, False, True), (-0.001, False, False), (0.2, True, False)],
+)
+def test_the_refit_is_exported_only_where_it_scores_at_least_as_well(gain, degenerate, exported):
+    from tune_dialsum.refit import judge
+
+    rng = random.Random(4)
+    chosen = _candidate("a", 100, _noisy(rng, 0.4), loss=3.0)
+    record = CheckpointRecord(Path("/x/refit/final"), "refit", 800, {"rougeL": 0.4}, {})
+    refit_scores = _refit_scores([x + gain for x in chosen.per_example], degenerate)
+    result = judge(record, refit_scores, chosen, "rougeL", "max")
+    assert result.exported is exported
+    assert result.versus_chosen.mean == pytest.approx(gain)
+    assert "per_example" not in result.full  # never written into tuning.json
+    recorded = result.as_dict("rougeL", chosen)
+    assert recorded["exported"] is exported and recorded["chosen_full_validation"] == chosen.full["rougeL"]
+
+
+def test_a_refit_with_a_loss_objective_is_refused_in_one_line():
+    from tune_dialsum.errors import SpaceError
+
+    with pytest.raises(SpaceError, match=r"selection.refit: .*eval_loss set it to false"):
+        parse_space(
+            {
+                "fixed": {"model": "tiny:t5"},
+                "search": {"learning_rate": {"loguniform": [1e-4, 1e-2]}},
+                "objective": {"metric": "eval_loss"},
+                "scheduler": {"max_budget": 100},
+                "selection": {"refit": True},
+            },
+            source="<t>",
+        )

@@ -53,6 +53,7 @@ DECODING_DB = "decoding.db"  # the decoding stage's Optuna study
 DECODING_FILE = "decoding.json"  # the decoding stage's trials and choice
 SELECTION_FILE = "selection.json"  # which checkpoints were re-scored, and the choice
 BEST_MODEL_DIR = "best_model"  # the export
+REFIT_DIR = "refit"  # selection.refit: the chosen settings trained anew (its model in refit/final)
 TUNING_FILE = "tuning.json"  # in an export: where it came from and how it scored
 REPORT_DIR = "report"  # the analysis report's plots and index.html
 TRACKING_FILE = "tracking.json"  # the MLflow store and parent run a search logs to

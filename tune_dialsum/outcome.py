@@ -66,10 +66,13 @@ class SearchOutcome:
     test_training_decoding: dict | None = None  # the same, decoded as trials were scored (where decoding was tuned)
     decoding: object | None = None  # decoding.DecodingResult: the decoding stage, where the space has one
     candidates: list = field(default_factory=list)  # selection.Candidate: the checkpoints re-scored
+    refit: object | None = None  # refit.Refit: the chosen settings trained anew (selection.refit)
+    refit_error: str | None = None  # why the refit asked for did not happen
     unfinished: int = 0  # trials left pending or running: the search was interrupted or ran out of time
     at_once: int | None = None  # how many trials the cluster had room to run at once
     workers_per_trial: int = 1  # above 1: data-parallel trials
     rung_signal: str | None = None  # what ASHA's rungs ranked on, in words (None: FIFO)
+    refit_of: Path | None = None  # the checkpoint whose settings the refit trained anew
     disk_bytes: int = 0  # the experiment
     scratch_bytes: int | None = None  # left in Ray's session directory on this machine (None: not known here)
 
@@ -146,9 +149,13 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
     """
     chosen = best_checkpoint(records, space.metric, space.mode)
     # ROUGE is re-scored by decoding; a loss objective is not (the subset's loss is what ranks)
-    rescoring = settings.data.max_eval_samples is not None and not outcome.unfinished and space.metric != "eval_loss"
+    # (a refit is compared with the chosen checkpoint on all of validation, so it needs the re-scoring)
+    subset = settings.data.max_eval_samples is not None or space.selection.refit
+    rescoring = subset and not outcome.unfinished and space.metric != "eval_loss"
     if rescoring:
         chosen = _rescore(outcome, records, space, settings, store)
+        if space.selection.refit:
+            chosen = _refit(outcome, chosen, settings, space, store)
     generation = None  # the decoding the chosen trial was scored with
     if space.decoding is not None and not outcome.unfinished:
         chosen, generation = _decoding_stage(outcome, records, chosen, space, settings, store)
@@ -170,6 +177,9 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
             selection=[c.as_dict(space.metric) for c in outcome.candidates],
             selection_within_noise=selection.within_noise(outcome.candidates),
         )
+    if outcome.refit is not None:
+        leader = next(c for c in outcome.candidates if c.record.path == outcome.refit_of)
+        record_scores(outcome.best_model_dir, refit=outcome.refit.as_dict(space.metric, leader))
     if outcome.decoding is not None:
         record_scores(outcome.best_model_dir, decoding=outcome.decoding.as_record(space.name))
     store.push(outcome.best_model_dir)
@@ -189,6 +199,25 @@ def _rescore(outcome: SearchOutcome, records, space: SearchSpace, settings: Expe
     return best.record
 
 
+def _refit(outcome: SearchOutcome, chosen, settings: ExperimentSettings, space: SearchSpace, store):
+    """The chosen settings trained anew (refit.py); returns the record to export: the refit where it scores at
+    least as well, else ``chosen``. A refit that fails is a warning: the chosen checkpoint is exported."""
+    from tune_dialsum.refit import refit
+
+    leader = next(c for c in outcome.candidates if c.record is chosen)
+    try:
+        outcome.refit = refit(leader, settings, space.resources, store)
+    except Exception as err:  # noqa: BLE001 (a refit that fails must not cost the search its export)
+        outcome.refit_error = one_line(err)
+        logger.warning("the refit failed (%s); exporting the chosen checkpoint", outcome.refit_error)
+        return chosen
+    outcome.refit_of = chosen.path
+    if not outcome.refit.exported:
+        return chosen
+    outcome.full_validation = outcome.refit.full
+    return outcome.refit.record
+
+
 def _decoding_stage(outcome: SearchOutcome, records, chosen, space: SearchSpace, settings: ExperimentSettings, store):
     """The decoding study on the best checkpoints: (the checkpoint to export, its decoding or None).
 
@@ -198,6 +227,8 @@ def _decoding_stage(outcome: SearchOutcome, records, chosen, space: SearchSpace,
     k = space.decoding.top_k_checkpoints
     if outcome.candidates:
         ranked = [c.record for c in selection.ranked(outcome.candidates, space.metric, space.mode)]
+        if chosen not in ranked:  # the refit, exported in place of the best candidate
+            ranked = [chosen, *ranked]
     else:
         ranked = [
             chosen,
@@ -219,7 +250,10 @@ def _decoding_stage(outcome: SearchOutcome, records, chosen, space: SearchSpace,
     if outcome.decoding.chosen is None:  # none met the constraints: the decoding it was ranked with stays
         return chosen, None
     chosen = next(r for r in ranked if _label(r) == outcome.decoding.chosen.checkpoint)
-    outcome.full_validation = next((c.full for c in outcome.candidates if c.record is chosen), None)
+    scored = [(c.record, c.full) for c in outcome.candidates]
+    if outcome.refit is not None:
+        scored.append((outcome.refit.record, outcome.refit.full))
+    outcome.full_validation = next((full for record, full in scored if record is chosen), None)
     return chosen, outcome.decoding.chosen.settings
 
 
@@ -365,6 +399,18 @@ def _scores(scores: dict) -> str:
     return ", ".join(one(k) for k in ROUGE_KEYS if k in scores)
 
 
+def _refit_line(outcome: SearchOutcome) -> str:
+    key, refit = score_key(outcome.metric), outcome.refit
+    chosen = next(c for c in outcome.candidates if c.record.path == outcome.refit_of)
+    versus = refit.versus_chosen
+    which = "the refit" if refit.exported else "the chosen checkpoint (the refit scored lower)"
+    return (
+        f"Refit: the chosen settings trained anew to {outcome.max_budget:g} {outcome.budget_unit}: {key} "
+        f"{refit.full[key]:.4f} on all of validation against the chosen checkpoint's {chosen.full[key]:.4f} "
+        f"(difference {versus.mean:+.4f} [{versus.low:+.4f}, {versus.high:+.4f}]); exported: {which}."
+    )
+
+
 def _candidate(candidate, key: str, unit: str) -> str:
     """``trial@budget: score`` and, where not the leader, its paired difference from the leader."""
     text = f"{candidate.record.trial_id}@{candidate.record.budget(unit):g}: {candidate.full[key]:.4f}"
@@ -405,6 +451,10 @@ def format_summary(outcome: SearchOutcome) -> str:
                     f"Chosen within noise: the best {outcome.metric} on validation beats another candidate by less "
                     "than its paired 95% interval, so the lower eval_loss, then the later checkpoint, decided."
                 )
+        if outcome.refit is not None:
+            lines.append(_refit_line(outcome))
+        elif outcome.refit_error:
+            lines.append(f"Refit failed ({outcome.refit_error}): the chosen checkpoint was exported.")
         lines.append(f"Validation, {fidelity(best.snapshot)} (used by the scheduler to rank): {_scores(best.scores)}")
         if outcome.unfinished:
             lines.append(

@@ -372,16 +372,19 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
     fixed, search, per_family = _parse_settings(check, raw, training)
     scheduler = _parse_scheduler(check, raw)
     _warn_about_searched(source, scheduler, _searched(search, per_family))
-    selection = SelectionSection(
-        top_k=check.number(
-            "selection.top_k", _values(check, raw, "selection").get("top_k", SelectionSection.top_k), int, 1
+    objective = _parse_objective(check, raw)
+    selection = _parse_selection(check, raw)
+    if selection.refit and objective.metric == "eval_loss":
+        check.fail(
+            "selection.refit",
+            "a refit is compared with the chosen checkpoint on ROUGE over all of validation; with the objective "
+            "eval_loss set it to false, or optimise a ROUGE score",
         )
-    )
     return SearchSpace(
         name=_parse_name(check, raw, default_name),
         source=source,
         data=_parse_data(check, raw),
-        objective=_parse_objective(check, raw),
+        objective=objective,
         fixed=fixed,
         search=search,
         per_family=per_family,
@@ -404,6 +407,15 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
         tracking=_parse_tracking(check, raw),
         raw=copy.deepcopy(raw),
     )
+
+
+def _parse_selection(check: _Checker, raw: dict) -> SelectionSection:
+    values = _values(check, raw, "selection")
+    refit = values.get("refit", SelectionSection.refit)
+    if not isinstance(refit, bool):
+        check.fail("selection.refit", f"expected true or false but got {refit!r}")
+    top_k = check.number("selection.top_k", values.get("top_k", SelectionSection.top_k), int, 1)
+    return SelectionSection(top_k=top_k, refit=refit)
 
 
 def _values(check: _Checker, raw: dict, name: str) -> dict:

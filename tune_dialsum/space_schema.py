@@ -149,6 +149,9 @@ class SelectionSection:
     """selection: how the exported model is chosen."""
 
     top_k: int = key(3, "checkpoints best on the subset, re-scored on all of validation", int)
+    refit: bool = key(
+        False, "train the chosen settings anew to max_budget; export that model where it scores at least as well", bool
+    )
 
 
 @dataclass(frozen=True)

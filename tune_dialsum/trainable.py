@@ -338,7 +338,7 @@ def _not_retryable_marker(settings: ExperimentSettings, trial_id: str) -> str | 
     return storage.join(settings.experiment_location, f"{TRIAL_DIR_PREFIX}{trial_id}", NOT_RETRYABLE_FILE)
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
     """Give back what a trial held, so that the next trial on this reused worker starts from the same place."""
     import gc
 
@@ -388,7 +388,7 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
             _train_data_parallel(config, settings, trial, output_dir)
         else:
             run = TrialRun(trial, publish=_report_to_tune, resume_from=tune.get_checkpoint())
-            _train(config, settings, output_dir, run)
+            train_one(config, settings, output_dir, run)
     except BaseException as err:  # SystemExit too: that is how Tune ends a trial its scheduler stopped
         if marker and isinstance(err, Exception) and not is_retryable(err):
             _record_not_retryable(marker, err)
@@ -398,7 +398,7 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
         raise
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
-        _release_memory()
+        release_memory()
 
 
 def _report_to_tune(report: dict, checkpoint_dir: str) -> None:
@@ -434,10 +434,10 @@ def _train_worker(config, settings, trial, output_dir: Path, resume_from, rank: 
     """One worker of a data-parallel trial (see :func:`_train_data_parallel`)."""
     rank_dir = output_dir / f"rank-{rank}"
     try:
-        _train(config, settings, rank_dir, TrialRun(trial, publish=publish, resume_from=resume_from))
+        train_one(config, settings, rank_dir, TrialRun(trial, publish=publish, resume_from=resume_from))
     finally:
         shutil.rmtree(rank_dir, ignore_errors=True)
-        _release_memory()
+        release_memory()
 
 
 def _record_not_retryable(marker: str, error: Exception) -> None:
@@ -447,7 +447,8 @@ def _record_not_retryable(marker: str, error: Exception) -> None:
         logger.warning("could not record that %s is not retryable: %s", error, one_line(failed))
 
 
-def _train(config: dict, settings: ExperimentSettings, output_dir: Path, run: TrialRun) -> None:
+def train_one(config: dict, settings: ExperimentSettings, output_dir: Path, run: TrialRun) -> None:
+    """One training run of ``config`` to the scheduler's budget, reporting through ``run`` (a trial, or a refit)."""
     import datasets
     import transformers
 

@@ -1,0 +1,103 @@
+"""Refit: the chosen settings trained anew to the full budget, as users of other tools do by hand.
+
+The search exports its best re-scored checkpoint. That checkpoint may be an early one of a trial
+(its best evaluation) or one of a trial ASHA stopped, and its score is the maximum over many noisy
+evaluations. With ``selection.refit: true`` the chosen trial's settings are trained from scratch to
+``scheduler.max_budget`` with the same seed and data, the result is scored on all of validation
+as the candidates were, and it is exported where it scores at least as well as the chosen checkpoint
+(point estimates on the same examples; both, with the paired difference, go to the summary and
+``tuning.json``).
+
+It trains on train only: a refit on train + validation would leave no data to check it against
+before it replaces a model that was checked.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tune_dialsum import storage
+from tune_dialsum.contract import REFIT_DIR, score_key
+from tune_dialsum.export import CheckpointRecord, read_checkpoint, trial_decoding
+from tune_dialsum.metrics import Difference, paired_difference
+from tune_dialsum.selection import Candidate, score_model
+from tune_dialsum.space_schema import ResourcesSection
+from tune_dialsum.trainable import ExperimentSettings, TrialRun, release_memory, train_one
+
+logger = logging.getLogger(__name__)
+
+REFIT_TRIAL_ID = "refit"
+
+
+@dataclass
+class Refit:
+    record: CheckpointRecord  # the model trained anew, as a checkpoint the export reads
+    full: dict  # its scores on all of validation
+    versus_chosen: Difference  # refit minus the chosen checkpoint, paired (the objective's direction)
+    exported: bool  # it scored at least as well, so it is the model exported
+
+    def as_dict(self, metric: str, chosen: Candidate) -> dict:
+        key = score_key(metric)
+        return {
+            "full_validation": self.full.get(key),
+            "interval": (self.full.get("intervals") or {}).get(key),
+            "chosen_full_validation": chosen.full.get(key),
+            "difference_from_chosen": self.versus_chosen.as_list(),
+            "exported": self.exported,
+            "step": self.record.step,
+        }
+
+
+def train_anew(config: dict, settings: ExperimentSettings, target: str) -> None:
+    """Train ``config`` from scratch to the full budget and store its last checkpoint at ``target``.
+
+    Runs as a Ray task with a trial's resources: the trainer reports each evaluation as a trial
+    would, and the last checkpoint it saved is what is kept.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="tune_dialsum-refit-"))
+    saved: list[str] = []
+    trial = {"trial_id": REFIT_TRIAL_ID, "trial_name": REFIT_TRIAL_ID, "experiment": settings.experiment_location}
+    try:
+        train_one(config, settings, scratch, TrialRun(trial, publish=lambda _report, path: saved.append(path)))
+        storage.upload(Path(saved[-1]), target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        release_memory()
+
+
+def refit(chosen: Candidate, settings: ExperimentSettings, resources: ResourcesSection, store) -> Refit:
+    """Train ``chosen``'s settings anew, score it on all of validation, decide whether it is exported."""
+    import ray
+
+    config = chosen.record.snapshot.get("config", {})
+    local = store.local / REFIT_DIR / "final"
+    shutil.rmtree(local, ignore_errors=True)
+    task = ray.remote(train_anew).options(
+        num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial, max_retries=0
+    )
+    ray.get(task.remote(config, settings, store.where(local)))
+    store.fetch(local)
+    record = read_checkpoint(local)
+    if record is None:
+        raise RuntimeError(f"the refit left no complete checkpoint at {store.where(local)}")
+    full = score_model(store.where(local), settings, "validation", trial_decoding(config), per_example=True)
+    return judge(record, full, chosen, settings.objective.metric, settings.objective.mode)
+
+
+def judge(record: CheckpointRecord, full: dict, chosen: Candidate, metric: str, mode: str) -> Refit:
+    """The refit against the chosen checkpoint on the same validation examples; exported where at least as good.
+
+    ``full``: :func:`selection.score_model`'s result with ``per_example`` (taken out here). Degenerate
+    output is never exported, whatever its ROUGE.
+    """
+    key, sign = score_key(metric), 1 if mode == "max" else -1
+    each = full.pop("per_example")[key]
+    versus = paired_difference(each, chosen.per_example)
+    if sign < 0:
+        versus = Difference(-versus.mean, -versus.high, -versus.low)
+    exported = not full.get("degenerate") and sign * full[key] >= sign * chosen.full[key]
+    return Refit(record, full, versus, exported)
