@@ -90,7 +90,23 @@ def test_the_export_is_the_best_of_the_top_checkpoints_on_all_of_validation(tiny
         (row["rougeL"] for rows in trial_results(experiment_dir).values() for row in rows), reverse=True
     )
     assert [c["subset"] for c in candidates] == pytest.approx(subset_scores[:3])  # the top 3 by the ranking score
-    chosen = max(candidates, key=lambda c: c["full_validation"])
+    # the best on all of validation, unless another is within its paired 95% interval: then the lower loss
+    best = max(candidates, key=lambda c: c["full_validation"])
+    chosen = selection["chosen"]
+    assert selection["within_noise"] == any(
+        c["difference_from_leader"][1] <= 0
+        for c in candidates
+        if (c["trial_id"], c["step"]) != (best["trial_id"], best["step"])
+    )
+    if not selection["within_noise"]:
+        assert (chosen["trial_id"], chosen["step"]) == (best["trial_id"], best["step"])
+    else:
+        assert "Chosen within noise" in completed.stdout
+        assert chosen["difference_from_leader"][1] <= 0 <= chosen["difference_from_leader"][2]
+        assert chosen["eval_loss"] <= best["eval_loss"]
+    for candidate in candidates:  # every figure that decided carries its interval
+        low, high = candidate["interval"]
+        assert low <= candidate["full_validation"] <= high
     tuning = json.loads((experiment_dir / "best_model" / "tuning.json").read_text())
     assert (tuning["trial_id"], tuning["step"]) == (chosen["trial_id"], chosen["step"])
     assert tuning["full_validation"]["examples"] == 300
@@ -99,6 +115,10 @@ def test_the_export_is_the_best_of_the_top_checkpoints_on_all_of_validation(tiny
     assert tuning["test"]["examples"] == 300 and 0 < tuning["test"]["rougeL"] < 1
     assert f"Test, 300 examples (not used to choose): rouge1={tuning['test']['rouge1']:.4f}" in completed.stdout
     assert "Validation, all 300 examples (used to choose among the top 3" in completed.stdout
+    low, high = tuning["test"]["intervals"]["rougeL"]
+    assert low <= tuning["test"]["rougeL"] <= high
+    assert f"rougeL={tuning['test']['rougeL']:.4f} [{low:.4f}, {high:.4f}]" in completed.stdout
+    assert "Rungs at samples 1600, 4800 ranked on" in completed.stdout  # which signal ranked the rungs
     card = (experiment_dir / "best_model" / "README.md").read_text()
     assert card.index("## Test scores") < card.index("used for selection")
 

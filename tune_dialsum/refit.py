@@ -39,6 +39,7 @@ class Refit:
     full: dict  # its scores on all of validation
     versus_chosen: Difference  # refit minus the chosen checkpoint, paired (the objective's direction)
     exported: bool  # it scored at least as well, so it is the model exported
+    seconds: float = 0.0  # training and scoring it took
 
     def as_dict(self, metric: str, chosen: Candidate) -> dict:
         key = score_key(metric)
@@ -49,6 +50,7 @@ class Refit:
             "difference_from_chosen": self.versus_chosen.as_list(),
             "exported": self.exported,
             "step": self.record.step,
+            "seconds": round(self.seconds, 1),
         }
 
 
@@ -71,8 +73,11 @@ def train_anew(config: dict, settings: ExperimentSettings, target: str) -> None:
 
 def refit(chosen: Candidate, settings: ExperimentSettings, resources: ResourcesSection, store) -> Refit:
     """Train ``chosen``'s settings anew, score it on all of validation, decide whether it is exported."""
+    import time
+
     import ray
 
+    clock = time.perf_counter()
     config = chosen.record.snapshot.get("config", {})
     local = store.local / REFIT_DIR / "final"
     shutil.rmtree(local, ignore_errors=True)
@@ -85,7 +90,9 @@ def refit(chosen: Candidate, settings: ExperimentSettings, resources: ResourcesS
     if record is None:
         raise RuntimeError(f"the refit left no complete checkpoint at {store.where(local)}")
     full = score_model(store.where(local), settings, "validation", trial_decoding(config), per_example=True)
-    return judge(record, full, chosen, settings.objective.metric, settings.objective.mode)
+    judged = judge(record, full, chosen, settings.objective.metric, settings.objective.mode)
+    judged.seconds = time.perf_counter() - clock
+    return judged
 
 
 def judge(record: CheckpointRecord, full: dict, chosen: Candidate, metric: str, mode: str) -> Refit:
