@@ -198,7 +198,15 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
         if table.has_loss:  # what the trainable adds for ASHA, from the same evaluations (rungs.py)
             seen = trial.rows[: trial.report_rows[trial.reported] + 1]
             evaluations = [r for i, r in enumerate(seen) if i in trial.report_rows]
-            evaluations = [{"eval_rougeL": r["subset_rougeL"], "eval_loss": r["subset_loss"]} for r in evaluations]
+            evaluations = [
+                # degenerate: one summary for every validation input (the table counts distinct summaries)
+                {
+                    "eval_rougeL": r["subset_rougeL"],
+                    "eval_loss": r["subset_loss"],
+                    "eval_degenerate": r["full_distinct"] <= 1,
+                }
+                for r in evaluations
+            ]
             result |= rung_report(evaluations, row["samples"], space.scheduler, settings.objective)
         previous = trial.rows[trial.report_rows[trial.reported - 1]]["samples"] if trial.reported else 0
         samples += row["samples"] - previous

@@ -182,6 +182,15 @@ def _model_card(tuning: dict) -> str:
             sections[-1] += f"\n\nWith the decoding the trials were scored with in training: {_inline(greedy)}."
     if tuning.get("decoding"):
         sections.append(_decoding_table(tuning["decoding"]))
+    refit = tuning.get("refit")
+    if refit:
+        verdict = "this model is the refit" if refit["exported"] else "the refit was not exported"
+        sections.append(
+            f"## Refit\n\nThe chosen settings were trained anew to the full budget: {tuning['metric']} "
+            f"{refit['full_validation']:.4f} on all of validation against the chosen checkpoint's "
+            f"{refit['chosen_full_validation']:.4f} (paired difference and 95% interval "
+            f"{', '.join(f'{x:+.4f}' for x in refit['difference_from_chosen'])}); {verdict}."
+        )
     if full:
         sections.append(
             f"## Validation scores, used for selection (all {full['examples']} examples)\n\n{_score_table(full)}"

@@ -156,9 +156,13 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
         chosen = _rescore(outcome, records, space, settings, store)
         if space.selection.refit:
             chosen = _refit(outcome, chosen, settings, space, store)
+    elif space.selection.refit:
+        outcome.refit_error = "the search is unfinished; resume it to re-score, refit and test"
     generation = None  # the decoding the chosen trial was scored with
     if space.decoding is not None and not outcome.unfinished:
         chosen, generation = _decoding_stage(outcome, records, chosen, space, settings, store)
+        if outcome.refit is not None:  # the stage may have preferred another checkpoint to the refit
+            outcome.refit.exported = chosen is outcome.refit.record
     outcome.best = chosen
     store.fetch(chosen.path)  # the mirror of a URI holds no weights until now
     outcome.best_model_dir = export_checkpoint(
@@ -403,7 +407,7 @@ def _refit_line(outcome: SearchOutcome) -> str:
     key, refit = score_key(outcome.metric), outcome.refit
     chosen = next(c for c in outcome.candidates if c.record.path == outcome.refit_of)
     versus = refit.versus_chosen
-    which = "the refit" if refit.exported else "the chosen checkpoint (the refit scored lower)"
+    which = "the refit" if refit.exported else "not the refit (it scored lower, or the decoding stage chose another)"
     return (
         f"Refit: the chosen settings trained anew to {outcome.max_budget:g} {outcome.budget_unit}: {key} "
         f"{refit.full[key]:.4f} on all of validation against the chosen checkpoint's {chosen.full[key]:.4f} "
@@ -454,8 +458,13 @@ def format_summary(outcome: SearchOutcome) -> str:
         if outcome.refit is not None:
             lines.append(_refit_line(outcome))
         elif outcome.refit_error:
-            lines.append(f"Refit failed ({outcome.refit_error}): the chosen checkpoint was exported.")
-        lines.append(f"Validation, {fidelity(best.snapshot)} (used by the scheduler to rank): {_scores(best.scores)}")
+            lines.append(f"No refit ({outcome.refit_error}): the chosen checkpoint was exported.")
+        ranked_with = (
+            "the refit's last evaluation"
+            if outcome.refit is not None and best is outcome.refit.record
+            else ("used by the scheduler to rank")
+        )
+        lines.append(f"Validation, {fidelity(best.snapshot)} ({ranked_with}): {_scores(best.scores)}")
         if outcome.unfinished:
             lines.append(
                 "Chosen by the ranking score only: resume the search to re-score and test the best checkpoints."

@@ -24,7 +24,7 @@ from tune_dialsum import storage
 from tune_dialsum.contract import REFIT_DIR, score_key
 from tune_dialsum.export import CheckpointRecord, read_checkpoint, trial_decoding
 from tune_dialsum.metrics import Difference, paired_difference
-from tune_dialsum.selection import Candidate, score_model
+from tune_dialsum.selection import Candidate, remote_scorer
 from tune_dialsum.space_schema import ResourcesSection
 from tune_dialsum.trainable import ExperimentSettings, TrialRun, release_memory, train_one
 
@@ -54,7 +54,7 @@ class Refit:
         }
 
 
-def train_anew(config: dict, settings: ExperimentSettings, target: str) -> None:
+def train_anew(config: dict, settings: ExperimentSettings, target: str, experiment: str) -> None:
     """Train ``config`` from scratch to the full budget and store its last checkpoint at ``target``.
 
     Runs as a Ray task with a trial's resources: the trainer reports each evaluation as a trial
@@ -62,7 +62,7 @@ def train_anew(config: dict, settings: ExperimentSettings, target: str) -> None:
     """
     scratch = Path(tempfile.mkdtemp(prefix="tune_dialsum-refit-"))
     saved: list[str] = []
-    trial = {"trial_id": REFIT_TRIAL_ID, "trial_name": REFIT_TRIAL_ID, "experiment": settings.experiment_location}
+    trial = {"trial_id": REFIT_TRIAL_ID, "trial_name": REFIT_TRIAL_ID, "experiment": experiment}
     try:
         train_one(config, settings, scratch, TrialRun(trial, publish=lambda _report, path: saved.append(path)))
         storage.upload(Path(saved[-1]), target)
@@ -84,12 +84,14 @@ def refit(chosen: Candidate, settings: ExperimentSettings, resources: ResourcesS
     task = ray.remote(train_anew).options(
         num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial, max_retries=0
     )
-    ray.get(task.remote(config, settings, store.where(local)))
+    experiment = chosen.record.snapshot.get("experiment", REFIT_TRIAL_ID)
+    ray.get(task.remote(config, settings, store.where(local), experiment))
     store.fetch(local)
     record = read_checkpoint(local)
     if record is None:
         raise RuntimeError(f"the refit left no complete checkpoint at {store.where(local)}")
-    full = score_model(store.where(local), settings, "validation", trial_decoding(config), per_example=True)
+    scorer = remote_scorer(resources)  # decoded where the candidates were, with a trial's resources
+    full = ray.get(scorer.remote(store.where(local), settings, "validation", trial_decoding(config), per_example=True))
     judged = judge(record, full, chosen, settings.objective.metric, settings.objective.mode)
     judged.seconds = time.perf_counter() - clock
     return judged

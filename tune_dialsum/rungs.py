@@ -10,7 +10,8 @@ zig-zag stops trials on noise. ``scheduler.rung_metric`` says which signal ranks
 
 For the last two, a trial reports :data:`~tune_dialsum.contract.RUNG_SCORE`, higher is better,
 which ASHA ranks on in ``max`` mode. An evaluation whose greedy output is degenerate (empty, or one
-summary for every input) gives no ROUGE credit there: it counts as 0. Pure functions, no Ray: the
+summary for every input) gives no ROUGE credit there: it is left out of the best so far, and a trial
+with nothing else counts as 0. Pure functions, no Ray: the
 trainable and the replay benchmark call the same ones.
 """
 

@@ -170,12 +170,12 @@ def ranked(candidates: list[Candidate], metric: str, mode: str) -> list[Candidat
     for c in by_score:
         c.versus_leader = _difference(leader, c, sign) if c.per_example and leader.per_example else None
     if leader.degenerate:  # nothing summarizes: ROUGE cannot rank them, the loss can
-        return sorted(by_score, key=lambda c: (_loss_or_inf(c), -c.record.step))
+        return sorted(by_score, key=lambda c: (_loss_or_inf(c), -_trained(c)))
     tied = [c for c in by_score if not c.degenerate and c.versus_leader is not None and c.versus_leader.within_noise]
     if not tied:
         tied = [leader]
     rest = [c for c in by_score if c not in tied]
-    return sorted(tied, key=lambda c: (_loss_or_inf(c), -c.record.step)) + rest
+    return sorted(tied, key=lambda c: (_loss_or_inf(c), -_trained(c))) + rest
 
 
 def _difference(leader: Candidate, other: Candidate, sign: int) -> Difference:
@@ -184,6 +184,11 @@ def _difference(leader: Candidate, other: Candidate, sign: int) -> Difference:
     if sign > 0:
         return difference
     return Difference(-difference.mean, -difference.high, -difference.low)
+
+
+def _trained(candidate: Candidate) -> float:
+    """Training examples seen at the checkpoint: steps differ in size where the batch size was searched."""
+    return candidate.record.budget("samples")
 
 
 def _loss_or_inf(candidate: Candidate) -> float:
@@ -197,7 +202,10 @@ def choose(candidates: list[Candidate], metric: str, mode: str) -> Candidate:
 
 def within_noise(candidates: list[Candidate]) -> bool:
     """Whether the choice was made within noise: a candidate besides the leader was as good (after :func:`ranked`)."""
-    return sum(1 for c in candidates if c.versus_leader is not None and c.versus_leader.within_noise) > 1
+    return (
+        sum(1 for c in candidates if c.versus_leader is not None and c.versus_leader.within_noise and not c.degenerate)
+        > 1
+    )
 
 
 def score_on_test(

@@ -380,6 +380,13 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
             "a refit is compared with the chosen checkpoint on ROUGE over all of validation; with the objective "
             "eval_loss set it to false, or optimise a ROUGE score",
         )
+    resources = _parse_resources(check, _values(check, raw, "resources"), source)
+    if selection.refit and resources.workers_per_trial > 1:
+        check.fail(
+            "selection.refit",
+            "a refit trains in one process, so it cannot repeat a data-parallel trial (workers_per_trial "
+            f"{resources.workers_per_trial}); set it to false, or workers_per_trial to 1",
+        )
     return SearchSpace(
         name=_parse_name(check, raw, default_name),
         source=source,
@@ -390,7 +397,7 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
         per_family=per_family,
         scheduler=scheduler,
         trials=_parse_trials(check, raw),
-        resources=_parse_resources(check, _values(check, raw, "resources"), source),
+        resources=resources,
         checkpoints=CheckpointsSection(
             keep=check.number(
                 "checkpoints.keep",
