@@ -209,6 +209,10 @@ def _refit(outcome: SearchOutcome, chosen, settings: ExperimentSettings, space: 
     from tune_dialsum.refit import refit
 
     leader = next(c for c in outcome.candidates if c.record is chosen)
+    if chosen.budget(settings.scheduler.budget_unit) >= settings.scheduler.max_budget:
+        # the same settings, seed and data to the same budget: a refit would train this very model again
+        outcome.refit_error = "the chosen checkpoint trained the full budget already"
+        return chosen
     try:
         outcome.refit = refit(leader, settings, space.resources, store)
     except Exception as err:  # noqa: BLE001 (a refit that fails must not cost the search its export)

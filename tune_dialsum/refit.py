@@ -65,7 +65,10 @@ def train_anew(config: dict, settings: ExperimentSettings, target: str, experime
     trial = {"trial_id": REFIT_TRIAL_ID, "trial_name": REFIT_TRIAL_ID, "experiment": experiment}
     try:
         train_one(config, settings, scratch, TrialRun(trial, publish=lambda _report, path: saved.append(path)))
-        storage.upload(Path(saved[-1]), target)
+        if storage.is_uri(target):
+            storage.upload(Path(saved[-1]), target)
+        else:  # a path every node reaches (the search checked it)
+            shutil.copytree(saved[-1], target, dirs_exist_ok=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         release_memory()
