@@ -113,3 +113,57 @@ def test_overhead_splits_slot_time_into_before_between_inside_and_after():
     )
     parts = overhead.slot_breakdown(curves, slots=2, began=0.0, ended=35.0)
     assert parts == {"before": 5.0, "between_per_trial": 3.0, "inside": 30.0, "after": 7.0}
+
+
+def write_late_bloomer_table(path: Path) -> Path:
+    """lr 4e-3 scores 0 ROUGE for 4 evaluations (then 0.5), the others plateau at 0.2 from the
+    first; the loss falls fastest for lr 4e-3 from the start. Subset and full scores are equal."""
+    columns = [*COLUMNS, "subset_loss", "full_loss", "full_distinct"]
+    curves = []
+    for lr in RATES:
+        for fmt in ("standard", "turns"):
+            for batch in (8, 16):
+                bloomer = lr == 4e-3
+                rows = []
+                for k in range(1, 9):
+                    score = (0.5 if k >= 5 else 0.0) if bloomer else 0.2
+                    loss = (3.0 if bloomer else 4.0) - 0.1 * k
+                    rows.append([100 * k, 1.0, 0.5, 1.0, 1.0, score, score, loss, loss, 30])
+                curves.append(
+                    {
+                        "config": {"learning_rate": lr, "dialogue_format": fmt, "batch_size": batch},
+                        "setup_s": 2.0,
+                        "rows": rows,
+                    }
+                )
+    meta = {
+        "machine": "test",
+        "recorded": "now",
+        "settings": {"budget": 800, "interval": 100, "subset": 10, "family": "t5"},
+    }
+    path.write_text(json.dumps({"meta": meta, "columns": columns, "curves": curves}))
+    return path
+
+
+def test_rungs_ranked_on_the_loss_keep_a_late_bloomer_that_rouge_rungs_stop(tmp_path):
+    table = replay.CurveTable(write_late_bloomer_table(tmp_path / "t.json"))
+    assert table.has_loss
+    base = {"trials.num_samples": 16, "scheduler.grace_period": 200, "scheduler.eval_interval": 100}
+    regrets = {}
+    for rung_metric in ("objective", "eval_loss", "auto"):
+        runs = [
+            replay.replay(
+                table, replay.benchmark_space(table, "r", seed=s, **base, **{"scheduler.rung_metric": rung_metric})
+            )
+            for s in range(5)
+        ]
+        regrets[rung_metric] = sum(r.regret for r in runs) / len(runs)
+    assert regrets["eval_loss"] < regrets["objective"]
+    assert regrets["auto"] < regrets["objective"]
+
+
+def test_a_table_without_loss_refuses_a_loss_rung_metric(tmp_path):
+    table = replay.CurveTable(write_table(tmp_path / "t.json", by_rate))
+    space = replay.benchmark_space(table, "r", **{"scheduler.rung_metric": "eval_loss"})
+    with pytest.raises(ValueError, match="no subset_loss"):
+        replay.replay(table, space)
