@@ -16,25 +16,31 @@ COLUMNS = ["samples", "train_s", "subset_s", "rest_s", "train_loss", "subset_rou
 RATES = [1e-3, 2e-3, 4e-3, 8e-3]
 
 
-def write_table(path: Path, quality) -> Path:
-    """A table whose curves rise towards ``quality(config)``; 8 evaluations of 100 examples, 1 s each."""
+def write_rows(path: Path, row, columns=COLUMNS) -> Path:
+    """A table over RATES x 2 formats x 2 batch sizes: 8 evaluations of 100 examples, ``row(config, k)`` each."""
     curves = []
     for lr in RATES:
         for fmt in ("standard", "turns"):
             for batch in (8, 16):
                 config = {"learning_rate": lr, "dialogue_format": fmt, "batch_size": batch}
-                rows = []
-                for k in range(1, 9):
-                    score = quality(config) * (1 - math.exp(-k / 3))
-                    rows.append([100 * k, 1.0, 0.5, 1.0, 1.0, round(score, 5), round(score, 5)])
-                curves.append({"config": config, "setup_s": 2.0, "rows": rows})
+                curves.append({"config": config, "setup_s": 2.0, "rows": [row(config, k) for k in range(1, 9)]})
     meta = {
         "machine": "test",
         "recorded": "now",
         "settings": {"budget": 800, "interval": 100, "subset": 10, "family": "t5"},
     }
-    path.write_text(json.dumps({"meta": meta, "columns": COLUMNS, "curves": curves}))
+    path.write_text(json.dumps({"meta": meta, "columns": list(columns), "curves": curves}))
     return path
+
+
+def write_table(path: Path, quality) -> Path:
+    """A table whose curves rise towards ``quality(config)``; each evaluation 1 s of training."""
+
+    def row(config: dict, k: int) -> list:
+        score = round(quality(config) * (1 - math.exp(-k / 3)), 5)
+        return [100 * k, 1.0, 0.5, 1.0, 1.0, score, score]
+
+    return write_rows(path, row)
 
 
 def by_rate(config: dict) -> float:
@@ -116,33 +122,16 @@ def test_overhead_splits_slot_time_into_before_between_inside_and_after():
 
 
 def write_late_bloomer_table(path: Path) -> Path:
-    """lr 4e-3 scores 0 ROUGE for 4 evaluations (then 0.5), the others plateau at 0.2 from the
-    first; the loss falls fastest for lr 4e-3 from the start. Subset and full scores are equal."""
-    columns = [*COLUMNS, "subset_loss", "full_loss", "full_distinct"]
-    curves = []
-    for lr in RATES:
-        for fmt in ("standard", "turns"):
-            for batch in (8, 16):
-                bloomer = lr == 4e-3
-                rows = []
-                for k in range(1, 9):
-                    score = (0.5 if k >= 5 else 0.0) if bloomer else 0.2
-                    loss = (3.0 if bloomer else 4.0) - 0.1 * k
-                    rows.append([100 * k, 1.0, 0.5, 1.0, 1.0, score, score, loss, loss, 30])
-                curves.append(
-                    {
-                        "config": {"learning_rate": lr, "dialogue_format": fmt, "batch_size": batch},
-                        "setup_s": 2.0,
-                        "rows": rows,
-                    }
-                )
-    meta = {
-        "machine": "test",
-        "recorded": "now",
-        "settings": {"budget": 800, "interval": 100, "subset": 10, "family": "t5"},
-    }
-    path.write_text(json.dumps({"meta": meta, "columns": columns, "curves": curves}))
-    return path
+    """lr 4e-3 scores 0 ROUGE for 4 evaluations (then 0.5), the others plateau at 0.2 from the first; the
+    loss falls fastest for lr 4e-3 from the start. Subset and full scores are equal."""
+
+    def row(config: dict, k: int) -> list:
+        bloomer = config["learning_rate"] == 4e-3
+        score = (0.5 if k >= 5 else 0.0) if bloomer else 0.2
+        loss = (3.0 if bloomer else 4.0) - 0.1 * k
+        return [100 * k, 1.0, 0.5, 1.0, 1.0, score, score, loss, loss, 30]
+
+    return write_rows(path, row, [*COLUMNS, "subset_loss", "full_loss", "full_distinct"])
 
 
 def test_rungs_ranked_on_the_loss_keep_a_late_bloomer_that_rouge_rungs_stop(tmp_path):
