@@ -143,13 +143,14 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
     return storage / f"transformers-{args.seed}-{int(start)}", start, model_dir, timing
 
 
-def test_scores(model_dirs: list[Path | str], space) -> list[dict]:
-    """Each model's scores on every test row, by the one scoring function, with per-example ROUGE."""
+def test_scores(models: list[tuple[Path | str, dict | None]], space) -> list[dict]:
+    """Each (model, decoding or None for its generation config)'s scores on every test row, by the one
+    scoring function, with per-example ROUGE."""
     from tune_dialsum.search import experiment_settings
     from tune_dialsum.selection import score_model
 
     settings = experiment_settings(space)
-    return [score_model(str(m), settings, "test", per_example=True) for m in model_dirs]
+    return [score_model(str(m), settings, "test", generation, per_example=True) for m, generation in models]
 
 
 def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
@@ -175,13 +176,17 @@ def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
     hf_dir, hf_start, hf_model, hf_timing = run_transformers(data_dir, model_dir, storage, args, parsed)
     theirs = best_so_far_timeline(hf_dir, "eval_rougeL", hf_start)
 
+    from tune_dialsum.export import trial_decoding
     from tune_dialsum.metrics import paired_difference
 
-    delivered = [outcome.best_model_dir, hf_model]
+    # greedy up to the target length on both sides: the peer's saved generation config knows nothing of it
+    greedy = {"num_beams": 1, "max_length": parsed.fixed["max_target_length"]}
+    delivered = [(outcome.best_model_dir, None), (hf_model, greedy)]
     chosen_dir = None
-    if outcome.refit is not None:  # the checkpoint it would have exported without the refit
+    if outcome.refit is not None:  # the checkpoint it would have exported without the refit, decoded as ranked
         chosen_dir = outcome.refit_of
-        delivered.append(chosen_dir)
+        config = next(c for c in outcome.candidates if c.record.path == chosen_dir).record.snapshot["config"]
+        delivered.append((chosen_dir, trial_decoding(config)))
     scored = test_scores(delivered, parsed)
     ours_test, theirs_test = scored[0], scored[1]
     versus = paired_difference(ours_test["per_example"]["rougeL"], theirs_test["per_example"]["rougeL"])
