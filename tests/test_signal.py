@@ -221,3 +221,26 @@ def test_a_refit_with_a_loss_objective_is_refused_in_one_line():
             },
             source="<t>",
         )
+
+
+def test_losses_on_different_scales_do_not_break_a_tie_the_later_checkpoint_does():
+    rng = random.Random(5)
+    base = _noisy(rng, 0.4)
+    bart = _candidate("a", 100, _plus(rng, base, 0.005), loss=2.0)
+    t5 = _candidate("b", 400, base, loss=5.0)  # another vocabulary: its loss says nothing against BART's
+    bart.record.snapshot["config"] = {"model": "tiny:bart"}
+    t5.record.snapshot["config"] = {"model": "tiny:t5"}
+    assert ranked([bart, t5], "rougeL", "max")[0] is t5
+    t5.record.snapshot["config"] = {"model": "tiny:bart"}
+    assert ranked([bart, t5], "rougeL", "max")[0] is bart  # one scale: the lower loss
+
+
+def test_a_loss_rung_metric_over_searched_models_is_warned_about(caplog):
+    parse_space(
+        {
+            "search": {"model": {"choice": ["tiny:bart", "tiny:t5"]}, "learning_rate": {"loguniform": [1e-4, 1e-2]}},
+            "scheduler": {"max_budget": 100, "rung_metric": "auto"},
+        },
+        source="<t>",
+    )
+    assert "compares validation losses, but model is searched" in caplog.text

@@ -457,7 +457,7 @@ def format_summary(outcome: SearchOutcome) -> str:
             if selection.within_noise(outcome.candidates):
                 lines.append(
                     f"Chosen within noise: the best {outcome.metric} on validation beats another candidate by less "
-                    "than its paired 95% interval, so the lower eval_loss, then the later checkpoint, decided."
+                    "than its paired 95% interval, so the lower eval_loss (where the losses share a scale), then the later checkpoint, decided."
                 )
         if outcome.refit is not None:
             lines.append(_refit_line(outcome))

@@ -230,7 +230,7 @@ def _selection_html(experiment_dir: Path) -> str:
             rows[column] = rows[column].map(lambda v: "" if v is None else ", ".join(f"{x:+.4f}" for x in v))
     noise = (
         "<p>Chosen within noise: the leader's paired 95% interval against another candidate held 0, so the lower "
-        "eval_loss, then the later checkpoint, decided.</p>"
+        "eval_loss (where the losses share a scale), then the later checkpoint, decided.</p>"
         if chosen.get("within_noise")
         else ""
     )

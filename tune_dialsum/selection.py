@@ -9,7 +9,9 @@ winner's curse in time). So the choice is made in two steps (:func:`ranked`):
 1. The best by full-validation score leads. A candidate whose greedy output is degenerate (every
    summary empty, or one summary for every input) is not ranked on ROUGE: it goes last.
 2. Every candidate whose paired-bootstrap difference from the leader holds 0 (metrics.paired_difference)
-   is as good on this evidence; among those the lower validation loss wins, then the later checkpoint.
+   is as good on this evidence; among those the lower validation loss wins, then the later checkpoint
+   (the later checkpoint alone where their losses are on different scales: another model, target
+   length or label smoothing).
    The summary and ``selection.json`` say when the choice was made within noise.
 
 Where the data has a test split, the exported model is scored on it: that is the figure a user can
@@ -175,7 +177,18 @@ def ranked(candidates: list[Candidate], metric: str, mode: str) -> list[Candidat
     if not tied:
         tied = [leader]
     rest = [c for c in by_score if c not in tied]
+    if not _losses_comparable(tied):  # another vocabulary, target length or smoothing: another loss scale
+        return sorted(tied, key=lambda c: -_trained(c)) + rest
     return sorted(tied, key=lambda c: (_loss_or_inf(c), -_trained(c))) + rest
+
+
+# What sets the scale of a validation loss: the vocabulary (the model), the tokens scored, label smoothing.
+LOSS_SCALE = ("model", "max_target_length", "label_smoothing")
+
+
+def _losses_comparable(candidates: list[Candidate]) -> bool:
+    scales = {tuple(c.record.snapshot.get("config", {}).get(k) for k in LOSS_SCALE) for c in candidates}
+    return len(scales) <= 1
 
 
 def _difference(leader: Candidate, other: Candidate, sign: int) -> Difference:

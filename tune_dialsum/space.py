@@ -555,6 +555,16 @@ def _warn_about_searched(source: str, scheduler: SchedulerSection, searched: set
             source,
             " and ".join(batch_searched) + (" are" if len(batch_searched) > 1 else " is"),
         )
+    loss_scale = [n for n in ("model", "max_target_length", "label_smoothing") if n in searched]
+    if scheduler.rung_metric != "objective" and loss_scale:
+        logger.warning(
+            "%s: scheduler.rung_metric %s compares validation losses, but %s %s searched and changes the "
+            "loss's scale (vocabulary, tokens scored, smoothing); rung_metric: objective compares them fairly",
+            source,
+            scheduler.rung_metric,
+            " and ".join(loss_scale),
+            "are" if len(loss_scale) > 1 else "is",
+        )
     if "generation_num_beams" in searched:
         logger.warning(
             "%s: generation_num_beams searched in training: each value costs a retraining; the decoding section "
