@@ -48,6 +48,15 @@ def time_to(timeline, target: float) -> float:
     return next(t for t, best in timeline if best >= target - 1e-12)
 
 
+def _retrain(trainer, hyperparameters: dict, model_dir: str) -> None:
+    """``best_run.hyperparameters`` set on the trainer's arguments, trained again, saved (transformers' docs)."""
+    for name, value in hyperparameters.items():
+        setattr(trainer.args, name, value)
+    trainer.train()
+    trainer.save_model(model_dir)
+    trainer.processing_class.save_pretrained(model_dir)
+
+
 def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space) -> tuple[Path, float]:
     """transformers' own search over what ``space`` (ours, parsed) searches, as alike as it allows:
     the same learning-rate range, lengths, budget, evaluations and ASHA rungs."""
@@ -128,15 +137,15 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
         name=f"transformers-{args.seed}-{int(start)}",
         verbose=0,
     )
-    ray.shutdown()
     searched = time.time()
-    # what transformers' docs tell its users to do next: train the best hyperparameters again
-    for name, value in best_run.hyperparameters.items():
-        setattr(trainer.args, name, value)
-    trainer.train()
+    # what transformers' docs tell its users to do next: train the best hyperparameters again. In a
+    # worker process with the whole machine (as in the driver): a retrain in the driver leaves state behind
+    # that the next seed's search cannot pickle
     model_dir = storage / f"transformers-{args.seed}-{int(start)}-model"
-    trainer.save_model(str(model_dir))
-    ours.tokenizer.save_pretrained(str(model_dir))
+    ray.get(
+        ray.remote(_retrain).options(num_cpus=args.concurrent).remote(trainer, best_run.hyperparameters, str(model_dir))
+    )
+    ray.shutdown()
     (model_dir / "tune_dialsum.json").write_text(json.dumps(ours.recipe))  # the same input format, for scoring
     delivered = time.time()
     timing = {"search_s": searched - start, "model_s": delivered - start, "hyperparameters": best_run.hyperparameters}
