@@ -7,6 +7,7 @@ in its temporary directory.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -104,6 +105,8 @@ def test_the_report_renders_with_every_plot_loaded(tiny_search, page, tmp_path):
     assert images.count() == 5
     sizes = images.evaluate_all("images => images.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
     assert all(complete and width > 300 for _, complete, width in sizes), sizes  # none broken
-    assert page.locator("table tbody tr").count() == 8  # the leaderboard: one row per trial
+    assert page.locator("#leaderboard tbody tr").count() == 8  # one row per trial
+    candidates = json.loads((experiment_dir / "selection.json").read_text())["candidates"]
+    assert page.locator("#selection tbody tr").count() == len(candidates) > 0  # one row per re-scored checkpoint
     page.screenshot(path=tmp_path / "report.png", full_page=True)
     print(f"screenshots in {tmp_path}", file=sys.stderr)

@@ -209,7 +209,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px}} img{{max-width:100%}}</style></he
 <body><h1>Experiment {html.escape(experiment.space.name)}</h1>
 <p>Objective: {experiment.metric} ({experiment.space.mode}); {len(experiment.trials)} trials.</p>
 {f"<h2>Warnings</h2><ul>{warnings_html}</ul>" if warnings_html else ""}
-<h2>Leaderboard</h2>{experiment.leaderboard().to_html(index=False, float_format=lambda v: f"{v:.4g}")}
+<h2>Leaderboard</h2>{experiment.leaderboard().to_html(index=False, table_id="leaderboard", float_format=lambda v: f"{v:.4g}")}
 {selection_html}
 {sections}</body></html>"""
     index = out_dir / "index.html"
@@ -237,7 +237,7 @@ def _selection_html(experiment_dir: Path) -> str:
     return (
         f"<h2>Selection on all of validation ({html.escape(chosen['metric'])})</h2>"
         f"<p>Chosen: trial {html.escape(str(chosen['chosen']['trial_id']))} at step {chosen['chosen']['step']}.</p>"
-        f"{noise}{rows.to_html(index=False, float_format=lambda v: f'{v:.4g}')}"
+        f"{noise}{rows.to_html(index=False, table_id='selection', float_format=lambda v: f'{v:.4g}')}"
     )
 
 
