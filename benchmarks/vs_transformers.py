@@ -141,15 +141,15 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
     # what transformers' docs tell its users to do next: train the best hyperparameters again. In a
     # worker process with the whole machine (as in the driver): a retrain in the driver leaves state behind
     # that the next seed's search cannot pickle
-    model_dir = storage / f"transformers-{args.seed}-{int(start)}-model"
-    ray.get(
-        ray.remote(_retrain).options(num_cpus=args.concurrent).remote(trainer, best_run.hyperparameters, str(model_dir))
-    )
+    # (model_init reads model_dir when the retrain calls it: the retrained model gets a name of its own)
+    retrained_dir = storage / f"transformers-{args.seed}-{int(start)}-model"
+    retrain = ray.remote(_retrain).options(num_cpus=args.concurrent)
+    ray.get(retrain.remote(trainer, best_run.hyperparameters, str(retrained_dir)))
     ray.shutdown()
-    (model_dir / "tune_dialsum.json").write_text(json.dumps(ours.recipe))  # the same input format, for scoring
+    (retrained_dir / "tune_dialsum.json").write_text(json.dumps(ours.recipe))  # the same input format, for scoring
     delivered = time.time()
     timing = {"search_s": searched - start, "model_s": delivered - start, "hyperparameters": best_run.hyperparameters}
-    return storage / f"transformers-{args.seed}-{int(start)}", start, model_dir, timing
+    return storage / f"transformers-{args.seed}-{int(start)}", start, retrained_dir, timing
 
 
 def test_scores(models: list[tuple[Path | str, dict | None]], space) -> list[dict]:

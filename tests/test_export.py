@@ -145,8 +145,41 @@ def test_export_refuses_to_overwrite_without_force(fake_experiment, tmp_path):
     with pytest.raises(UsageError, match="already exists; pass --force"):
         export_checkpoint(record, target, "rougeL", "max")
     assert (target / "keep.txt").read_text() == "mine"
-    export_checkpoint(record, target, "rougeL", "max", force=True)
-    assert not (target / "keep.txt").exists() and (target / "tuning.json").is_file()
+
+
+def test_force_replaces_only_an_earlier_export(fake_experiment, tmp_path):
+    """Issue 24.4: ``--force`` with an ``--out`` that names an experiment (or any directory of the user's) refuses."""
+    record = best_checkpoint(find_checkpoints(fake_experiment), "rougeL", "max")
+    with pytest.raises(UsageError, match=r"is not an earlier export \(it has no tuning.json\).*another --out"):
+        export_checkpoint(record, fake_experiment, "rougeL", "max", force=True)
+    assert (fake_experiment / "trial_a").is_dir()  # the experiment is untouched
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    export_checkpoint(record, empty, "rougeL", "max", force=True)  # an empty directory is nobody's
+    export_checkpoint(record, empty, "rougeL", "max", force=True)  # nor is an earlier export
+    assert (empty / "tuning.json").is_file()
+
+
+def test_updating_an_exports_scores_never_leaves_a_half_written_file(fake_experiment, tmp_path, monkeypatch):
+    """Issue 24.6: tuning.json and the card are replaced by a rename, so a failed write keeps the old text."""
+    from pathlib import Path
+
+    out = export_checkpoint(
+        best_checkpoint(find_checkpoints(fake_experiment), "rougeL", "max"), tmp_path / "m", "rougeL", "max"
+    )
+    before = (out / "tuning.json").read_text()
+    original = Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        original(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        export.record_scores(out, test={"rougeL": 0.5})
+    monkeypatch.undo()
+    assert (out / "tuning.json").read_text() == before
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no staging left either
 
 
 def test_a_failed_export_leaves_no_half_directory(fake_experiment, tmp_path, monkeypatch):
@@ -177,6 +210,9 @@ def test_export_command_on_a_real_experiment(tiny_search, tmp_path):
     assert json.loads((out / "tuning.json").read_text())["scores"]["rougeL"] == pytest.approx(max(all_scores))
     again = run_cli("export", str(experiment_dir), "--out", str(out))
     assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
+    onto_the_experiment = run_cli("export", str(experiment_dir), "--out", str(experiment_dir), "--force")
+    assert onto_the_experiment.returncode == 2 and "not an earlier export" in onto_the_experiment.stderr
+    assert "Traceback" not in onto_the_experiment.stderr and (experiment_dir / "space.yaml").is_file()
 
 
 def test_export_of_a_missing_experiment_is_a_clear_error(tmp_path):

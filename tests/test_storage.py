@@ -6,7 +6,9 @@ import time
 
 import pyarrow.fs as pafs
 import pytest
+import yaml
 
+from tests.conftest import REPO
 from tune_dialsum.contract import OPTUNA_DB
 from tune_dialsum.errors import UsageError
 from tune_dialsum.export import CHECKPOINT_METADATA
@@ -162,3 +164,76 @@ def test_a_storage_path_under_a_file_fails_in_one_line_creating_nothing(tmp_path
     with pytest.raises(UsageError, match=r"results is not a writable directory\); pass another --storage-path"):
         ExperimentStore(str(tmp_path / "results" / "demo")).check_writable()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_a_key_that_leaves_the_experiment_is_refused_by_pull(remote_experiment, monkeypatch):
+    """Issue 24.10: a bucket key with ``..`` would be joined onto the mirror's path and written outside it.
+
+    moto normalises such keys away, as S3-compatible servers need not: the listing is given one.
+    """
+    store = remote_experiment
+    listing = store._listing()
+    evil = pafs.FileInfo(f"{store.path}/trial_a/../../escaped.txt", pafs.FileType.File, size=7)
+    monkeypatch.setattr(store, "_listing", lambda: [*listing, evil])
+    with pytest.raises(UsageError, match=r"the key 'trial_a/../../escaped.txt' would leave the experiment's"):
+        store.pull(CHECKPOINT_METADATA)
+    assert not (store.local.parent / "escaped.txt").exists()
+
+
+def test_replacing_a_directory_in_a_bucket_keeps_a_whole_copy_at_every_moment(s3_storage, tmp_path, monkeypatch):
+    """Issue 24.5: the old model is not deleted before the new one is whole beside it."""
+    import tune_dialsum.storage as storage
+
+    target = join(s3_storage, "model")
+    for version in ("old", "new"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "weights.bin").write_text(version * 100)
+    storage.upload(tmp_path / "old", target)
+    fs, path = storage.filesystem(target)
+    original = pafs.copy_files
+
+    def crash_on_the_last_copy(source, destination, **kwargs):
+        if destination == path and ".new-" in source:
+            raise OSError("simulated crash")
+        return original(source, destination, **kwargs)
+
+    monkeypatch.setattr(pafs, "copy_files", crash_on_the_last_copy)
+    with pytest.raises(UsageError, match="simulated crash"):
+        storage.upload(tmp_path / "new", target)
+    monkeypatch.undo()
+    parent = path.rpartition("/")[0]
+    copies = {k.split("/")[0]: size for k, size in _files(fs, parent).items() if k.endswith("weights.bin")}
+    assert any(name.startswith("model.old-") and size == 300 for name, size in copies.items()), copies
+    assert any(name.startswith("model.new-") and size == 300 for name, size in copies.items()), copies
+    storage.upload(tmp_path / "new", target)
+    assert _files(fs, path) == {"weights.bin": 300}
+    with fs.open_input_stream(f"{path}/weights.bin") as stream:
+        assert stream.read().startswith(b"new")
+
+
+def test_credentials_in_a_uri_are_refused_without_being_echoed(tmp_path):
+    """Issue 24.8: a secret in a URI would be printed and stored in space.yaml, tuning.json and the model."""
+    from tune_dialsum.space import load_space
+    from tune_dialsum.tracking import tracking_uri
+    from tune_dialsum.uris import redacted
+
+    with pytest.raises(UsageError, match=r"^storage: s3://\*\*\*@bucket/x carries credentials.*AWS_ACCESS_KEY_ID") as e:
+        ExperimentStore("s3://AKIAKEY:s3cr3t@bucket/x")
+    assert "s3cr3t" not in str(e.value) and "AKIAKEY" not in str(e.value)
+    with pytest.raises(UsageError, match=r"^tracking.uri: https://\*\*\*@mlflow.example:5000 carries") as e:
+        tracking_uri("https://user:pw@mlflow.example:5000", tmp_path, remote=False)
+    assert "pw" not in str(e.value).split("carries")[0]
+    demo = yaml.safe_load((REPO / "search_spaces" / "tiny.yaml").read_text())
+    for key, setting in {
+        "storage_path": {"storage_path": "gs://user:pw@bucket/exps"},
+        "tracking.uri": {"tracking": {"uri": "http://u:pw@127.0.0.1:5000"}},
+        "data.path": {"data": {**demo["data"], "path": "s3://k:pw@bucket/data"}},
+    }.items():
+        space_file = tmp_path / f"{key}.yaml"
+        space_file.write_text(yaml.safe_dump({**demo, **setting}))
+        with pytest.raises(Exception, match=rf"{space_file}: {key}: .*carries credentials") as e:
+            load_space(space_file)
+        assert ":pw@" not in str(e.value)
+    assert (
+        redacted("s3://bucket/x?endpoint_override=127.0.0.1:9000") == "s3://bucket/x?endpoint_override=127.0.0.1:9000"
+    )

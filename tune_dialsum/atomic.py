@@ -48,6 +48,9 @@ def atomic_directory(out_dir: Path) -> Iterator[Path]:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``path`` so that a reader sees the old text or the new, never a part (a rename)."""
-    staging = path.with_name(f".{path.name}.partial")
-    staging.write_text(text)
-    staging.replace(path)
+    staging = path.with_name(f".{path.name}.partial-{os.getpid()}-{os.urandom(3).hex()}")  # one per writer
+    try:
+        staging.write_text(text, encoding="utf-8")  # the umask's permissions, as a plain write would give
+        staging.replace(path)
+    finally:
+        staging.unlink(missing_ok=True)

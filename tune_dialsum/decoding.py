@@ -351,7 +351,7 @@ def _set_aside_earlier_scores(model_dir: Path) -> None:
     earlier = {k: tuning.pop(k) for k in ("full_validation", "test", "test_training_decoding") if k in tuning}
     if earlier:
         tuning["scores_before_decoding_tuning"] = earlier
-        (model_dir / TUNING_FILE).write_text(json.dumps(tuning, indent=2, default=str))
+        atomic_write_text(model_dir / TUNING_FILE, json.dumps(tuning, indent=2, default=str))
 
 
 def format_result(result: DecodingResult) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from tune_dialsum.atomic import atomic_directory
+from tune_dialsum.atomic import atomic_directory, atomic_write_text
 from tune_dialsum.contract import REPORTED_SCORES, ROUGE_KEYS, TRIAL_CONFIG_FILE, TUNING_FILE, score_key
 from tune_dialsum.errors import ExportError, UsageError
 
@@ -227,8 +227,23 @@ def record_scores(model_dir: Path, **scores: dict | None) -> None:
     tuning_file = model_dir / TUNING_FILE
     tuning = json.loads(tuning_file.read_text())
     tuning.update({name: value for name, value in scores.items() if value is not None})
-    tuning_file.write_text(json.dumps(tuning, indent=2, default=str))
-    (model_dir / MODEL_CARD).write_text(_model_card(tuning))
+    atomic_write_text(tuning_file, json.dumps(tuning, indent=2, default=str))
+    atomic_write_text(model_dir / MODEL_CARD, _model_card(tuning))
+
+
+def refuse_replacing(out: str, force: bool, is_export: bool) -> None:
+    """Fail in one line unless ``out`` may be replaced: with ``--force``, and only an earlier export.
+
+    ``--force`` replaces what an export wrote (it has tuning.json), or an empty directory; never an
+    experiment, a dataset or a bucket prefix that a mistyped ``--out`` names.
+    """
+    if not force:
+        raise UsageError(f"{out} already exists; pass --force to replace it, or another --out")
+    if not is_export:
+        raise UsageError(
+            f"{out} is not an earlier export (it has no {TUNING_FILE}); --force replaces only a model that "
+            "export wrote: pass another --out"
+        )
 
 
 def export_checkpoint(
@@ -247,8 +262,9 @@ def export_checkpoint(
     was scored with).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise UsageError(f"{out_dir} already exists; pass --force to replace it, or another --out")
+    if out_dir.exists():
+        is_export = out_dir.is_dir() and ((out_dir / TUNING_FILE).is_file() or not any(out_dir.iterdir()))
+        refuse_replacing(str(out_dir), force, is_export)
     config = record.snapshot.get("config", {})
     tuning = {
         "experiment": record.snapshot.get("experiment"),
@@ -319,7 +335,7 @@ def export_experiment(
     from tune_dialsum.contract import default_mode
     from tune_dialsum.decoding import chosen_decoding
     from tune_dialsum.selection import read_selection
-    from tune_dialsum.storage import is_uri, reachable, upload
+    from tune_dialsum.storage import is_uri, join, reachable, upload
 
     experiment = Experiment.load(experiment_dir)
     metric = metric or experiment.metric
@@ -338,8 +354,8 @@ def export_experiment(
     written = dict(metric=metric, mode=mode, source=experiment.store.where(record.path), generation=generation)
     if not is_uri(out):
         return record, str(export_checkpoint(record, out, force=force, **written)), metric
-    if reachable(out) is None and not force:  # written here, then uploaded
-        raise UsageError(f"{out} already exists; pass --force to replace it, or another --out")
+    if reachable(out) is None:  # written here, then uploaded
+        refuse_replacing(out, force, reachable(join(out, TUNING_FILE)) is None)
     with tempfile.TemporaryDirectory() as scratch:
         upload(export_checkpoint(record, Path(scratch) / "model", **written), out)
     return record, out, metric

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tune_dialsum.analysis import Experiment
+from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.contract import REPORT_DIR, STOPPED
 from tune_dialsum.decoding import read_decoding
 from tune_dialsum.errors import one_line
@@ -213,7 +214,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px}} img{{max-width:100%}}</style></he
 {selection_html}
 {sections}</body></html>"""
     index = out_dir / "index.html"
-    index.write_text(page, encoding="utf-8")
+    atomic_write_text(index, page)
     return index
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray, task_slots
 from tune_dialsum.contract import (
     BEST_MODEL_DIR,
@@ -241,7 +242,7 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
         check_resources(space)
         store.local.mkdir(parents=True, exist_ok=True)
         check_shared_paths({"storage_path": store.location, "data.path": settings.data.path})
-        (store.local / SPACE_SNAPSHOT).write_text(yaml.safe_dump({**space.raw, "name": space.name}))
+        atomic_write_text(store.local / SPACE_SNAPSHOT, yaml.safe_dump({**space.raw, "name": space.name}))
         store.push(store.local / SPACE_SNAPSHOT)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table shows every trial's state and score
         tracked = _open_tracking(space, settings, store)

@@ -30,6 +30,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.contract import SELECTION_FILE, score_key
 from tune_dialsum.export import CheckpointRecord, trial_decoding
 from tune_dialsum.metrics import Difference, paired_difference
@@ -238,7 +239,8 @@ def write_selection(
     experiment_dir: Path, chosen: Candidate, candidates: list[Candidate], metric: str, mode: str
 ) -> Path:
     path = experiment_dir / SELECTION_FILE
-    path.write_text(
+    atomic_write_text(
+        path,
         json.dumps(
             {
                 "metric": metric,
@@ -250,7 +252,7 @@ def write_selection(
                 "candidates": [c.as_dict(metric) for c in candidates],
             },
             indent=2,
-        )
+        ),
     )
     return path
 

@@ -57,6 +57,7 @@ from tune_dialsum.space_schema import (
     TrialsSection,
     section_keys,
 )
+from tune_dialsum.uris import credentials_problem
 
 logger = logging.getLogger(__name__)
 
@@ -445,6 +446,8 @@ def _parse_storage_path(check: _Checker, raw: dict) -> str:
     storage_path = raw.get("storage_path", TOP_LEVEL["storage_path"][0])
     if not isinstance(storage_path, str) or not storage_path:
         check.fail("storage_path", f"expected a path but got {storage_path!r}")
+    if credentials_problem(storage_path):
+        check.fail("storage_path", credentials_problem(storage_path))
     return storage_path
 
 
@@ -459,6 +462,8 @@ def _parse_data(check: _Checker, raw: dict) -> DataSection:
     data = {**_defaults(DataSection), **_values(check, raw, "data")}
     if not isinstance(data["path"], str) or not data["path"]:
         check.fail("data.path", f"expected a directory path but got {data['path']!r}")
+    if credentials_problem(data["path"]):
+        check.fail("data.path", credentials_problem(data["path"]))
     for key in ("max_train_samples", "max_eval_samples"):
         if data[key] is not None:
             data[key] = check.number(f"data.{key}", data[key], int, minimum=1)
@@ -640,6 +645,8 @@ def _parse_tracking(check: _Checker, raw: dict) -> TrackingSection | None:
     uri = tracking.get("uri")
     if uri is not None and (not isinstance(uri, str) or not uri):
         check.fail("tracking.uri", f"expected a tracking URI (a server or a local path) but got {uri!r}")
+    if credentials_problem(uri):
+        check.fail("tracking.uri", credentials_problem(uri))
     return TrackingSection(backend=backend, uri=uri)
 
 

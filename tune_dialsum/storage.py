@@ -19,8 +19,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tune_dialsum.atomic import atomic_directory, atomic_write_text
 from tune_dialsum.contract import DECODING_DB, OPTUNA_DB
 from tune_dialsum.errors import UsageError, one_line
+from tune_dialsum.uris import refuse_credentials
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Tune's name for the checkpoints it persists
@@ -137,15 +139,51 @@ def download(location: str, local_dir: Path) -> Path:
 
 
 def upload(local_path: Path, location: str) -> None:
-    """Copy a local file or directory to ``location`` (a URI or a path), replacing what is there."""
+    """Copy a local file or directory to ``location`` (a URI or a path), replacing what is there.
+
+    A directory replaces the old one through ``replace_tree``: never deleted before the new one is whole.
+    """
     import pyarrow.fs as pafs
 
+    if local_path.is_dir():
+        return replace_tree(local_path, location)
     fs, path = filesystem(location)
     with _failing_in_one_line(location, "upload"):
-        if local_path.is_dir():
-            fs.delete_dir_contents(path, missing_dir_ok=True)
         fs.create_dir(path.rpartition("/")[0], recursive=True)
         pafs.copy_files(str(local_path), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def replace_tree(local_dir: Path, location: str) -> None:
+    """Upload the directory ``local_dir`` to ``location`` so that a whole copy exists at every moment.
+
+    A local ``location`` is replaced by renames (atomic). An object store has no rename: the new
+    copy is uploaded beside the old one first, the old one is copied aside, and only then is
+    ``location`` rewritten from the uploaded copy (a server-side copy). A crash at any point leaves
+    a complete copy, old or new, under ``location``, ``NAME.new-*`` or ``NAME.old-*``.
+    """
+    import pyarrow.fs as pafs
+
+    if not is_uri(location):
+        with atomic_directory(Path(location).expanduser()) as staging:
+            shutil.copytree(local_dir, staging, dirs_exist_ok=True)
+        return
+    fs, path = filesystem(location)
+    tag = f"{os.getpid()}-{os.urandom(3).hex()}"
+    beside, aside = f"{path.rstrip('/')}.new-{tag}", f"{path.rstrip('/')}.old-{tag}"
+    with _failing_in_one_line(location, "upload"):
+        fs.create_dir(path.rpartition("/")[0], recursive=True)
+        copy = pafs.copy_files
+        copy(str(local_dir), beside, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        had_old = fs.get_file_info(path).type != pafs.FileType.NotFound
+        if had_old:
+            copy(path, aside, source_filesystem=fs, destination_filesystem=fs)
+            fs.delete_dir_contents(path, missing_dir_ok=True)
+        copy(beside, path, source_filesystem=fs, destination_filesystem=fs)
+        for leftover in (beside, aside):
+            try:
+                fs.delete_dir(leftover)
+            except FileNotFoundError:  # an old copy with no files left nothing aside
+                pass
 
 
 def mirror_root() -> Path:
@@ -158,6 +196,7 @@ class ExperimentStore:
     """One experiment's files, wherever they are kept; tune_dialsum reads them under ``local``."""
 
     def __init__(self, location: str):
+        refuse_credentials(location, "storage")
         self.remote = is_uri(location)
         self.location = location if self.remote else str(Path(location).expanduser().resolve())
         self.storage_path, self.name = split(self.location)
@@ -229,6 +268,11 @@ class ExperimentStore:
         remote_files, pulled = set(), set()
         for info in self._listing():
             relative = info.path[len(self.path) :].lstrip("/")
+            if ".." in relative.split("/") or relative.startswith("/"):
+                raise UsageError(
+                    f"storage {self.location}: the key {relative!r} would leave the experiment's directory; "
+                    "remove it from the bucket (tune_dialsum writes no such key)"
+                )
             remote_files.add(relative)
             parts = relative.split("/")
             in_checkpoint = any(part.startswith(CHECKPOINT_PREFIX) for part in parts[:-1])
@@ -242,11 +286,13 @@ class ExperimentStore:
             if target.is_file() and target.stat().st_size == info.size and modified in (None, target.stat().st_mtime):
                 continue  # unchanged since the last pull
             target.parent.mkdir(parents=True, exist_ok=True)
+            staging = target.with_name(f".{target.name}.partial-{os.getpid()}")  # a reader sees old or new
             with _failing_in_one_line(self.location, "read"):
-                with self.fs.open_input_stream(info.path) as source, open(target, "wb") as out:
+                with self.fs.open_input_stream(info.path) as source, open(staging, "wb") as out:
                     shutil.copyfileobj(source, out)
             if modified is not None:
-                os.utime(target, (modified, modified))
+                os.utime(staging, (modified, modified))
+            staging.replace(target)
         # Checkpoint directories are only ever written by pulls and fetches, so all of them are ours to tidy.
         ours = pulled_before | {
             p.relative_to(self.local).as_posix() for p in self.local.glob(f"*/{CHECKPOINT_PREFIX}*/*") if p.is_file()
@@ -258,7 +304,7 @@ class ExperimentStore:
                 if parent == self.local or not parent.is_dir() or any(parent.iterdir()):
                     break
                 parent.rmdir()
-        manifest.write_text("".join(f"{relative}\n" for relative in sorted(pulled)))
+        atomic_write_text(manifest, "".join(f"{relative}\n" for relative in sorted(pulled)))
         return self.local
 
     def fetch(self, local_dir: Path) -> Path:

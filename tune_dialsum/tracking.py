@@ -30,6 +30,7 @@ from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.contract import ERROR, MLRUNS_DIR, STOPPED, TERMINATED, TRACKING_FILE
 from tune_dialsum.errors import UsageError, one_line
 from tune_dialsum.space_schema import TrackingSection
+from tune_dialsum.uris import refuse_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def tracking_uri(setting: str | None, experiment_dir: Path, remote: bool) -> str
     Checked before anything is written, so that a refusal leaves no experiment behind.
     """
     uri = setting or os.environ.get("MLFLOW_TRACKING_URI")
+    refuse_credentials(uri, "tracking.uri" if setting else "MLFLOW_TRACKING_URI")
     if uri:
         # a path has a separator (or starts like one); bare words such as `databricks` are MLflow's own URIs
         is_path = not urlparse(uri).scheme and ("/" in uri or uri.startswith((".", "~")))
