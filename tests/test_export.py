@@ -234,3 +234,53 @@ def test_trimming_a_stopped_trial_keeps_the_checkpoints_selection_chose(fake_exp
         ExperimentStore(str(fake_experiment)), find_checkpoints(fake_experiment), {"a"}, set(), "rougeL", "max"
     )
     assert {(r.trial_id, r.step) for r in find_checkpoints(fake_experiment)} == {("a", 200), ("b", 300)}
+
+
+def _record_trials(experiment_dir, *trial_ids):
+    """Ray's saved experiment state, as far as the summary reads it: which trials the experiment knows."""
+    trial_data = [[json.dumps({"trial_id": t}), "{}"] for t in trial_ids]
+    (experiment_dir / "experiment_state-0.json").write_text(json.dumps({"trial_data": trial_data}))
+
+
+def test_an_interrupted_continuation_leaves_a_finished_runs_model_and_choices_as_they_were(fake_experiment):
+    """Issue 24.1: a ``--resume --num-samples N`` stopped by Ctrl-C has ranking scores only; the tested model stays."""
+    from tests.conftest import REPO
+    from tune_dialsum import outcome
+    from tune_dialsum.search import experiment_settings
+    from tune_dialsum.selection import read_selection
+    from tune_dialsum.space import load_space
+    from tune_dialsum.storage import ExperimentStore
+
+    space = load_space(REPO / "search_spaces" / "tiny.yaml")  # 8 trials asked for, none recorded here: unfinished
+    records = find_checkpoints(fake_experiment)
+    chosen = next(r for r in records if (r.trial_id, r.step) == ("b", 300))  # not the subset's best (a@200)
+    model = export_checkpoint(chosen, fake_experiment / "best_model", "rougeL", "max")
+    export.record_scores(model, full_validation={"rougeL": 0.58, "examples": 3}, test={"rougeL": 0.57, "examples": 3})
+    selection = {"metric": "rougeL", "chosen": {"trial_id": "b", "step": 300}, "candidates": []}
+    (fake_experiment / "selection.json").write_text(json.dumps(selection))
+    tuning_before = (model / "tuning.json").read_text()
+
+    _record_trials(fake_experiment, "a", "b")
+    store = ExperimentStore(str(fake_experiment))
+    result = outcome.summarize([], space, experiment_settings(space, store), store)
+
+    assert (model / "tuning.json").read_text() == tuning_before  # neither replaced nor re-exported
+    assert (result.best.trial_id, result.best.step) == ("b", 300)
+    assert read_selection(fake_experiment)["chosen"] == {"trial_id": "b", "step": 300}
+    assert "Kept: the model an earlier finished run of this experiment exported" in outcome.format_summary(result)
+    assert chosen.path in outcome.recorded_choices(fake_experiment)  # and so a trim keeps it
+
+
+def test_an_interrupted_first_run_exports_its_best_by_the_ranking_score(fake_experiment):
+    from tests.conftest import REPO
+    from tune_dialsum import outcome
+    from tune_dialsum.search import experiment_settings
+    from tune_dialsum.space import load_space
+    from tune_dialsum.storage import ExperimentStore
+
+    space = load_space(REPO / "search_spaces" / "tiny.yaml")
+    _record_trials(fake_experiment, "a", "b")
+    store = ExperimentStore(str(fake_experiment))
+    result = outcome.summarize([], space, experiment_settings(space, store), store)
+    assert (result.best.trial_id, result.best.step) == ("a", 200) and not result.kept_earlier_export
+    assert json.loads((fake_experiment / "best_model" / "tuning.json").read_text())["trial_id"] == "a"

@@ -41,6 +41,25 @@ def test_summarize_matches_generate_on_the_formatted_input(t5_model_dir):
     assert summarizer.summarize(DIALOGUES, max_new_tokens=12) == expected
 
 
+def test_a_length_in_new_tokens_decodes_without_a_warning_per_batch(t5_model_dir):
+    """Issue 24.18: the model's max_length and a max_new_tokens made generate() warn on every batch."""
+    summarizer = DialogueSummarizer(t5_model_dir, batch_size=1)
+    assert summarizer.model.generation_config.max_length is not None  # as nearly every config has
+    import logging
+
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    generation_logger = logging.getLogger("transformers.generation.utils")  # the library's own handler: no caplog
+    generation_logger.addHandler(handler)
+    try:
+        summarizer.summarize(DIALOGUES, max_new_tokens=5)
+    finally:
+        generation_logger.removeHandler(handler)
+    assert not [w for w in warnings if "seem to have been set" in w], warnings
+    assert summarizer.model.generation_config.max_length is not None  # given back after the call
+
+
 def test_summarize_command_reads_jsonl_and_writes_jsonl(t5_model_dir, tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"id": f"d{i}", "dialogue": d}) + "\n" for i, d in enumerate(DIALOGUES)))

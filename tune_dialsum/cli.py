@@ -240,6 +240,10 @@ def _cmd_search(args) -> int:
             file=sys.stderr,
         )
         return 130
+    if outcome.stage_failures:
+        failed = ", ".join(outcome.stage_failures)
+        print(f"the search exported its best model, but the {failed} failed (see above)", file=sys.stderr)
+        return 3
     return 0
 
 

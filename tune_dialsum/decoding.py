@@ -202,6 +202,17 @@ def _decode(study: DecodingStudy, optuna_study, baselines: list[DecodingTrial], 
             pending[submit(label, study.models[label][1])] = (None, label, study.models[label][1])
     remaining = space.num_samples - len(_study_records(optuna_study))
     slots = task_slots(study.resources, remaining + len(pending), per="worker")
+    try:
+        _decode_until_done(study, optuna_study, baselines, written, submit, pending, remaining, slots)
+    finally:  # a stage that fails (or is interrupted) gives back what its queued decodings hold
+        for reference in pending:
+            ray.cancel(reference, force=True)
+
+
+def _decode_until_done(study, optuna_study, baselines, written, submit, pending: dict, remaining: int, slots: int):
+    import ray
+
+    space, labels = study.space, list(study.models)
     while remaining > 0 or pending:
         while remaining > 0 and len(pending) < slots:
             trial = optuna_study.ask()

@@ -9,7 +9,8 @@ so ``summarize`` feeds the model what it saw in training.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,9 @@ def read_recipe(model_dir: Path) -> dict:
 class DialogueSummarizer:
     """Summarise dialogues with a model directory: ``DialogueSummarizer(dir).summarize([...])``."""
 
-    def __init__(self, model_dir: str | Path, device: str | None = None, batch_size: int = 16) -> None:
+    def __init__(
+        self, model_dir: str | Path, device: str | None = None, batch_size: int = 16, trust_remote_code: bool = False
+    ) -> None:
         import torch
 
         from tune_dialsum.models import load_model_and_tokenizer
@@ -43,7 +46,7 @@ class DialogueSummarizer:
                 f"{self.model_dir}: not a model directory (no config.json); pass best_model or final_model"
             )
         self.recipe = read_recipe(self.model_dir)
-        self.model, self.tokenizer = load_model_and_tokenizer(str(self.model_dir))
+        self.model, self.tokenizer = load_model_and_tokenizer(str(self.model_dir), trust_remote_code)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.batch_size = batch_size
@@ -68,11 +71,28 @@ class DialogueSummarizer:
                 truncation=True,
                 max_length=self.recipe.get("max_input_length", 512),
             ).to(self.device)
-            with torch.inference_mode():
+            with torch.inference_mode(), _one_length_limit(self.model.generation_config, generation):
                 generated = self.model.generate(**encoded, **generation)
             for i, text in zip(batch, self.tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
                 summaries[i] = text.strip()
         return summaries
+
+
+@contextmanager
+def _one_length_limit(config, generation: dict) -> Iterator[None]:
+    """Where ``max_new_tokens`` is asked for, the config's ``max_length`` stands aside for the call.
+
+    generate() uses ``max_new_tokens`` anyway, but warns on every batch when the model's config
+    also sets ``max_length``, as nearly every config does.
+    """
+    if generation.get("max_new_tokens") is None or config.max_length is None:
+        yield
+        return
+    saved, config.max_length = config.max_length, None
+    try:
+        yield
+    finally:
+        config.max_length = saved
 
 
 def read_dialogues(path: Path | None, text: str | None = None) -> list[dict]:

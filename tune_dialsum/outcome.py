@@ -12,6 +12,7 @@ from tune_dialsum import selection
 from tune_dialsum.contract import (
     BEST_MODEL_DIR,
     ERROR,
+    REFIT_DIR,
     ROUGE_KEYS,
     STOPPED,
     TERMINATED,
@@ -29,6 +30,8 @@ from tune_dialsum.export import (
     export_checkpoint,
     fidelity,
     find_checkpoints,
+    find_record,
+    read_checkpoint,
     record_scores,
     trial_decoding,
 )
@@ -73,6 +76,8 @@ class SearchOutcome:
     workers_per_trial: int = 1  # above 1: data-parallel trials
     rung_signal: str | None = None  # what ASHA's rungs ranked on, in words (None: FIFO)
     refit_of: Path | None = None  # the checkpoint whose settings the refit trained anew
+    stage_failures: dict[str, str] = field(default_factory=dict)  # stage after the trials -> why it failed
+    kept_earlier_export: bool = False  # an unfinished continuation left a finished run's best_model as it was
     disk_bytes: int = 0  # the experiment
     scratch_bytes: int | None = None  # left in Ray's session directory on this machine (None: not known here)
 
@@ -121,7 +126,9 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: 
     outcome.unfinished += max(0, space.trials.num_samples - len(outcome.trials))
     records = find_checkpoints(experiment_dir)
     if records:
-        _choose_and_export(outcome, records, space, settings, store)
+        kept = _earlier_finished_export(outcome, records, store) if outcome.unfinished else None
+        if kept is None:
+            _choose_and_export(outcome, records, space, settings, store)
         trim_ended_trials(
             store,
             records,
@@ -129,7 +136,7 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: 
             finished={t.trial_id for t in outcome.trials if t.status == TERMINATED},
             metric=space.metric,
             mode=space.mode,
-            keep={outcome.best.path, *(c.record.path for c in outcome.candidates)},
+            keep={outcome.best.path, *(c.record.path for c in outcome.candidates), *recorded_choices(experiment_dir)},
         )
     elif not outcome.unfinished:
         reasons = "; ".join(f"{t.trial_id}: {t.error}" for t in outcome.failed[:3])
@@ -139,6 +146,44 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: 
         )
     outcome.disk_bytes = store.disk_bytes()
     return outcome
+
+
+def _earlier_finished_export(outcome: SearchOutcome, records, store: ExperimentStore):
+    """The record of ``best_model`` where a finished run of this experiment exported it, else None.
+
+    A continuation (``--resume --num-samples N``) that is interrupted has only ranking scores: its
+    choice must not replace a model that was re-scored, decoded and tested, nor its recorded choices.
+    """
+    tuning_file = outcome.experiment_dir / BEST_MODEL_DIR / TUNING_FILE
+    if not tuning_file.is_file():
+        return None
+    tuning = json.loads(tuning_file.read_text())
+    if "test" not in tuning and "full_validation" not in tuning:  # an interrupted run's export: choose again
+        return None
+    record = find_record(records, tuning.get("trial_id"), tuning.get("step")) or read_checkpoint(
+        outcome.experiment_dir / REFIT_DIR / "final"
+    )
+    if record is None:
+        return None
+    outcome.best, outcome.kept_earlier_export = record, True
+    outcome.best_model_dir = outcome.experiment_dir / BEST_MODEL_DIR
+    outcome.best_model_location = store.where(outcome.best_model_dir)
+    return record
+
+
+def recorded_choices(experiment_dir: Path) -> set[Path]:
+    """The checkpoints selection.json and decoding.json name: a trim must keep them, whatever this run chose."""
+    from tune_dialsum.decoding import read_decoding
+    from tune_dialsum.selection import read_selection
+
+    chosen = read_selection(experiment_dir) or {}
+    named = [chosen.get("chosen") or {}, *chosen.get("candidates", [])]
+    labels = {(c.get("trial_id"), c.get("step")) for c in named if c}
+    decoded = (read_decoding(experiment_dir) or {}).get("chosen") or {}
+    if decoded.get("checkpoint"):
+        trial_id, _, step = decoded["checkpoint"].rpartition("@")
+        labels.add((trial_id, int(step)))
+    return {r.path for r in find_checkpoints(experiment_dir) if (r.trial_id, r.step) in labels}
 
 
 def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, settings: ExperimentSettings, store):
@@ -196,7 +241,12 @@ def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, sett
 def _rescore(outcome: SearchOutcome, records, space: SearchSpace, settings: ExperimentSettings, store):
     """The top checkpoints by the subset score, re-scored on all of validation; returns the best of them."""
     top = selection.top_by_subset(records, space.metric, space.mode, space.selection.top_k)
-    outcome.candidates = selection.rescore(top, [store.where(r.path) for r in top], settings, space.resources)
+    try:
+        outcome.candidates = selection.rescore(top, [store.where(r.path) for r in top], settings, space.resources)
+    except Exception as err:  # noqa: BLE001 (a model that cannot be scored must not cost the search its export)
+        outcome.stage_failures["re-scoring"] = one_line(err)
+        logger.warning("re-scoring failed (%s); exporting the best by the ranking score", one_line(err))
+        return top[0]
     best = selection.choose(outcome.candidates, space.metric, space.mode)
     outcome.full_validation = best.full
     store.push(selection.write_selection(outcome.experiment_dir, best, outcome.candidates, space.metric, space.mode))
@@ -248,6 +298,7 @@ def _decoding_stage(outcome: SearchOutcome, records, chosen, space: SearchSpace,
         from tune_dialsum.contract import DECODING_FILE
         from tune_dialsum.decoding import forget_choice
 
+        outcome.stage_failures["decoding stage"] = one_line(err)
         logger.warning(
             "the decoding stage failed (%s); exporting with the decoding trials were ranked with", one_line(err)
         )
@@ -271,7 +322,11 @@ def _score_on_test(outcome: SearchOutcome, space: SearchSpace, settings: Experim
     models = [(outcome.best_model_location, None)]
     if tuned:  # the gain the decoding stage brought, on test
         models.append((store.where(outcome.best.path), trial_decoding(outcome.best.snapshot.get("config", {}))))
-    scores = selection.score_on_test(models, settings, space.resources)
+    try:
+        scores = selection.score_on_test(models, settings, space.resources)
+    except Exception as err:  # noqa: BLE001 (the export is written already: it stays)
+        outcome.stage_failures["test scoring"] = one_line(err)
+        return
     if scores is None:
         return
     outcome.test = scores[0]
@@ -469,7 +524,12 @@ def format_summary(outcome: SearchOutcome) -> str:
             else ("used by the scheduler to rank")
         )
         lines.append(f"Validation, {fidelity(best.snapshot)} ({ranked_with}): {_scores(best.scores)}")
-        if outcome.unfinished:
+        if outcome.kept_earlier_export:
+            lines.append(
+                "Kept: the model an earlier finished run of this experiment exported, tested and recorded; this run "
+                "is unfinished: resume it to choose again among all trials."
+            )
+        elif outcome.unfinished:
             lines.append(
                 "Chosen by the ranking score only: resume the search to re-score and test the best checkpoints."
             )
@@ -489,6 +549,8 @@ def format_summary(outcome: SearchOutcome) -> str:
         )
     for trial in outcome.failed:
         lines.append(f"Failed trial {trial.trial_id}: {trial.error}")
+    for stage, error in outcome.stage_failures.items():
+        lines.append(f"Failed: the {stage} ({error}); the export above does without it.")
     if outcome.best_model_dir:
         line = f"Best model: {outcome.best_model_location}"
         if outcome.best_model_location != str(outcome.best_model_dir):  # kept at a URI

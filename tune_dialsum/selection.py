@@ -107,7 +107,7 @@ def score_model(
         frame = load_splits(settings)[split]
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = download(model_location, Path(scratch)) if is_uri(model_location) else model_location
-        summarizer = DialogueSummarizer(model_dir)
+        summarizer = DialogueSummarizer(model_dir, trust_remote_code=settings.trust_remote_code)
         clock = time.perf_counter()
         predictions = summarizer.summarize(list(frame["dialogue"]), **(generation or {}))
         seconds = time.perf_counter() - clock

@@ -1,0 +1,122 @@
+"""What happens after the trials, without Ray: stages that fail, decodings left queued, scoring options.
+
+Each stage after the trials (re-scoring, the decoding stage, test scoring) can fail on a model or a
+node; the export must survive it, the summary must say it and the exit code must tell a script.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.test_export import _fake_checkpoint
+from tune_dialsum import outcome, selection
+from tune_dialsum.search import experiment_settings
+from tune_dialsum.space import load_space, parse_space
+from tune_dialsum.storage import ExperimentStore
+
+
+def _finished_experiment(root, model_dir, space):
+    """Two trials that ran their whole budget, as Ray leaves them: checkpoints, reports, the saved state."""
+    for trial, index, step, score in (("a", 1, 200, 0.61), ("b", 1, 300, 0.55)):
+        _fake_checkpoint(root, trial, index, step, score, model_dir)
+        report = {"samples": space.scheduler.max_budget, "rougeL": score, "done": True, "trial_id": trial}
+        (root / f"trial_{trial}" / "result.json").write_text(json.dumps(report) + "\n")
+    trial_data = [[json.dumps({"trial_id": t}), "{}"] for t in ("a", "b")]
+    (root / "experiment_state-0.json").write_text(json.dumps({"trial_data": trial_data}))
+    return root
+
+
+@pytest.fixture
+def demo_without_decoding():
+    raw = yaml.safe_load((REPO / "search_spaces" / "tiny.yaml").read_text())
+    raw.pop("decoding")
+    raw["trials"]["num_samples"] = 2
+    return parse_space(raw, source="tiny.yaml", default_name="tiny")
+
+
+def _raise(*_, **__):
+    raise RuntimeError("ray::score_model() failed\nTraceback (most recent call last):\n  ...\nOSError: no such model")
+
+
+def test_a_failing_rescore_or_test_scoring_keeps_the_export_and_is_named(
+    tmp_path, tiny_models, demo_without_decoding, monkeypatch
+):
+    """Issue 24.13/14: a stage after the trials that fails is one line in the summary, not a lost export."""
+    space = demo_without_decoding
+    experiment = _finished_experiment(tmp_path / "exp", tiny_models["bart"], space)
+    monkeypatch.setattr(selection, "rescore", _raise)
+    monkeypatch.setattr(selection, "score_on_test", _raise)
+    store = ExperimentStore(str(experiment))
+    result = outcome.summarize([], space, experiment_settings(space, store), store)
+    assert set(result.stage_failures) == {"re-scoring", "test scoring"}
+    assert (result.best.trial_id, result.best.step) == ("a", 200)  # the best by the ranking score
+    assert (experiment / "best_model" / "model.safetensors").is_file()
+    summary = outcome.format_summary(result)
+    assert "Failed: the re-scoring (" in summary and "Traceback" not in summary
+    assert all("\n" not in error for error in result.stage_failures.values())
+
+
+def test_the_search_command_says_a_failed_stage_in_its_exit_code(monkeypatch, capsys, tmp_path):
+    from tune_dialsum import cli, search
+
+    failed = outcome.SearchOutcome(str(tmp_path), tmp_path, "rougeL", "max", 100, "steps")
+    failed.stage_failures["decoding stage"] = "OSError: no such model"
+    monkeypatch.setattr(search, "run_search", lambda space, address=None: failed)
+    assert cli.main(["search", "--space", str(REPO / "search_spaces" / "tiny.yaml")]) == 3
+    captured = capsys.readouterr()
+    assert "Failed: the decoding stage (OSError: no such model)" in captured.out
+    assert "the search exported its best model, but the decoding stage failed" in captured.err
+
+
+def test_a_decoding_stage_that_fails_cancels_what_it_queued(monkeypatch, tmp_path):
+    """Issue 24.14: queued decodings hold CPUs or a GPU share until cancelled."""
+    import ray
+
+    from tune_dialsum import decoding
+
+    submitted, cancelled = [], []
+
+    class Scorer:
+        @staticmethod
+        def remote(*args, **kwargs):
+            submitted.append(object())
+            return submitted[-1]
+
+    def node_lost(*args, **kwargs):
+        raise RuntimeError("the node died")
+
+    monkeypatch.setattr(decoding, "remote_scorer", lambda resources: Scorer)
+    monkeypatch.setattr(decoding, "task_slots", lambda resources, tasks, per: 2)  # room for two at once
+    monkeypatch.setattr(ray, "wait", node_lost)
+    monkeypatch.setattr(ray, "cancel", lambda reference, force=False: cancelled.append(reference))
+    space = load_space(REPO / "search_spaces" / "tiny.yaml")
+    settings = experiment_settings(space)
+    study = decoding.DecodingStudy(
+        "d", tmp_path, {"a@1": ("m1", {}), "b@2": ("m2", {})}, space.decoding, settings, space.resources
+    )
+    with pytest.raises(RuntimeError, match="the node died"):
+        decoding.run_decoding_study(study)
+    assert submitted and cancelled == submitted
+
+
+def test_scoring_loads_a_model_with_the_spaces_trust_remote_code(monkeypatch, tiny_models):
+    """Issue 24.13: a model that needs its own code loads in re-scoring as it did in training."""
+    import tune_dialsum.models as models
+
+    asked = []
+    real = models.load_model_and_tokenizer
+
+    def loading(name, trust_remote_code=False, data_dir=None):
+        asked.append(trust_remote_code)
+        return real(name, trust_remote_code, data_dir)
+
+    monkeypatch.setattr(models, "load_model_and_tokenizer", loading)
+    space = load_space(REPO / "search_spaces" / "tiny.yaml")
+    settings = dataclasses.replace(experiment_settings(space), trust_remote_code=True)
+    scores = selection.score_model(str(tiny_models["t5"]), settings, "validation", max_examples=2)
+    assert asked == [True] and scores["examples"] == 2
