@@ -76,12 +76,32 @@ def start_ray(address: str | None) -> bool:
     return True
 
 
-def check_shared_paths(locations: dict[str, str]) -> None:
+def shared_path_markers(written: dict[str, str], read: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """(what -> the file each node must see, the markers written here to be deleted after).
+
+    Where the search writes (the storage), a marker is written here, so that a node-local path of
+    the same name elsewhere does not pass. Where it only reads (the data, maybe a read-only share),
+    nothing is written: a file already there is the marker.
+    """
+    markers, created = {}, []
+    for what, location in written.items():
+        markers[what] = location
+        if storage.is_uri(location) or Path(location).is_dir():
+            markers[what] = storage.join(location, f".tune_dialsum-visible-{os.getpid()}")
+            storage.write_text(markers[what], "")
+            created.append(markers[what])
+    for what, location in read.items():
+        files = sorted(p for p in Path(location).iterdir() if p.is_file()) if Path(location).is_dir() else []
+        markers[what] = str(files[0]) if files else location  # a URI, a file or an empty directory: itself
+    return markers, created
+
+
+def check_shared_paths(written: dict[str, str], read: dict[str, str]) -> None:
     """On a multi-node cluster, every node must reach the storage and the data; fail before any trial if not.
 
-    A marker written here is looked for by a task pinned to each node: a node-local path (the
-    default ray_results on the head, say) is missing on the others, and a bucket a node has no
-    credentials or route for cannot be read from it.
+    A marker (``shared_path_markers``) is looked for by a task pinned to each node: a node-local
+    path (the default ray_results on the head, say) is missing on the others, and a bucket a node
+    has no credentials or route for cannot be read from it.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -89,13 +109,8 @@ def check_shared_paths(locations: dict[str, str]) -> None:
     nodes = [node for node in ray.nodes() if node["Alive"]]
     if len(nodes) < 2:
         return
-    markers, written = {}, []
-    for what, location in locations.items():
-        markers[what] = location  # a file is its own marker
-        if storage.is_uri(location) or Path(location).is_dir():
-            markers[what] = storage.join(location, f".tune_dialsum-visible-{os.getpid()}")
-            storage.write_text(markers[what], "")
-            written.append(markers[what])
+    locations = {**written, **read}
+    markers, written = shared_path_markers(written, read)
 
     @ray.remote(num_cpus=0)
     def unreachable(locations: list[str]) -> list[str | None]:

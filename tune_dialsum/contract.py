@@ -51,6 +51,7 @@ SPACE_SNAPSHOT = "space.yaml"  # in the experiment: the space it started with
 OPTUNA_DB = "optuna.db"  # the training search's Optuna study
 DECODING_DB = "decoding.db"  # the decoding stage's Optuna study
 DECODING_FILE = "decoding.json"  # the decoding stage's trials and choice
+DECODING_SOURCE_FILE = "decoding_source.json"  # in a tune-decoding --out: the model its study decodes
 SELECTION_FILE = "selection.json"  # which checkpoints were re-scored, and the choice
 BEST_MODEL_DIR = "best_model"  # the export
 REFIT_DIR = "refit"  # selection.refit: the chosen settings trained anew (its model in refit/final)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tune_dialsum.atomic import atomic_directory, atomic_write_text
 from tune_dialsum.cluster import task_slots
-from tune_dialsum.contract import DECODING_DB, DECODING_FILE, TUNING_FILE
+from tune_dialsum.contract import DECODING_DB, DECODING_FILE, DECODING_SOURCE_FILE, RECIPE_FILE, TUNING_FILE
 from tune_dialsum.errors import UsageError, one_line
 from tune_dialsum.export import format_settings
 from tune_dialsum.selection import remote_scorer
@@ -327,9 +327,19 @@ def tune_model(
     holds_study = (out / DECODING_FILE).is_file() or (out / DECODING_DB).is_file()  # stopped before its first record
     if out.exists() and not holds_study and any(out.iterdir()):
         raise UsageError(f"--out {out}: exists and holds no decoding study; pass a new directory")
+    source = str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else model
+    source_file = out / DECODING_SOURCE_FILE  # (a study begun before it was recorded continues unchecked)
+    recorded = json.loads(source_file.read_text())["model"] if source_file.is_file() else None
+    if recorded is not None and recorded != source and Path(recorded) != out:
+        raise UsageError(
+            f"--out {out}: holds the decoding study of {recorded}, not of {model}; pass that model to continue "
+            "its study, or a new --out for this one"
+        )
     if not (out / "config.json").is_file():
         with atomic_directory(out) as staging:  # an interrupted copy leaves no half model behind
             _copy_model(model, staging, settings)
+            atomic_write_text(staging / DECODING_SOURCE_FILE, json.dumps({"model": source}))
+    settings = _on_the_models_rows(settings, out)
     earlier = read_decoding(out) or {}
     baseline = next((r["settings"] for r in earlier.get("records", []) if r["number"] == BASELINE), None)
     study = DecodingStudy(
@@ -354,6 +364,24 @@ def tune_model(
         _set_aside_earlier_scores(out)
         record_scores(out, decoding=result.as_record(None))
     return result
+
+
+def _on_the_models_rows(settings: ExperimentSettings, model_dir: Path) -> ExperimentSettings:
+    """``settings`` with the seed the model's held-out rows were drawn with, where it records one.
+
+    Where the data has no validation split, rows are held out of train by a seeded draw: decoding
+    chosen with another seed would be chosen on rows the model trained on.
+    """
+    import dataclasses
+
+    recorded = None
+    for name, key in ((TUNING_FILE, "data_seed"), (RECIPE_FILE, "data_seed")):
+        if (model_dir / name).is_file():
+            recorded = recorded if recorded is not None else json.loads((model_dir / name).read_text()).get(key)
+    if recorded is None or recorded == settings.seed:
+        return settings
+    logger.info("held-out rows drawn with the model's seed %s (the space says %s)", recorded, settings.seed)
+    return dataclasses.replace(settings, seed=int(recorded))
 
 
 def _set_aside_earlier_scores(model_dir: Path) -> None:

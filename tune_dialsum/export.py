@@ -276,6 +276,8 @@ def export_checkpoint(
         "config": config,
         "recipe": record.snapshot.get("recipe", {}),
         "settings": record.snapshot.get("settings", {}),
+        # the seed validation rows were held out of train with (where the data has no validation split)
+        "data_seed": record.snapshot.get("settings", {}).get("seed"),
         # how a step was made: examples per step = batch x accumulation x world size (older trials: 1 process)
         "world_size": record.snapshot.get("world_size", 1),
         "per_device_train_batch_size": record.snapshot.get("per_device_train_batch_size", config.get("batch_size")),

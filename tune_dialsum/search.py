@@ -29,6 +29,7 @@ from tune_dialsum.contract import (
 )
 from tune_dialsum.data_parallel import DRIVER_RESOURCES, release_placement_groups
 from tune_dialsum.errors import UsageError
+from tune_dialsum.lock import experiment_lock
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
 from tune_dialsum.optuna_search import make_sampler, pruned_aware_optuna_search
 from tune_dialsum.outcome import SearchOutcome, format_summary, recorded_trial_ids, summarize
@@ -174,7 +175,7 @@ def _build_tuner(
             reuse_actors=not data_parallel(space),
         ),
         run_config=tune.RunConfig(
-            name=space.name,
+            name=store.name,  # the directory being run: a copied or renamed experiment keeps its space's old name
             storage_path=store.storage_path,
             progress_reporter=reporter,
             callbacks=callbacks,
@@ -221,6 +222,11 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
 
 
 def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str | None) -> SearchOutcome:
+    with experiment_lock(store.local):
+        return _run_locked(space, store, resume, address)
+
+
+def _run_locked(space: SearchSpace, store: ExperimentStore, resume: bool, address: str | None) -> SearchOutcome:
     from ray import tune
 
     settings = experiment_settings(space, store)
@@ -241,7 +247,7 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
     try:
         check_resources(space)
         store.local.mkdir(parents=True, exist_ok=True)
-        check_shared_paths({"storage_path": store.location, "data.path": settings.data.path})
+        check_shared_paths(written={"storage_path": store.location}, read={"data.path": settings.data.path})
         atomic_write_text(store.local / SPACE_SNAPSHOT, yaml.safe_dump({**space.raw, "name": space.name}))
         store.push(store.local / SPACE_SNAPSHOT)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table shows every trial's state and score

@@ -427,4 +427,6 @@ def train_on_directory(
     dataset_dict = trainer.load_and_prepare_data(train_df, val_df=val_df)
     run = {"save_total_limit": 3, **run}  # the guide's: a run of its own keeps its last checkpoints
     trained = trainer.train(dataset_dict, training_args=trainer.training_arguments(settings, seed=seed, **run))
+    recipe_file = Path(output_dir) / "final_model" / RECIPE_FILE  # which rows were held out: tune-decoding reads it
+    recipe_file.write_text(json.dumps({**json.loads(recipe_file.read_text()), "data_seed": seed}, indent=2))
     return trained.evaluate()

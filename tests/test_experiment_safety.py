@@ -1,0 +1,122 @@
+"""Issue 24: what a driver may write, and where: the experiment it was pointed at, one driver at a time,
+the model its decoding study decodes, the rows it holds out, and nothing in a read-only dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from tune_dialsum.errors import UsageError
+from tune_dialsum.lock import experiment_lock, lock_path
+from tune_dialsum.search import experiment_settings
+from tune_dialsum.space import load_space
+from tune_dialsum.storage import ExperimentStore
+
+
+def test_a_copied_experiment_runs_in_its_own_directory(tmp_path):
+    """24.3: the copy's space.yaml still names the original; Ray must write where the copy is."""
+    from tune_dialsum.search import _build_tuner
+
+    space = load_space(REPO / "search_spaces" / "tiny.yaml")  # name: tiny-demo
+    store = ExperimentStore(str(tmp_path / "copy-of-demo"))
+    store.local.mkdir()
+    tuner = _build_tuner(space, experiment_settings(space, store), store, 1, False, [])
+    assert tuner._local_tuner.get_run_config().name == "copy-of-demo"
+
+
+def test_a_second_driver_on_one_experiment_is_refused_in_one_line(tmp_path):
+    """24.7: the lock names its holder; a holder that died is taken over."""
+    experiment = tmp_path / "demo"
+    with experiment_lock(experiment):
+        holder = json.loads(lock_path(experiment).read_text())
+        assert holder["pid"] == os.getpid()
+        with pytest.raises(UsageError, match=rf"^experiment demo: in use by search pid {os.getpid()} on ") as e:
+            with experiment_lock(experiment):
+                pass
+        assert "\n" not in str(e.value) and "delete the lock file" in str(e.value)
+    assert not lock_path(experiment).exists()  # released
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = {"host": holder["host"], "pid": int(gone.stdout), "what": "search"}
+    lock_path(experiment).write_text(json.dumps(stale))  # as a driver killed with SIGKILL leaves it
+    with experiment_lock(experiment):
+        assert json.loads(lock_path(experiment).read_text())["pid"] == os.getpid()
+    elsewhere = {**stale, "host": "another-host", "pid": 1}
+    lock_path(experiment).write_text(json.dumps(elsewhere))  # cannot be checked from here: refused
+    with pytest.raises(UsageError, match="in use by search pid 1 on another-host"):
+        with experiment_lock(experiment):
+            pass
+
+
+def test_a_search_refuses_an_experiment_another_driver_holds(tmp_path):
+    """24.7, end to end through the command line: before Ray starts, exit 2, no traceback."""
+    experiment = tmp_path / "demo"
+    experiment.mkdir()
+    (experiment / "space.yaml").write_text((REPO / "search_spaces" / "tiny.yaml").read_text())
+    with experiment_lock(experiment):
+        completed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tune_dialsum",
+                "search",
+                "--resume",
+                "--name",
+                "demo",
+                "--storage-path",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+    assert completed.returncode == 2 and "in use by search pid" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_tune_decoding_refuses_an_out_that_holds_another_models_study(tmp_path, tiny_models):
+    """24.12: ``--out X`` with a study continues only the study of the same model."""
+    from tune_dialsum.decoding import tune_model
+    from tune_dialsum.space import decoding_space
+
+    out = tmp_path / "decoded"
+    out.mkdir()
+    (out / "decoding.json").write_text(json.dumps({"records": [], "chosen": None}))
+    (out / "decoding_source.json").write_text(json.dumps({"model": str(tiny_models["bart"])}))
+    space = decoding_space(None, str(REPO / "data"), str(tiny_models["t5"]))
+    with pytest.raises(UsageError, match=r"holds the decoding study of .*bart.*, not of .*t5.*; pass that model"):
+        tune_model(str(tiny_models["t5"]), out, space, experiment_settings(space))
+
+
+def test_decoding_holds_out_the_rows_the_model_was_trained_without(tmp_path):
+    """24.15: the seed the model's rows were held out with, not the space's, draws tune-decoding's rows."""
+    from tune_dialsum.decoding import _on_the_models_rows
+
+    space = load_space(REPO / "search_spaces" / "tiny.yaml")  # seed 0
+    settings = experiment_settings(space)
+    (tmp_path / "tune_dialsum.json").write_text(json.dumps({"dialogue_format": "standard", "data_seed": 42}))
+    assert _on_the_models_rows(settings, tmp_path).seed == 42
+    (tmp_path / "tuning.json").write_text(json.dumps({"data_seed": 7}))  # an export records its search's
+    assert _on_the_models_rows(settings, tmp_path).seed == 7
+    (tmp_path / "tuning.json").write_text(json.dumps({"data_seed": 0}))
+    assert _on_the_models_rows(settings, tmp_path) is settings
+
+
+def test_a_read_only_dataset_gets_no_marker_written_into_it(tmp_path):
+    """24.16: the data is only read; its reachability is checked with a file already there."""
+    from tune_dialsum.cluster import shared_path_markers
+
+    data, storage = tmp_path / "data", tmp_path / "ray_results"
+    data.mkdir()
+    storage.mkdir()
+    (data / "train.jsonl").write_text("{}\n")
+    (data / "validation.jsonl").write_text("{}\n")
+    markers, created = shared_path_markers({"storage_path": str(storage)}, {"data.path": str(data)})
+    assert sorted(p.name for p in data.iterdir()) == ["train.jsonl", "validation.jsonl"]  # nothing written
+    assert markers["data.path"] == str(data / "train.jsonl")
+    assert created == [markers["storage_path"]] and os.path.isfile(markers["storage_path"])
