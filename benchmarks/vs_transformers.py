@@ -48,8 +48,12 @@ def time_to(timeline, target: float) -> float:
     return next(t for t, best in timeline if best >= target - 1e-12)
 
 
-def _retrain(trainer, hyperparameters: dict, model_dir: str) -> None:
-    """``best_run.hyperparameters`` set on the trainer's arguments, trained again, saved (transformers' docs)."""
+def _retrain(make_trainer, hyperparameters: dict, model_dir: str) -> None:
+    """``best_run.hyperparameters`` set on the trainer's arguments, trained again, saved (transformers' docs).
+
+    The trainer is built here, in the worker: accelerate's state is per process, and a trainer
+    unpickled into another process finds none."""
+    trainer = make_trainer()
     for name, value in hyperparameters.items():
         setattr(trainer.args, name, value)
     trainer.train()
@@ -108,15 +112,19 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
         # seed of this benchmark replays transformers' same 42-seeded search
         seed=args.seed,
     )
-    trainer = Seq2SeqTrainer(
-        model_init=lambda *_: AutoModelForSeq2SeqLM.from_pretrained(str(model_dir)),
-        args=training_args,
-        train_dataset=datasets["train"],
-        eval_dataset=datasets["validation"],
-        processing_class=ours.tokenizer,
-        data_collator=DataCollatorForSeq2Seq(ours.tokenizer, padding=True),
-        compute_metrics=ours.compute_metrics,
-    )
+
+    def make_trainer():
+        return Seq2SeqTrainer(
+            model_init=lambda *_: AutoModelForSeq2SeqLM.from_pretrained(str(model_dir)),
+            args=training_args,
+            train_dataset=datasets["train"],
+            eval_dataset=datasets["validation"],
+            processing_class=ours.tokenizer,
+            data_collator=DataCollatorForSeq2Seq(ours.tokenizer, padding=True),
+            compute_metrics=ours.compute_metrics,
+        )
+
+    trainer = make_trainer()
     ray.init(include_dashboard=False, log_to_driver=False)
     start = time.time()
     rungs = dict(
@@ -144,7 +152,7 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
     # (model_init reads model_dir when the retrain calls it: the retrained model gets a name of its own)
     retrained_dir = storage / f"transformers-{args.seed}-{int(start)}-model"
     retrain = ray.remote(_retrain).options(num_cpus=args.concurrent)
-    ray.get(retrain.remote(trainer, best_run.hyperparameters, str(retrained_dir)))
+    ray.get(retrain.remote(make_trainer, best_run.hyperparameters, str(retrained_dir)))
     ray.shutdown()
     (retrained_dir / "tune_dialsum.json").write_text(json.dumps(ours.recipe))  # the same input format, for scoring
     delivered = time.time()

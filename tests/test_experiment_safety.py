@@ -120,3 +120,35 @@ def test_a_read_only_dataset_gets_no_marker_written_into_it(tmp_path):
     assert sorted(p.name for p in data.iterdir()) == ["train.jsonl", "validation.jsonl"]  # nothing written
     assert markers["data.path"] == str(data / "train.jsonl")
     assert created == [markers["storage_path"]] and os.path.isfile(markers["storage_path"])
+
+
+def test_the_dashboard_serves_reads_for_loopback_names_only(tmp_path):
+    """24.9: optuna-dashboard can delete studies and tell trials; here no request may change anything."""
+    from tune_dialsum.dashboard import _StudyApp
+
+    database = tmp_path / "optuna.db"
+    database.write_bytes(b"")
+    served = []
+
+    def optuna_dashboard(storage):
+        def app(environ, start_response):
+            served.append(environ["REQUEST_METHOD"])
+            start_response("200 OK", [])
+            return [b"ok"]
+
+        return app
+
+    app = _StudyApp(database, optuna_dashboard, "not yet")
+
+    def call(method, host):
+        statuses = []
+        body = app({"REQUEST_METHOD": method, "HTTP_HOST": host}, lambda status, headers: statuses.append(status))
+        return statuses[0], b"".join(body)
+
+    assert call("GET", "127.0.0.1:8080") == ("200 OK", b"ok")
+    assert call("GET", "localhost:8080")[0] == "200 OK"
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        status, body = call(method, "127.0.0.1:8080")
+        assert status.startswith("405") and b"read-only" in body
+    assert call("GET", "attacker.example:8080")[0].startswith("403")  # a DNS-rebound page
+    assert served == ["GET", "GET"]

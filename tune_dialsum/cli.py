@@ -427,7 +427,7 @@ def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
 
 @_command(
     "dashboard",
-    "optuna-dashboard on an experiment's studies (training and decoding), live, on 127.0.0.1",
+    "optuna-dashboard on an experiment's studies (training and decoding), live and read-only, on 127.0.0.1",
     _dashboard_arguments,
 )
 def _cmd_dashboard(args) -> int:

@@ -27,7 +27,12 @@ from tune_dialsum.storage import ExperimentStore
 
 logger = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"  # the dashboard writes notes and can delete studies: never beyond this machine
+LOOPBACK = "127.0.0.1"  # never beyond this machine
+# optuna-dashboard can write notes, tell trials and delete studies, with no authentication: here it only
+# reads. A page elsewhere that a browser on this host opens could send it requests (DNS rebinding gives
+# them a Host of the attacker's name), so only the methods that read and only loopback Host names pass.
+READ_METHODS = ("GET", "HEAD")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 STUDIES = (("training", OPTUNA_DB), ("decoding", DECODING_DB))
 # what a page says while its study does not exist yet
 NOT_YET = {
@@ -92,6 +97,11 @@ class _StudyApp:
         self.lock = threading.Lock()
 
     def __call__(self, environ, start_response):
+        refusal = _refusal(environ)
+        if refusal is not None:
+            status, reason = refusal
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [reason.encode()]
         with self.lock:
             if self.app is None and self.database.is_file():
                 self.app = self.dashboard_app(f"sqlite:///{self.database}")
@@ -103,6 +113,16 @@ class _StudyApp:
         ).encode()
         start_response("503 Service Unavailable", [("Content-Type", "text/html; charset=utf-8")])
         return [body]
+
+
+def _refusal(environ) -> tuple[str, str] | None:
+    """(status, reason) for a request the read-only dashboard does not serve; None for one it does."""
+    if environ.get("REQUEST_METHOD", "GET") not in READ_METHODS:
+        return "405 Method Not Allowed", "this dashboard is read-only: it changes no study\n"
+    host = environ.get("HTTP_HOST", LOOPBACK).rsplit(":", 1)[0] if "]" not in environ.get("HTTP_HOST", "") else ""
+    if host not in LOOPBACK_HOSTS:
+        return "403 Forbidden", "this dashboard answers requests for 127.0.0.1 or localhost only\n"
+    return None
 
 
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
