@@ -129,3 +129,28 @@ def test_settings_plot_draws_choices_as_categories_and_labels_log_axes_legibly(t
     assert 2 <= len(boxes) <= 4 and not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
     monkeypatch.undo()
     plt.close(figures[0])
+
+
+def test_importance_uses_every_trial_of_a_conditional_space():
+    """Issue 24.17: with a rate per family, Optuna alone kept one family's trials and said `model` mattered 0."""
+    import optuna
+
+    from tune_dialsum.analysis import param_importances, param_importances_by
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial):
+        model = trial.suggest_categorical("model", ["tiny:bart", "tiny:t5"])
+        rate = trial.suggest_float(f"learning_rate@{model.split(':')[1]}", 1e-4, 1e-2, log=True)
+        trial.suggest_categorical("dialogue_format", ["standard", "turns"])
+        return (0.5 if model == "tiny:bart" else 0.1) + rate  # the family decides; the rate barely
+
+    study.optimize(objective, n_trials=24)
+
+    importance = param_importances(study)
+    assert importance.attrs["trials"] == 24  # every trial, not one family's
+    assert set(importance.index) == {"model", "dialogue_format"} and importance["model"] > 0.5
+    by_family = param_importances_by(study, "model")
+    assert set(by_family) == {"tiny:bart", "tiny:t5"}
+    assert sum(s.attrs["trials"] for s in by_family.values()) == 24
+    assert "learning_rate@t5" in by_family["tiny:t5"].index

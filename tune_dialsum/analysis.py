@@ -172,17 +172,15 @@ class Experiment:
         return optuna.load_study(study_name=self.space.name, storage=f"sqlite:///{self.path / OPTUNA_DB}")
 
     def importance(self) -> pd.Series:
-        """Hyperparameter importance (fANOVA over finished trials); empty when too few trials finished."""
-        import optuna
+        """Hyperparameter importance (fANOVA) over every finished trial, on the settings all of them have.
 
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                importances = optuna.importance.get_param_importances(self.study())
-        except (ValueError, RuntimeError, KeyError) as err:
-            warnings.warn(f"no importance: {err}", stacklevel=2)
-            return pd.Series(dtype=float, name="importance")
-        return pd.Series(importances, name="importance", dtype=float)
+        ``.attrs["trials"]`` says how many trials it used. Empty when too few trials finished.
+        """
+        return param_importances(self.study())
+
+    def importance_by_family(self) -> dict[str, pd.Series]:
+        """Importance within each model family's trials, its own settings (``learning_rate@t5``) included."""
+        return param_importances_by(self.study(), "model")
 
     def boundary_warnings(self, margin: float = 0.05) -> list[str]:
         """Searched ranges whose best value lies at an edge: the optimum may be outside the range."""
@@ -207,3 +205,47 @@ class Experiment:
                     f"widen the range past it"
                 )
         return messages
+
+
+def param_importances(study, trials=None) -> pd.Series:
+    """fANOVA importance over ``trials`` (default: the study's finished ones), on the parameters all of them share.
+
+    Optuna's own call, on a conditional space, silently keeps only the trials that have every
+    parameter it is asked about (in the demo: the T5 trials alone, so ``model`` mattered 0). Asking
+    only for the shared parameters keeps every trial. ``.attrs["trials"]``: how many were used.
+    """
+    import optuna
+
+    finished = (
+        trials if trials is not None else study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    )
+    shared = sorted(set.intersection(*(set(t.params) for t in finished))) if finished else []
+    varied = [name for name in shared if len({repr(t.params[name]) for t in finished}) > 1]
+    empty = pd.Series(dtype=float, name="importance")
+    empty.attrs["trials"] = len(finished)
+    if len(finished) < 2 or not varied:
+        return empty
+    subset = optuna.create_study(directions=study.directions)
+    subset.add_trials(finished)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(subset, params=varied)
+    except (ValueError, RuntimeError, KeyError) as err:
+        warnings.warn(f"no importance: {err}", stacklevel=2)
+        return empty
+    series = pd.Series(importances, name="importance", dtype=float)
+    series.attrs["trials"] = len(finished)
+    return series
+
+
+def param_importances_by(study, param: str) -> dict[str, pd.Series]:
+    """``param_importances`` within each value of ``param`` (each model family, say)."""
+    import optuna
+
+    finished = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    groups: dict[str, list] = {}
+    for trial in finished:
+        if param in trial.params:
+            groups.setdefault(str(trial.params[param]), []).append(trial)
+    return {value: param_importances(study, trials) for value, trials in sorted(groups.items())}

@@ -145,7 +145,8 @@ def plot_importance(importance: pd.Series, path: Path) -> Path:
         ax.set_axis_off()
     else:
         importance.sort_values().plot.barh(ax=ax)
-        ax.set(xlabel="importance (fANOVA)", title="which settings mattered")
+        used = importance.attrs.get("trials")
+        ax.set(xlabel="importance (fANOVA)", title=f"which settings mattered (all {used} finished trials)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -198,7 +199,7 @@ def write_report(experiment: Experiment) -> Path:
         "Decoding: ROUGE-L against length and time": plot_decoding(experiment, out_dir / "decoding.png"),
     }
     plots = {title: plot for title, plot in plots.items() if plot is not None}
-    selection_html = _selection_html(experiment.path)
+    selection_html = _selection_html(experiment.path) + _family_importance_html(experiment)
     warnings_html = "".join(f"<li>{html.escape(w)}</li>" for w in experiment.boundary_warnings())
     sections = "".join(
         f"<h2>{html.escape(t)}</h2><img src='{p.name}' alt='{html.escape(t)}'>" for t, p in plots.items()
@@ -216,6 +217,19 @@ td,th{{border:1px solid #ccc;padding:2px 6px}} img{{max-width:100%}}</style></he
     index = out_dir / "index.html"
     atomic_write_text(index, page)
     return index
+
+
+def _family_importance_html(experiment) -> str:
+    """Importance within each model family's finished trials, where there are several families."""
+    try:
+        by_family = experiment.importance_by_family()
+    except Exception:  # noqa: BLE001 (no study yet, or one Optuna cannot read: the page goes on without it)
+        return ""
+    rows = {f"{family} ({s.attrs['trials']} trials)": s for family, s in by_family.items() if not s.empty}
+    if len(by_family) < 2 or not rows:
+        return ""
+    table = pd.DataFrame(rows).T.to_html(table_id="importance-by-family", float_format=lambda v: f"{v:.3f}", na_rep="")
+    return f"<h2>Importance within each model family</h2>{table}"
 
 
 def _selection_html(experiment_dir: Path) -> str:
