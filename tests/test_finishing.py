@@ -120,3 +120,35 @@ def test_scoring_loads_a_model_with_the_spaces_trust_remote_code(monkeypatch, ti
     settings = dataclasses.replace(experiment_settings(space), trust_remote_code=True)
     scores = selection.score_model(str(tiny_models["t5"]), settings, "validation", max_examples=2)
     assert asked == [True] and scores["examples"] == 2
+
+
+def test_a_time_budget_ends_the_trials_and_still_chooses_and_exports(
+    tmp_path, tiny_models, demo_without_decoding, monkeypatch
+):
+    """Issue 24.11: Ray stops running trials at trials.time_budget_s; that is the end, not an interruption."""
+    space = dataclasses.replace(
+        demo_without_decoding, trials=dataclasses.replace(demo_without_decoding.trials, num_samples=3, time_budget_s=60)
+    )
+    experiment = _finished_experiment(tmp_path / "exp", tiny_models["bart"], space)
+    for trial in ("a", "b"):  # both stopped by the budget half-way: not done
+        report = {"samples": space.scheduler.max_budget // 2, "rougeL": 0.5, "trial_id": trial}
+        (experiment / f"trial_{trial}" / "result.json").write_text(json.dumps(report) + "\n")
+    rescored = []
+
+    def rescore(top, locations, settings, resources):
+        rescored.append([r.trial_id for r in top])
+        return [
+            selection.Candidate(r, r.scores["rougeL"], {"rougeL": r.scores["rougeL"], "examples": 3}, []) for r in top
+        ]
+
+    monkeypatch.setattr(selection, "rescore", rescore)
+    monkeypatch.setattr(selection, "score_on_test", lambda *args: None)
+    store = ExperimentStore(str(experiment))
+    result = outcome.summarize([], space, experiment_settings(space, store), store, out_of_time=True)
+    assert result.unfinished == 0 and {t.status for t in result.trials} == {"STOPPED"}
+    assert rescored == [["a", "b"]]  # chosen on all of validation, as a search that ran to the end
+    assert (experiment / "best_model" / "tuning.json").is_file()
+    summary = outcome.format_summary(result)
+    assert (
+        "Time budget reached (trials.time_budget_s: 60 s): 2 running trials stopped at it, 1 never started" in summary
+    )

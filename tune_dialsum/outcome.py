@@ -76,6 +76,7 @@ class SearchOutcome:
     workers_per_trial: int = 1  # above 1: data-parallel trials
     rung_signal: str | None = None  # what ASHA's rungs ranked on, in words (None: FIFO)
     refit_of: Path | None = None  # the checkpoint whose settings the refit trained anew
+    out_of_time: tuple | None = None  # (trials.time_budget_s, trials it stopped, trials it left unstarted)
     stage_failures: dict[str, str] = field(default_factory=dict)  # stage after the trials -> why it failed
     kept_earlier_export: bool = False  # an unfinished continuation left a finished run's best_model as it was
     disk_bytes: int = 0  # the experiment
@@ -94,11 +95,14 @@ class SearchOutcome:
         return sum(self.max_budget - t.budget_used for t in self.stopped)
 
 
-def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore) -> SearchOutcome:
+def summarize(
+    results, space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore, out_of_time: bool = False
+) -> SearchOutcome:
     """Classify every trial, export the best model (see :func:`_choose_and_export`), trim ended trials.
 
     ``results`` are this run's; trials of earlier runs of the experiment (a search continued with
-    more trials) are read from their directories.
+    more trials) are read from their directories. ``out_of_time``: ``trials.time_budget_s`` ended the
+    run, so trials it stopped have ended (as if stopped early) and those it never started never will.
     """
     experiment_dir = store.pull(CHECKPOINT_METADATA)
     outcome = SearchOutcome(
@@ -122,8 +126,18 @@ def summarize(results, space: SearchSpace, settings: ExperimentSettings, store: 
         if trial_id not in ran_now and trial_id in recorded:
             outcome.trials.append(_classify_from_disk(trial_dir, trial_id, space, settings))
     set_aside_orphans(store, {t.trial_id for t in outcome.trials} | recorded)
-    outcome.unfinished = sum(t.status == UNFINISHED for t in outcome.trials)
-    outcome.unfinished += max(0, space.trials.num_samples - len(outcome.trials))
+    not_started = max(0, space.trials.num_samples - len(outcome.trials))
+    if out_of_time:
+        outcome.out_of_time = (
+            space.trials.time_budget_s,
+            sum(t.status == UNFINISHED for t in outcome.trials),
+            not_started,
+        )
+        for trial in outcome.trials:
+            if trial.status == UNFINISHED:
+                trial.status = STOPPED
+        not_started = 0
+    outcome.unfinished = sum(t.status == UNFINISHED for t in outcome.trials) + not_started
     records = find_checkpoints(experiment_dir)
     if records:
         kept = _earlier_finished_export(outcome, records, store) if outcome.unfinished else None
@@ -494,6 +508,12 @@ def format_summary(outcome: SearchOutcome) -> str:
         f"Search finished: {len(outcome.trials)} trials{at_once}, {len(outcome.stopped)} stopped early by the "
         f"scheduler, {len(outcome.failed)} failed, {outcome.unfinished} unfinished.",
     ]
+    if outcome.out_of_time:
+        budget, stopped, unstarted = outcome.out_of_time
+        lines.append(
+            f"Time budget reached (trials.time_budget_s: {budget:g} s): {stopped} running trials stopped at it, "
+            f"{unstarted} never started; the choice is made among what the trials reached."
+        )
     best = outcome.best
     if best is not None:
         where = f"{unit[:-1] if unit != 'samples' else 'training examples'} {best.budget(unit):g}"

@@ -256,6 +256,7 @@ def _run_locked(space: SearchSpace, store: ExperimentStore, resume: bool, addres
         if resume:  # the user asks for failed trials to be tried again: errors not retried before are, now
             for marker in store.local.glob(f"{TRIAL_DIR_PREFIX}*/{NOT_RETRYABLE_FILE}"):
                 store.delete(marker)
+        trials_started = time.monotonic()
         if resume and tune.Tuner.can_restore(store.location):
             tuner = tune.Tuner.restore(
                 store.location, trainable=_trainable(space, settings), resume_unfinished=True, resume_errored=True
@@ -273,7 +274,10 @@ def _run_locked(space: SearchSpace, store: ExperimentStore, resume: bool, addres
             release_placement_groups()
         store.delete(store.local / TRAIN_RUNS_DIR)  # what data-parallel trials stopped mid-report left staged
         logger.info("trials done after %.1fs", time.perf_counter() - clock)
-        outcome = summarize(results, space, settings, store)
+        # Ray stops running trials too when the time budget ends the run: they are ended, not interrupted
+        budget = space.trials.time_budget_s
+        out_of_time = budget is not None and time.monotonic() - trials_started >= budget - 1
+        outcome = summarize(results, space, settings, store, out_of_time=out_of_time)
         outcome.at_once = trials_at_once(space)
         outcome.workers_per_trial = space.resources.workers_per_trial
         outcome.scratch_bytes = session_scratch_bytes() if started_ray else None

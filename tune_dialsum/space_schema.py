@@ -116,7 +116,12 @@ class TrialsSection:
 
     num_samples: int = key(8, "trials in the search", int)
     max_concurrent: int | None = key(None, "trials at once; none: as many as the cluster fits", int)
-    time_budget_s: float | None = key(None, "stop starting trials after this many seconds; none: no limit", float)
+    time_budget_s: float | None = key(
+        None,
+        "after this many seconds of trials, stop them (and start none) and choose, test and export from what they "
+        "reached; none: no limit",
+        float,
+    )
     sampler: str = key("tpe", "tpe or random", str)
     startup_trials: int | None = key(None, "random trials before TPE; none: min(10, max(3, num_samples // 16))", int)
 
