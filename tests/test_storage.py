@@ -237,3 +237,32 @@ def test_credentials_in_a_uri_are_refused_without_being_echoed(tmp_path):
     assert (
         redacted("s3://bucket/x?endpoint_override=127.0.0.1:9000") == "s3://bucket/x?endpoint_override=127.0.0.1:9000"
     )
+
+
+def test_a_study_another_machine_wrote_since_is_pulled_and_never_overwritten(remote_experiment, tmp_path, monkeypatch):
+    """Issue 24.2: machine B resumed the experiment and pushed its study; A must take it, not push its old one."""
+    import tune_dialsum.storage as storage
+
+    on_a = remote_experiment
+    on_a.pull(CHECKPOINT_METADATA)
+    assert (on_a.local / OPTUNA_DB).read_bytes() == b"remote study"
+    monkeypatch.setattr(storage, "mirror_root", lambda: tmp_path / "machine-b")
+    on_b = ExperimentStore(on_a.location)
+    assert on_b.local != on_a.local
+    on_b.pull(CHECKPOINT_METADATA)
+    time.sleep(1.1)  # S3 keeps modification times in seconds
+    (on_b.local / OPTUNA_DB).write_bytes(b"B's study, with the trials B ran")
+    on_b.push_study(on_b.local / OPTUNA_DB)
+
+    on_a.pull(CHECKPOINT_METADATA)  # the store's copy changed since A read it: A takes it
+    assert (on_a.local / OPTUNA_DB).read_bytes() == b"B's study, with the trials B ran"
+    (on_a.local / OPTUNA_DB).write_bytes(b"A's next trial added")
+    on_a.push_study(on_a.local / OPTUNA_DB)  # A had the newest: its push goes through
+    time.sleep(1.1)
+    (on_b.local / OPTUNA_DB).write_bytes(b"B's stale copy, changed")
+    with pytest.raises(UsageError, match=r"optuna.db changed in the store since this machine last read it"):
+        on_b.push_study(on_b.local / OPTUNA_DB)  # never over A's newer copy
+    with pytest.raises(UsageError, match=r"optuna.db changed both in the store and on this machine"):
+        on_b.pull(CHECKPOINT_METADATA)
+    with on_a.fs.open_input_stream(f"{on_a.path}/{OPTUNA_DB}") as stream:
+        assert stream.read() == b"A's next trial added"

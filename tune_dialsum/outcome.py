@@ -366,9 +366,9 @@ def _tune_decoding(ranked: list, space: SearchSpace, settings: ExperimentSetting
     try:
         return run_decoding_study(study)
     finally:  # what was measured is kept, whatever ends the stage
-        for name in (DECODING_DB, DECODING_FILE):
-            if (store.local / name).is_file():
-                store.push(store.local / name)
+        store.push_study(store.local / DECODING_DB)
+        if (store.local / DECODING_FILE).is_file():
+            store.push(store.local / DECODING_FILE)
 
 
 def _classify(trial_id: str, rows: list[dict], last: dict, config: dict, error: str | None, space, settings):

@@ -268,8 +268,9 @@ def _run_locked(space: SearchSpace, store: ExperimentStore, resume: bool, addres
         if more > 0 and not interrupted:
             # a new search, or more trials for a finished one: Optuna's study holds every earlier trial
             callbacks = [_trial_runs(tracked, settings)] if tracked else []
+            callbacks += [_study_push(store)] if store.remote else []
             results += list(_build_tuner(space, settings, store, more, resume, callbacks).fit())
-        store.push(store.local / OPTUNA_DB)
+        store.push_study(store.local / OPTUNA_DB)
         if data_parallel(space):  # what trials stopped between reports still hold, and what they staged
             release_placement_groups()
         store.delete(store.local / TRAIN_RUNS_DIR)  # what data-parallel trials stopped mid-report left staged
@@ -307,6 +308,27 @@ def _open_tracking(space: SearchSpace, settings: ExperimentSettings, store: Expe
     tracked = open_search_run(space.tracking, space.name, store.local, store.remote, params)
     store.push(store.local / TRACKING_FILE)  # a resume on another machine continues the same run
     return tracked
+
+
+def _study_push(store: ExperimentStore):
+    """A Tune callback that pushes the Optuna study to the store as each trial ends.
+
+    Another machine that resumes the experiment (after this driver died, say) then continues from
+    the study as it was, not from its start. A push the store refuses (another machine wrote the
+    study since) is a warning here; the push at the end of the search refuses in one line.
+    """
+    from ray.tune import Callback
+
+    class StudyPush(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            try:
+                store.push_study(store.local / OPTUNA_DB)
+            except UsageError as err:
+                logger.warning("%s", err)
+
+        on_trial_error = on_trial_complete
+
+    return StudyPush()
 
 
 def _trial_runs(tracked, settings: ExperimentSettings):

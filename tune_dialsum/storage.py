@@ -12,6 +12,7 @@ sync is a no-op.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -250,14 +251,63 @@ class ExperimentStore:
             return sum(f.stat().st_size for f in self.local.rglob("*") if f.is_file())
         return sum(info.size for info in self._listing())
 
+    # -- the Optuna studies: written on one machine at a time, synced by version ------------------
+    # A study is a SQLite file the driver writes here and pushes. Which copy is newer is decided by
+    # what the store held when this machine last pulled or pushed it (its size and mtime there), kept
+    # beside the mirror: a store copy that changed since came from another machine.
+    def _synced_file(self) -> Path:
+        return self.local.with_name(f"{self.local.name}.synced.json")
+
+    def _synced(self) -> dict:
+        path = self._synced_file()
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _remember(self, relative: str, info) -> None:
+        synced = self._synced()
+        local = self.local / relative
+        synced[relative] = {
+            "remote": [info.size, info.mtime.timestamp() if info.mtime else None],
+            "local": [local.stat().st_size, local.stat().st_mtime],
+        }
+        atomic_write_text(self._synced_file(), json.dumps(synced))
+
+    def _study_changed_here(self, relative: str) -> bool:
+        local, seen = self.local / relative, self._synced().get(relative)
+        return local.is_file() and (seen is None or seen["local"] != [local.stat().st_size, local.stat().st_mtime])
+
+    def _study_changed_there(self, relative: str, info) -> bool:
+        seen = self._synced().get(relative)  # none: a mirror from before versions were kept; its copy wins
+        now = [info.size, info.mtime.timestamp() if info.mtime else None]
+        return seen is not None and seen["remote"] != now
+
+    def push_study(self, local_path: Path) -> None:
+        """Upload a study file, unless the store's copy changed since this machine last synced it (refused)."""
+        import pyarrow.fs as pafs
+
+        if not self.remote or not local_path.is_file():
+            return
+        relative = local_path.relative_to(self.local).as_posix()
+        with _failing_in_one_line(self.location, "read"):
+            info = self.fs.get_file_info(self._remote_path(local_path))
+        if info.type == pafs.FileType.File and self._study_changed_there(relative, info):
+            raise UsageError(
+                f"storage {self.location}: {relative} changed in the store since this machine last read it "
+                "(another machine continued this experiment?); not overwriting it: let that driver finish, then "
+                "--resume here"
+            )
+        upload(local_path, self.where(local_path))
+        with _failing_in_one_line(self.location, "read"):
+            self._remember(relative, self.fs.get_file_info(self._remote_path(local_path)))
+
     def pull(self, checkpoint_files: Iterable[str], keep_local: Iterable[str] = (OPTUNA_DB, DECODING_DB)) -> Path:
         """Bring the mirror up to date: every file but those inside checkpoints not named in ``checkpoint_files``.
 
-        Files named in ``keep_local`` (relative paths; by default the Optuna studies) are fetched only
-        when the mirror has none: this machine writes them, so its copy is the newer one. What an
-        earlier pull or fetch brought and the store no longer has (checkpoints Ray or a trim
-        removed) is removed; what was written here and not pushed yet (by a search on this
-        machine, while ``analyze`` pulls) is left alone.
+        Files named in ``keep_local`` (relative paths; by default the Optuna studies) are fetched where
+        the store's copy changed since this machine last synced it (another machine wrote it), and
+        not where only this machine's copy changed (written here, not pushed yet); where both
+        changed, the pull refuses in one line. What an earlier pull or fetch brought and the store
+        no longer has (checkpoints Ray or a trim removed) is removed; what was written here and not
+        pushed yet (by a search on this machine, while ``analyze`` pulls) is left alone.
         """
         if not self.remote:
             return self.local
@@ -280,7 +330,13 @@ class ExperimentStore:
                 continue  # weights and optimizer state: fetched only for the checkpoint exported
             target = self.local / relative
             if target.is_file() and relative in keep_local:
-                continue
+                if not self._study_changed_there(relative, info):
+                    continue  # this machine's copy is as new, or newer (written here)
+                if self._study_changed_here(relative):
+                    raise UsageError(
+                        f"storage {self.location}: {relative} changed both in the store and on this machine "
+                        f"({target}); keep one: delete this machine's copy to take the store's"
+                    )
             pulled.add(relative)
             modified = info.mtime.timestamp() if info.mtime else None
             if target.is_file() and target.stat().st_size == info.size and modified in (None, target.stat().st_mtime):
@@ -293,6 +349,8 @@ class ExperimentStore:
             if modified is not None:
                 os.utime(staging, (modified, modified))
             staging.replace(target)
+            if relative in keep_local:
+                self._remember(relative, info)
         # Checkpoint directories are only ever written by pulls and fetches, so all of them are ours to tidy.
         ours = pulled_before | {
             p.relative_to(self.local).as_posix() for p in self.local.glob(f"*/{CHECKPOINT_PREFIX}*/*") if p.is_file()
