@@ -1,6 +1,7 @@
 # Two commands on a fresh clone, with nothing but Python 3.10+:
 #   make demo   sets up .venv and runs the offline demo search (tiny models, bundled data)
 #   make test   sets up .venv and runs the lint and the test suite (what CI runs)
+#   make check  the inner loop: the lint and every test that starts no real search (a few minutes)
 # Each creates .venv when it is absent and installs only what is missing or changed.
 
 PYTHON ?= python3
@@ -15,7 +16,7 @@ HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 # The demo's experiment: the name search_spaces/tiny.yaml gives it, in the default storage path.
 DEMO_EXPERIMENT := ray_results/tiny-demo
 
-.PHONY: demo test setup setup-test clean-venv
+.PHONY: demo test check setup setup-test clean-venv
 
 # a second `make demo` continues (or, finished, summarises again) the first one's experiment
 demo: $(VENV)/.demo-installed
@@ -29,6 +30,11 @@ test: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -ra
+
+check: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 setup: $(VENV)/.demo-installed
 setup-test: $(VENV)/.test-installed
