@@ -154,3 +154,21 @@ def test_importance_uses_every_trial_of_a_conditional_space():
     assert set(by_family) == {"tiny:bart", "tiny:t5"}
     assert sum(s.attrs["trials"] for s in by_family.values()) == 24
     assert "learning_rate@t5" in by_family["tiny:t5"].index
+
+
+def test_a_trial_that_trained_its_whole_budget_has_ended_even_unmarked(tmp_path):
+    """Issue 25: Ray marks done only what its scheduler stopped; a FIFO trial at its budget is not RUNNING."""
+    import json
+
+    experiment = tmp_path / "fifo"
+    experiment.mkdir()
+    (experiment / "space.yaml").write_text((REPO / "search_spaces" / "tiny.yaml").read_text())  # 6,400 examples
+    for trial, last in (("full", 6400), ("half", 3200)):
+        (experiment / f"trial_{trial}").mkdir()
+        rows = [
+            {"trial_id": trial, "samples": s, "rougeL": 0.1 * i, "time_total_s": i}
+            for i, s in enumerate(range(1600, last + 1, 1600), start=1)
+        ]
+        (experiment / f"trial_{trial}" / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    states = Experiment.load(experiment).trials.set_index("trial_id")["state"]
+    assert states.to_dict() == {"full": "TERMINATED", "half": "RUNNING"}

@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.test_export import _fake_checkpoint
-from tune_dialsum import outcome, selection
+from tune_dialsum import outcome, scoring, selection
 from tune_dialsum.search import experiment_settings
 from tune_dialsum.space import load_space, parse_space
 from tune_dialsum.storage import ExperimentStore
@@ -50,7 +50,7 @@ def test_a_failing_rescore_or_test_scoring_keeps_the_export_and_is_named(
     space = demo_without_decoding
     experiment = _finished_experiment(tmp_path / "exp", tiny_models["bart"], space)
     monkeypatch.setattr(selection, "rescore", _raise)
-    monkeypatch.setattr(selection, "score_on_test", _raise)
+    monkeypatch.setattr(scoring, "score_on_test", _raise)
     store = ExperimentStore(str(experiment))
     result = outcome.summarize([], space, experiment_settings(space, store), store)
     assert set(result.stage_failures) == {"re-scoring", "test scoring"}
@@ -118,7 +118,7 @@ def test_scoring_loads_a_model_with_the_spaces_trust_remote_code(monkeypatch, ti
     monkeypatch.setattr(models, "load_model_and_tokenizer", loading)
     space = load_space(REPO / "search_spaces" / "tiny.yaml")
     settings = dataclasses.replace(experiment_settings(space), trust_remote_code=True)
-    scores = selection.score_model(str(tiny_models["t5"]), settings, "validation", max_examples=2)
+    scores = scoring.score_model(str(tiny_models["t5"]), settings, "validation", max_examples=2)
     assert asked == [True] and scores["examples"] == 2
 
 
@@ -142,7 +142,7 @@ def test_a_time_budget_ends_the_trials_and_still_chooses_and_exports(
         ]
 
     monkeypatch.setattr(selection, "rescore", rescore)
-    monkeypatch.setattr(selection, "score_on_test", lambda *args: None)
+    monkeypatch.setattr(scoring, "score_on_test", lambda *args: None)
     store = ExperimentStore(str(experiment))
     result = outcome.summarize([], space, experiment_settings(space, store), store, out_of_time=True)
     assert result.unfinished == 0 and {t.status for t in result.trials} == {"STOPPED"}

@@ -19,10 +19,21 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from tune_dialsum.contract import ERROR, OPTUNA_DB, SPACE_SNAPSHOT, STOPPED, TERMINATED, TIME_ATTRS
-from tune_dialsum.decoding import BASELINE, read_decoding
+from tune_dialsum.checkpoints import CHECKPOINT_METADATA
+from tune_dialsum.choices import BASELINE, read_decoding
+from tune_dialsum.contract import (
+    ERROR_FILE,
+    OPTUNA_DB,
+    PARAMS_FILE,
+    PROGRESS_FILE,
+    RESULT_FILE,
+    SPACE_SNAPSHOT,
+    STOPPED,
+    TIME_ATTRS,
+    best,
+    trial_state,
+)
 from tune_dialsum.errors import UsageError
-from tune_dialsum.export import CHECKPOINT_METADATA
 from tune_dialsum.models import family_of
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.storage import ExperimentStore
@@ -34,7 +45,7 @@ def read_reports(trial_dir: Path) -> list[dict]:
     When Ray retries a failed trial it can leave result.json shorter than what was reported
     (even empty); progress.csv keeps every row.
     """
-    result_file, progress_file = trial_dir / "result.json", trial_dir / "progress.csv"
+    result_file, progress_file = trial_dir / RESULT_FILE, trial_dir / PROGRESS_FILE
     reports = []
     if result_file.is_file():
         reports = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
@@ -88,27 +99,22 @@ class Experiment:
     def trials(self) -> pd.DataFrame:
         """One row per trial: its settings, state, best and last objective, budget used, wall time."""
         rows = []
-        best = max if self.space.mode == "max" else min
         budget = self.space.scheduler.max_budget
         for trial_dir in sorted(self.path.glob("trial_*")):
             trial_id = trial_dir.name.removeprefix("trial_")
-            params_file = trial_dir / "params.json"
+            params_file = trial_dir / PARAMS_FILE
             config = json.loads(params_file.read_text()) if params_file.is_file() else {}
             reports = self.curves[self.curves["trial_id"] == trial_id] if len(self.curves) else self.curves
             scores = [s for s in reports.get(self.metric, []) if isinstance(s, float) and math.isfinite(s)]
             used = float(reports[self.time_attr].iloc[-1]) if len(reports) else 0.0
             done = bool(len(reports) and reports["done"].iloc[-1]) if "done" in reports else False
-            if done:  # a trial that failed once and then recovered on retry still has an error.txt
-                state = STOPPED if used < budget else TERMINATED
-            elif (trial_dir / "error.txt").is_file():
-                state = ERROR
-            else:
-                state = "RUNNING" if len(reports) else "PENDING"
+            failed = (trial_dir / ERROR_FILE).is_file()  # (kept where a retry recovered: done says so)
+            state = trial_state(used, budget, done, failed, reported=bool(len(reports)))
             rows.append(
                 {
                     "trial_id": trial_id,
                     "state": state,
-                    f"best_{self.metric}": best(scores) if scores else math.nan,
+                    f"best_{self.metric}": best(scores, self.space.mode),
                     f"last_{self.metric}": scores[-1] if scores else math.nan,
                     self.time_attr: used,
                     "stopped_early": state == STOPPED,

@@ -1,10 +1,13 @@
 """The names every part of tune_dialsum shares: files, scores, objectives, budgets, trial states.
 
 A trial writes what the search, the export and the analysis read back; each side spells the
-same names from here, so that renaming one is a one-line change. Imports nothing.
+same names from here, so that renaming one is a one-line change. Imports nothing of tune_dialsum.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterable
 
 # -- scores ---------------------------------------------------------------------------------------
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -18,6 +21,14 @@ OBJECTIVES = {"rougeL": "max", "rougeLsum": "max", "rouge1": "max", "rouge2": "m
 def default_mode(metric: str) -> str:
     """``max`` for a ROUGE score, ``min`` for the loss."""
     return OBJECTIVES.get(metric, "max")
+
+
+def best(values: Iterable[float], mode: str) -> float:
+    """The best of ``values`` (``max`` or ``min``), ignoring NaN; NaN where there is none."""
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not finite:
+        return math.nan
+    return max(finite) if mode == "max" else min(finite)
 
 
 def score_key(metric: str) -> str:
@@ -41,6 +52,23 @@ TERMINATED = "TERMINATED"  # trained to the full budget
 STOPPED = "STOPPED"  # stopped early by the scheduler
 ERROR = "ERROR"  # failed
 UNFINISHED = "UNFINISHED"  # interrupted, or out of time: --resume continues it
+RUNNING = "RUNNING"  # reported at least once, not ended (seen while a search runs)
+PENDING = "PENDING"  # not reported yet
+
+
+def trial_state(used: float, max_budget: float, done: bool, failed: bool, reported: bool = True) -> str:
+    """A trial's state from what it left: the one rule the summary, the analysis and the tracking share.
+
+    A trial that trained its whole budget has ended even where Ray did not mark its last report
+    done (it marks only what its scheduler stopped); one that ended (done) after a failure it
+    recovered from on retry is not ERROR.
+    """
+    if done or used >= max_budget:
+        return STOPPED if used < max_budget else TERMINATED
+    if failed:
+        return ERROR
+    return RUNNING if reported else PENDING
+
 
 # -- files and directories ------------------------------------------------------------------------
 TRIAL_DIR_PREFIX = "trial_"  # a trial's directory in the experiment: trial_<trial id>
@@ -61,3 +89,11 @@ TRACKING_FILE = "tracking.json"  # the MLflow store and parent run a search logs
 MLRUNS_DIR = "mlruns"  # the default MLflow store, inside the experiment
 TOKENIZED_CACHE = "tokenized"  # tokenized datasets shared by trials
 TRAIN_RUNS_DIR = ".data_parallel"  # where data-parallel trials stage rank 0's checkpoints
+
+# -- what Ray Tune and transformers write, as tune_dialsum reads it back -------------------------
+RESULT_FILE = "result.json"  # in a trial's directory: one JSON report a line (Ray)
+PROGRESS_FILE = "progress.csv"  # the same reports as CSV (Ray keeps every row where a retry cut result.json)
+PARAMS_FILE = "params.json"  # the trial's sampled config (Ray)
+ERROR_FILE = "error.txt"  # a trial that failed at least once (Ray)
+EXPERIMENT_STATE_GLOB = "experiment_state-*.json"  # the experiment's saved trials (Ray)
+TRAINER_STATE_FILE = "trainer_state.json"  # in a checkpoint: step, epoch and every evaluation (transformers)

@@ -28,11 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tune_dialsum.atomic import atomic_directory, atomic_write_text
+from tune_dialsum.choices import BASELINE, chosen_decoding, forget_choice, read_decoding  # noqa: F401 (re-exported)
 from tune_dialsum.cluster import task_slots
 from tune_dialsum.contract import DECODING_DB, DECODING_FILE, DECODING_SOURCE_FILE, RECIPE_FILE, TUNING_FILE
 from tune_dialsum.errors import UsageError, one_line
 from tune_dialsum.export import format_settings
-from tune_dialsum.selection import remote_scorer
+from tune_dialsum.scoring import remote_scorer
 from tune_dialsum.space import DECODING_SETTINGS, SearchSpace, default_startup_trials
 from tune_dialsum.space_schema import DecodingSpace, ResourcesSection
 from tune_dialsum.trainable import ExperimentSettings
@@ -40,7 +41,6 @@ from tune_dialsum.trainable import ExperimentSettings
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PARAM = "checkpoint"  # the study's parameter naming which checkpoint decodes, where there are several
-BASELINE = -1  # the trial number of a baseline record (not a trial of the study)
 
 
 @dataclass
@@ -432,7 +432,7 @@ def _describe(record: DecodingTrial, result: DecodingResult) -> str:
 
 def _copy_model(model: str, out: Path, settings: ExperimentSettings) -> None:
     """The model's files in ``out``: copied from a directory, else loaded (hub, tiny) and saved."""
-    from tune_dialsum.export import TRAINING_ONLY
+    from tune_dialsum.checkpoints import TRAINING_ONLY
     from tune_dialsum.models import load_model_and_tokenizer
 
     if Path(model).is_dir():
@@ -454,30 +454,6 @@ def _model_decoding(model_dir: Path) -> dict:
     config = GenerationConfig.from_pretrained(model_dir)
     names = ("num_beams", "max_length", "max_new_tokens", *DECODING_SETTINGS)
     return {name: getattr(config, name) for name in dict.fromkeys(names) if getattr(config, name, None) is not None}
-
-
-def chosen_decoding(directory: Path) -> tuple[str, dict] | None:
-    """(checkpoint label, generate() settings) the decoding stage in ``directory`` chose; None where it chose none."""
-    document = read_decoding(directory)
-    chosen = (document or {}).get("chosen")
-    if not chosen:
-        return None
-    wanted = (chosen["number"], chosen["checkpoint"])
-    record = next((r for r in document["records"] if (r["number"], r["checkpoint"]) == wanted), None)
-    return None if record is None else (record["checkpoint"], record["settings"])
-
-
-def forget_choice(directory: Path) -> None:
-    """Mark decoding.json as choosing nothing (the export no longer uses what an earlier run chose)."""
-    document = read_decoding(directory)
-    if document is not None and document.get("chosen") is not None:
-        atomic_write_text(Path(directory) / DECODING_FILE, json.dumps({**document, "chosen": None}, indent=2))
-
-
-def read_decoding(directory: Path) -> dict | None:
-    """What decoding.json in ``directory`` holds; None where the stage has not run there."""
-    path = Path(directory) / DECODING_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 __all__ = [

@@ -1,110 +1,32 @@
-"""Best checkpoint -> a self-contained model directory.
+"""A chosen checkpoint -> a self-contained model directory, with its record (tuning.json) and card.
 
-Checkpoints are found on disk, not through Ray: every checkpoint the trainable
-reports holds ``trial_config.json`` (the trial's resolved config) and
-``trainer_state.json`` (every evaluation so far), so an experiment directory,
-finished or still running, is enough to pick the best checkpoint over all
-trials and all their reports.
+Which checkpoint: what the search chose (choices.py), else the best by a metric (checkpoints.py).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from tune_dialsum.atomic import atomic_directory, atomic_write_text
-from tune_dialsum.contract import REPORTED_SCORES, ROUGE_KEYS, TRIAL_CONFIG_FILE, TUNING_FILE, score_key
-from tune_dialsum.errors import ExportError, UsageError
+from tune_dialsum.checkpoints import (  # noqa: F401 (re-exported: where they were read from before)
+    CHECKPOINT_METADATA,
+    OPTIMIZER_STATE,
+    TRAINING_ONLY,
+    CheckpointRecord,
+    best_checkpoint,
+    find_checkpoints,
+    find_record,
+    read_checkpoint,
+    trial_decoding,
+)
+from tune_dialsum.contract import ROUGE_KEYS, TUNING_FILE
+from tune_dialsum.errors import UsageError
 
-# Training state that a model directory does not need.
-# What a checkpoint holds only so that its trial can go on training.
-OPTIMIZER_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt")
-TRAINING_ONLY = {
-    *OPTIMIZER_STATE,
-    "trainer_state.json",
-    "training_args.bin",
-    "rng_state.pth",
-    TRIAL_CONFIG_FILE,
-}
 MODEL_CARD = "README.md"
-# What find_checkpoints reads of a checkpoint (all that is mirrored of one kept at a URI).
-CHECKPOINT_METADATA = (TRIAL_CONFIG_FILE, "trainer_state.json")
-
-
-@dataclass(frozen=True)
-class CheckpointRecord:
-    path: Path
-    trial_id: str
-    step: int
-    scores: dict[str, float]
-    snapshot: dict  # the trial_config.json written by the trainable
-    epoch: float = 0.0
-
-    def budget(self, unit: str) -> float:
-        """How far the trial had trained at this checkpoint, in the search's budget unit."""
-        if unit == "epochs":
-            return round(self.epoch, 2)
-        if unit == "samples":
-            return self.step * int(self.snapshot.get("samples_per_step") or 1)
-        return self.step
-
-
-def read_checkpoint(path: Path) -> CheckpointRecord | None:
-    """The record of one reported checkpoint, or None when it is incomplete (still being written)."""
-    try:
-        snapshot = json.loads((path / TRIAL_CONFIG_FILE).read_text())
-        state = json.loads((path / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return None
-    step = state["global_step"]
-    evaluations = [e for e in state["log_history"] if e.get("step") == step and "eval_loss" in e]
-    if not evaluations:
-        return None
-    scores = {k: evaluations[-1][f"eval_{k}"] for k in REPORTED_SCORES if f"eval_{k}" in evaluations[-1]}
-    return CheckpointRecord(
-        path, snapshot.get("trial_id", path.parent.name), step, scores, snapshot, float(state.get("epoch") or 0.0)
-    )
-
-
-def find_checkpoints(experiment_dir: str | Path) -> list[CheckpointRecord]:
-    """Every complete checkpoint of every trial under ``experiment_dir``."""
-    experiment_dir = Path(experiment_dir)
-    if not experiment_dir.is_dir():
-        raise UsageError(f"{experiment_dir}: no such experiment directory; pass <storage-path>/<name>")
-    records = (read_checkpoint(p) for p in sorted(experiment_dir.glob("*/checkpoint_*")) if p.is_dir())
-    return [r for r in records if r is not None]
-
-
-def trial_decoding(config: dict) -> dict:
-    """The ``generate()`` settings a trial was scored with during training."""
-    decoding = {"num_beams": int(config.get("generation_num_beams") or 1)}
-    max_length = config.get("generation_max_length") or config.get("max_target_length")
-    if max_length:
-        decoding["max_length"] = int(max_length)
-    return decoding
-
-
-def find_record(records: list[CheckpointRecord], trial_id: str, step: int) -> CheckpointRecord | None:
-    return next((r for r in records if r.trial_id == trial_id and r.step == step), None)
-
-
-def best_checkpoint(records: list[CheckpointRecord], metric: str, mode: str, trial_id: str | None = None):
-    key = score_key(metric)
-    candidates = [
-        r
-        for r in records
-        if (trial_id is None or r.trial_id == trial_id) and math.isfinite(r.scores.get(key, math.nan))
-    ]
-    if not candidates:
-        which = f"trial {trial_id}" if trial_id else "any trial"
-        raise ExportError(f"no checkpoint of {which} has a {metric} score; nothing to export")
-    sign = 1 if mode == "max" else -1
-    return max(candidates, key=lambda r: (sign * r.scores[key], -r.step))
 
 
 def _library_versions() -> dict[str, str]:
@@ -334,9 +256,8 @@ def export_experiment(
     checkpoint by that metric, of that trial.
     """
     from tune_dialsum.analysis import Experiment
+    from tune_dialsum.choices import chosen_decoding, read_selection
     from tune_dialsum.contract import default_mode
-    from tune_dialsum.decoding import chosen_decoding
-    from tune_dialsum.selection import read_selection
     from tune_dialsum.storage import is_uri, join, reachable, upload
 
     experiment = Experiment.load(experiment_dir)

@@ -8,33 +8,38 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tune_dialsum import selection
+from tune_dialsum import scoring, selection
+from tune_dialsum.checkpoints import (
+    CHECKPOINT_METADATA,
+    OPTIMIZER_STATE,
+    best_checkpoint,
+    find_checkpoints,
+    find_record,
+    label,
+    read_checkpoint,
+    trial_decoding,
+)
 from tune_dialsum.contract import (
     BEST_MODEL_DIR,
     ERROR,
+    ERROR_FILE,
+    EXPERIMENT_STATE_GLOB,
+    PARAMS_FILE,
+    PENDING,
     REFIT_DIR,
     ROUGE_KEYS,
+    RUNNING,
     STOPPED,
     TERMINATED,
     TRIAL_DIR_PREFIX,
     TUNING_FILE,
     UNFINISHED,
+    best,
     score_key,
+    trial_state,
 )
 from tune_dialsum.errors import SearchError, one_line
-from tune_dialsum.export import (
-    CHECKPOINT_METADATA,
-    MODEL_CARD,
-    OPTIMIZER_STATE,
-    best_checkpoint,
-    export_checkpoint,
-    fidelity,
-    find_checkpoints,
-    find_record,
-    read_checkpoint,
-    record_scores,
-    trial_decoding,
-)
+from tune_dialsum.export import MODEL_CARD, export_checkpoint, fidelity, record_scores
 from tune_dialsum.space import SearchSpace
 from tune_dialsum.storage import ExperimentStore
 from tune_dialsum.trainable import ExperimentSettings
@@ -187,8 +192,7 @@ def _earlier_finished_export(outcome: SearchOutcome, records, store: ExperimentS
 
 def recorded_choices(experiment_dir: Path) -> set[Path]:
     """The checkpoints selection.json and decoding.json name: a trim must keep them, whatever this run chose."""
-    from tune_dialsum.decoding import read_decoding
-    from tune_dialsum.selection import read_selection
+    from tune_dialsum.choices import read_decoding, read_selection
 
     chosen = read_selection(experiment_dir) or {}
     named = [chosen.get("chosen") or {}, *chosen.get("candidates", [])]
@@ -309,8 +313,8 @@ def _decoding_stage(outcome: SearchOutcome, records, chosen, space: SearchSpace,
     try:
         outcome.decoding = _tune_decoding(ranked[:k], space, settings, store)
     except Exception as err:  # a bug or a broken node must not cost the search its export
+        from tune_dialsum.choices import forget_choice
         from tune_dialsum.contract import DECODING_FILE
-        from tune_dialsum.decoding import forget_choice
 
         outcome.stage_failures["decoding stage"] = one_line(err)
         logger.warning(
@@ -322,7 +326,7 @@ def _decoding_stage(outcome: SearchOutcome, records, chosen, space: SearchSpace,
         return chosen, None
     if outcome.decoding.chosen is None:  # none met the constraints: the decoding it was ranked with stays
         return chosen, None
-    chosen = next(r for r in ranked if _label(r) == outcome.decoding.chosen.checkpoint)
+    chosen = next(r for r in ranked if label(r) == outcome.decoding.chosen.checkpoint)
     scored = [(c.record, c.full) for c in outcome.candidates]
     if outcome.refit is not None:
         scored.append((outcome.refit.record, outcome.refit.full))
@@ -337,7 +341,7 @@ def _score_on_test(outcome: SearchOutcome, space: SearchSpace, settings: Experim
     if tuned:  # the gain the decoding stage brought, on test
         models.append((store.where(outcome.best.path), trial_decoding(outcome.best.snapshot.get("config", {}))))
     try:
-        scores = selection.score_on_test(models, settings, space.resources)
+        scores = scoring.score_on_test(models, settings, space.resources)
     except Exception as err:  # noqa: BLE001 (the export is written already: it stays)
         outcome.stage_failures["test scoring"] = one_line(err)
         return
@@ -350,16 +354,12 @@ def _score_on_test(outcome: SearchOutcome, space: SearchSpace, settings: Experim
         store.push(outcome.best_model_dir / name)
 
 
-def _label(record) -> str:
-    return f"{record.trial_id}@{record.step}"
-
-
 def _tune_decoding(ranked: list, space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore):
     """The decoding stage on the best checkpoints; its study and records are kept in the experiment."""
     from tune_dialsum.contract import DECODING_DB, DECODING_FILE
     from tune_dialsum.decoding import DecodingStudy, run_decoding_study
 
-    models = {_label(r): (store.where(r.path), trial_decoding(r.snapshot.get("config", {}))) for r in ranked}
+    models = {label(r): (store.where(r.path), trial_decoding(r.snapshot.get("config", {}))) for r in ranked}
     study = DecodingStudy(
         f"{space.name}-decoding", store.local, models, space.decoding, settings, space.resources, space.seed
     )
@@ -373,25 +373,21 @@ def _tune_decoding(ranked: list, space: SearchSpace, settings: ExperimentSetting
 
 def _classify(trial_id: str, rows: list[dict], last: dict, config: dict, error: str | None, space, settings):
     used = float(last.get(settings.time_attr, 0) or 0)
-    # Ray marks the last logged report done only where its scheduler stopped the trial; a trial
-    # that ran its whole budget under FIFO may end on an unmarked one
-    if last.get("done") or used >= settings.scheduler.max_budget:
-        status, error = (STOPPED if used < settings.scheduler.max_budget else TERMINATED), None
-    elif error is not None:
-        status = ERROR
-    else:
+    status = trial_state(used, settings.scheduler.max_budget, bool(last.get("done")), error is not None)
+    if status in (RUNNING, PENDING):  # the search is over: --resume continues it
         status = UNFINISHED
-    scores = [r[space.metric] for r in rows if space.metric in r and not math.isnan(r[space.metric])]
-    best = (max if space.mode == "max" else min)(scores) if scores else None
-    return TrialSummary(trial_id, status, used, best, config, error)
+    if status != ERROR:
+        error = None
+    best_score = best((r[space.metric] for r in rows if space.metric in r), space.mode)
+    return TrialSummary(trial_id, status, used, None if math.isnan(best_score) else best_score, config, error)
 
 
 def _classify_from_disk(trial_dir: Path, trial_id: str, space, settings) -> TrialSummary:
     from tune_dialsum.analysis import read_reports
 
-    params = trial_dir / "params.json"
+    params = trial_dir / PARAMS_FILE
     config = json.loads(params.read_text()) if params.is_file() else {}
-    error_file = trial_dir / "error.txt"
+    error_file = trial_dir / ERROR_FILE
     error = one_line(RuntimeError(error_file.read_text())) if error_file.is_file() else None
     rows = read_reports(trial_dir)
     return _classify(trial_id, rows, rows[-1] if rows else {}, config, error, space, settings)
@@ -400,7 +396,7 @@ def _classify_from_disk(trial_dir: Path, trial_id: str, space, settings) -> Tria
 def recorded_trial_ids(experiment_dir: Path) -> set[str]:
     """Every trial any run of the experiment recorded in its saved state (Ray's experiment_state-*.json)."""
     ids = set()
-    for state_file in experiment_dir.glob("experiment_state-*.json"):
+    for state_file in experiment_dir.glob(EXPERIMENT_STATE_GLOB):
         try:
             trial_data = json.loads(state_file.read_text())["trial_data"]
             ids |= {json.loads(trial_json)["trial_id"] for trial_json, _ in trial_data}

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tune_dialsum import storage
+from tune_dialsum.checkpoints import CheckpointRecord, read_checkpoint, trial_decoding
 from tune_dialsum.contract import REFIT_DIR, score_key
-from tune_dialsum.export import CheckpointRecord, read_checkpoint, trial_decoding
 from tune_dialsum.metrics import Difference, paired_difference
-from tune_dialsum.selection import Candidate, remote_scorer
+from tune_dialsum.scoring import remote_scorer
+from tune_dialsum.selection import Candidate
 from tune_dialsum.space_schema import ResourcesSection
 from tune_dialsum.trainable import ExperimentSettings, TrialRun, release_memory, train_one
 
@@ -103,7 +104,7 @@ def refit(chosen: Candidate, settings: ExperimentSettings, resources: ResourcesS
 def judge(record: CheckpointRecord, full: dict, chosen: Candidate, metric: str, mode: str) -> Refit:
     """The refit against the chosen checkpoint on the same validation examples; exported where at least as good.
 
-    ``full``: :func:`selection.score_model`'s result with ``per_example`` (taken out here). Degenerate
+    ``full``: :func:`scoring.score_model`'s result with ``per_example`` (taken out here). Degenerate
     output is never exported, whatever its ROUGE.
     """
     key, sign = score_key(metric), 1 if mode == "max" else -1

@@ -17,8 +17,8 @@ import pandas as pd
 
 from tune_dialsum.analysis import Experiment
 from tune_dialsum.atomic import atomic_write_text
+from tune_dialsum.choices import read_decoding, read_selection
 from tune_dialsum.contract import REPORT_DIR, STOPPED
-from tune_dialsum.decoding import read_decoding
 from tune_dialsum.errors import one_line
 
 
@@ -234,8 +234,6 @@ def _family_importance_html(experiment) -> str:
 
 def _selection_html(experiment_dir: Path) -> str:
     """The re-scored candidates with their 95% intervals and differences from the leader (selection.json)."""
-    from tune_dialsum.selection import read_selection
-
     chosen = read_selection(experiment_dir)
     if not chosen:
         return ""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from tune_dialsum.contract import RUNG_SCORE
+from tune_dialsum.contract import RUNG_SCORE, best
 from tune_dialsum.space_schema import ObjectiveSection, SchedulerSection
 
 
@@ -51,9 +51,7 @@ def best_score(evaluations: list[dict], metric: str, mode: str, skip_degenerate:
         for e in evaluations
         if key in e and math.isfinite(e[key]) and not (skip_degenerate and e.get("eval_degenerate"))
     ]
-    if not values:
-        return math.nan
-    return max(values) if mode == "max" else min(values)
+    return best(values, mode)
 
 
 def rung_report(evaluations: list[dict], budget: float, scheduler: SchedulerSection, objective) -> dict:

@@ -23,20 +23,19 @@ reading each model from the store that every node reaches.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune_dialsum.atomic import atomic_write_text
+from tune_dialsum.checkpoints import CheckpointRecord, trial_decoding
+from tune_dialsum.choices import read_selection  # noqa: F401 (re-exported)
 from tune_dialsum.contract import SELECTION_FILE, score_key
-from tune_dialsum.export import CheckpointRecord, trial_decoding
 from tune_dialsum.metrics import Difference, paired_difference
+from tune_dialsum.scoring import remote_scorer, score_model, score_on_test  # noqa: F401 (re-exported)
 from tune_dialsum.space_schema import ResourcesSection
-from tune_dialsum.storage import download, is_uri
-from tune_dialsum.trainable import ExperimentSettings, load_splits, training_frames
+from tune_dialsum.trainable import ExperimentSettings
 
 
 @dataclass
@@ -75,66 +74,6 @@ def top_by_subset(records: list[CheckpointRecord], metric: str, mode: str, k: in
     key, sign = score_key(metric), 1 if mode == "max" else -1
     scored = [r for r in records if math.isfinite(r.scores.get(key, math.nan))]
     return sorted(scored, key=lambda r: (-sign * r.scores[key], r.step))[:k]
-
-
-def score_model(
-    model_location: str,
-    settings: ExperimentSettings,
-    split: str,
-    generation: dict | None = None,
-    max_examples: int | None = None,
-    per_example: bool = False,
-) -> dict:
-    """ROUGE of a model (a checkpoint or an export, a path or a URI) on a whole split of the experiment's data.
-
-    ``validation`` is the whole validation split (or the rows a search holds out of train), or its
-    first ``max_examples``; ``test`` the test split. Decoding is ``generation``, else the model's
-    generation config. Also measured: each mean's 95% bootstrap interval (``intervals``), whether the
-    output is degenerate, the summaries' mean length (words and tokens) and the seconds decoding took
-    per summary (the model loaded, the data in memory). ``per_example``: each example's ROUGE too, under
-    ``per_example`` (for paired comparisons; not for files).
-    """
-    import time
-
-    from tune_dialsum.contract import ROUGE_KEYS
-    from tune_dialsum.inference import DialogueSummarizer
-    from tune_dialsum.metrics import is_degenerate, rouge_per_example, with_intervals
-
-    if split == "validation":
-        subset = dataclasses.replace(settings.data, max_eval_samples=max_examples)
-        _, frame = training_frames(dataclasses.replace(settings, data=subset))
-    else:
-        frame = load_splits(settings)[split]
-    with tempfile.TemporaryDirectory() as scratch:
-        model_dir = download(model_location, Path(scratch)) if is_uri(model_location) else model_location
-        summarizer = DialogueSummarizer(model_dir, trust_remote_code=settings.trust_remote_code)
-        clock = time.perf_counter()
-        predictions = summarizer.summarize(list(frame["dialogue"]), **(generation or {}))
-        seconds = time.perf_counter() - clock
-        encoded = summarizer.tokenizer(predictions, add_special_tokens=False)["input_ids"] if predictions else []
-        tokens = [len(ids) for ids in encoded]
-    each = rouge_per_example(predictions, list(frame["summary"]))
-    words = [len(p.split()) for p in predictions]
-    count = max(1, len(predictions))
-    scores = {
-        "examples": len(frame),
-        "mean_words": sum(words) / count,
-        "mean_tokens": sum(tokens) / count,
-        "seconds_per_summary": seconds / count,
-        **{key: sum(e[key] for e in each) / count for key in ROUGE_KEYS},
-        "intervals": with_intervals(each),
-        "degenerate": is_degenerate(predictions),
-    }
-    if per_example:
-        scores["per_example"] = {key: [e[key] for e in each] for key in ROUGE_KEYS}
-    return scores
-
-
-def remote_scorer(resources: ResourcesSection):
-    """:func:`score_model` as a Ray task with the resources of one of a trial's workers (one process)."""
-    import ray
-
-    return ray.remote(score_model).options(num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker)
 
 
 def rescore(
@@ -222,19 +161,6 @@ def within_noise(candidates: list[Candidate]) -> bool:
     )
 
 
-def score_on_test(
-    models: list[tuple[str, dict | None]], settings: ExperimentSettings, resources: ResourcesSection
-) -> list | None:
-    """Each (model location, decoding or None for its generation config)'s scores on the test split, in
-    parallel; None where the data has no test split."""
-    import ray
-
-    if load_splits(settings).get("test") is None:
-        return None
-    scorer = remote_scorer(resources)
-    return ray.get([scorer.remote(location, settings, "test", decoding) for location, decoding in models])
-
-
 def write_selection(
     experiment_dir: Path, chosen: Candidate, candidates: list[Candidate], metric: str, mode: str
 ) -> Path:
@@ -255,8 +181,3 @@ def write_selection(
         ),
     )
     return path
-
-
-def read_selection(experiment_dir: Path) -> dict | None:
-    path = experiment_dir / SELECTION_FILE
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -29,8 +29,10 @@ from tune_dialsum.contract import (
     REPORTED_SCORES,
     TIME_ATTRS,
     TOKENIZED_CACHE,
+    TRAINER_STATE_FILE,
     TRIAL_CONFIG_FILE,
     TRIAL_DIR_PREFIX,
+    best,
 )
 from tune_dialsum.data import DialogueDataLoader, training_splits
 from tune_dialsum.errors import ModelNotFoundError, TuneDialsumError, one_line
@@ -173,10 +175,7 @@ def _memory_in_use() -> dict[str, float]:
 def best_so_far(log_history: list[dict], metric: str, mode: str) -> float:
     """The best value of ``metric`` over every evaluation in a trainer's history (resumed runs included)."""
     key = metric if metric.startswith("eval_") else f"eval_{metric}"
-    values = [entry[key] for entry in log_history if key in entry and math.isfinite(entry[key])]
-    if not values:
-        return math.nan
-    return max(values) if mode == "max" else min(values)
+    return best((entry[key] for entry in log_history if key in entry), mode)
 
 
 @dataclass(frozen=True)
@@ -309,7 +308,7 @@ def _restore_checkpoint(checkpoint, output_dir: Path) -> str | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as source:
-        step = json.loads((Path(source) / "trainer_state.json").read_text())["global_step"]
+        step = json.loads((Path(source) / TRAINER_STATE_FILE).read_text())["global_step"]
         target = output_dir / f"checkpoint-{step}"
         shutil.copytree(source, target, dirs_exist_ok=True)
     return str(target)
