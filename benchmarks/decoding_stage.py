@@ -38,7 +38,7 @@ BEAMS_IN_TRAINING = {"choice": [1, 2, 4]}
 
 def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
     from tune_dialsum.analysis import Experiment
-    from tune_dialsum.decoding import read_decoding
+    from tune_dialsum.choices import read_decoding
 
     stamp = int(time.time())
     space = _common.search_space(data_dir, model_dir, storage, f"decoding-two-stage-{args.seed}-{stamp}", args)

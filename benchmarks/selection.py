@@ -23,8 +23,8 @@ import _common  # noqa: E402
 
 
 def _test_rouge_l(record, settings) -> float:
-    from tune_dialsum.export import trial_decoding
-    from tune_dialsum.selection import score_model
+    from tune_dialsum.checkpoints import trial_decoding
+    from tune_dialsum.scoring import score_model
 
     return score_model(str(record.path), settings, "test", trial_decoding(record.snapshot["config"]))["rougeL"]
 
@@ -39,9 +39,9 @@ def main() -> None:
     args = p.parse_args()
     data_dir, model_dir = _common.dialogsum_subset(args)
     storage = model_dir.parent / "ray_results"
-    from tune_dialsum.export import best_checkpoint, find_checkpoints, find_record
+    from tune_dialsum.checkpoints import best_checkpoint, find_checkpoints, find_record
+    from tune_dialsum.choices import read_selection
     from tune_dialsum.search import experiment_settings
-    from tune_dialsum.selection import read_selection
     from tune_dialsum.space import parse_space
 
     rows = []

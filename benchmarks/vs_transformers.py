@@ -4,7 +4,7 @@ Same data, model, learning-rate / batch-size / warm-up space (learning rate only
 ASHA scheduler on both sides (transformers' Ray backend samples at random; ours uses TPE). Measured:
 
 - what users get: each side's **time to a usable model** and that model's **test ROUGE-L** on every test
-  row, scored by the same code (``selection.score_model``, greedy as each model's generation config
+  row, scored by the same code (``scoring.score_model``, greedy as each model's generation config
   says), with its 95% bootstrap interval and the paired difference. Ours: the search as ``search`` runs
   it, to its exported model. The peer's: its search, then the next step transformers' docs give its
   users, a retrain with ``best_run.hyperparameters`` (``setattr(trainer.args, k, v)``, ``train()``);
@@ -163,8 +163,8 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
 def test_scores(models: list[tuple[Path | str, dict | None]], space) -> list[dict]:
     """Each (model, decoding or None for its generation config)'s scores on every test row, by the one
     scoring function, with per-example ROUGE."""
+    from tune_dialsum.scoring import score_model
     from tune_dialsum.search import experiment_settings
-    from tune_dialsum.selection import score_model
 
     settings = experiment_settings(space)
     return [score_model(str(m), settings, "test", generation, per_example=True) for m, generation in models]
@@ -193,7 +193,7 @@ def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
     hf_dir, hf_start, hf_model, hf_timing = run_transformers(data_dir, model_dir, storage, args, parsed)
     theirs = best_so_far_timeline(hf_dir, "eval_rougeL", hf_start)
 
-    from tune_dialsum.export import trial_decoding
+    from tune_dialsum.checkpoints import trial_decoding
     from tune_dialsum.metrics import paired_difference
 
     # greedy up to the target length on both sides: the peer's saved generation config knows nothing of it

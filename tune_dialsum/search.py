@@ -222,12 +222,6 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
 
 
 def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str | None) -> SearchOutcome:
-    with experiment_lock(store.local):
-        return _run_locked(space, store, resume, address)
-
-
-def _run_locked(space: SearchSpace, store: ExperimentStore, resume: bool, address: str | None) -> SearchOutcome:
-    from ray import tune
 
     settings = experiment_settings(space, store)
     # Tune gives a reused worker's trial 2 s to end before the next one starts there; ending one frees
@@ -242,6 +236,15 @@ def _run_locked(space: SearchSpace, store: ExperimentStore, resume: bool, addres
         require_mlflow()
         tracking_uri(space.tracking.uri, store.local, store.remote)
     logger.info("preflight took %.1fs", time.perf_counter() - clock)
+    with experiment_lock(store.local):  # after the checks: a refusal leaves nothing behind
+        return _run_locked(space, settings, store, resume, address, clock)
+
+
+def _run_locked(
+    space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore, resume: bool, address, clock: float
+) -> SearchOutcome:
+    from ray import tune
+
     started_ray = start_ray(address)
     logger.info("ray ready after %.1fs", time.perf_counter() - clock)
     try:
