@@ -33,19 +33,34 @@ def test_a_second_driver_on_one_experiment_is_refused_in_one_line(tmp_path):
     """24.7: the lock names its holder; a holder that died is taken over."""
     experiment = tmp_path / "demo"
     with experiment_lock(experiment):
-        holder = json.loads(lock_path(experiment).read_text())
-        assert holder["pid"] == os.getpid()
-        with pytest.raises(UsageError, match=rf"^experiment demo: in use by search pid {os.getpid()} on ") as e:
-            with experiment_lock(experiment):
-                pass
-        assert "\n" not in str(e.value) and "delete the lock file" in str(e.value)
-    assert not lock_path(experiment).exists()  # released
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = {"host": holder["host"], "pid": int(gone.stdout), "what": "search"}
-    lock_path(experiment).write_text(json.dumps(stale))  # as a driver killed with SIGKILL leaves it
+        assert json.loads(lock_path(experiment).read_text())["pid"] == os.getpid()
+    assert lock_path(experiment).read_text() == ""  # released
+    # another driver of this host: refused while it lives; killed with SIGKILL, its flock goes with it
+    killed = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from tune_dialsum.lock import experiment_lock\n"
+            "with experiment_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)",
+            str(experiment),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert killed.stdout.readline().strip() == "held"
+    with pytest.raises(UsageError, match=rf"^experiment demo: in use by search pid {killed.pid} on ") as e:
+        with experiment_lock(experiment):
+            pass
+    assert "\n" not in str(e.value) and "delete the lock file" in str(e.value)
+    killed.kill()
+    killed.wait()
+    assert json.loads(lock_path(experiment).read_text())["pid"] == killed.pid  # as SIGKILL leaves it
     with experiment_lock(experiment):
         assert json.loads(lock_path(experiment).read_text())["pid"] == os.getpid()
-    elsewhere = {**stale, "host": "another-host", "pid": 1}
+        with experiment_lock(experiment):  # re-entrant in one process (a resume, then its search)
+            pass
+    elsewhere = {"host": "another-host", "pid": 1, "what": "search"}
     lock_path(experiment).write_text(json.dumps(elsewhere))  # cannot be checked from here: refused
     with pytest.raises(UsageError, match="in use by search pid 1 on another-host"):
         with experiment_lock(experiment):
@@ -103,6 +118,8 @@ def test_decoding_holds_out_the_rows_the_model_was_trained_without(tmp_path):
     assert _on_the_models_rows(settings, tmp_path).seed == 42
     (tmp_path / "tuning.json").write_text(json.dumps({"data_seed": 7}))  # an export records its search's
     assert _on_the_models_rows(settings, tmp_path).seed == 7
+    (tmp_path / "tuning.json").write_text(json.dumps({"settings": {"seed": 5}}))  # an export from before data_seed
+    assert _on_the_models_rows(settings, tmp_path).seed == 5
     (tmp_path / "tuning.json").write_text(json.dumps({"data_seed": 0}))
     assert _on_the_models_rows(settings, tmp_path) is settings
 

@@ -148,6 +148,7 @@ def test_a_time_budget_ends_the_trials_and_still_chooses_and_exports(
     assert result.unfinished == 0 and {t.status for t in result.trials} == {"STOPPED"}
     assert rescored == [["a", "b"]]  # chosen on all of validation, as a search that ran to the end
     assert (experiment / "best_model" / "tuning.json").is_file()
+    assert len(list(experiment.glob("trial_*/checkpoint_*/optimizer.pt"))) == 2  # --resume may continue them
     summary = outcome.format_summary(result)
     assert (
         "Time budget reached (trials.time_budget_s: 60 s): 2 running trials stopped at it, 1 never started" in summary

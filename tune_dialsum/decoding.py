@@ -206,7 +206,10 @@ def _decode(study: DecodingStudy, optuna_study, baselines: list[DecodingTrial], 
         _decode_until_done(study, optuna_study, baselines, written, submit, pending, remaining, slots)
     finally:  # a stage that fails (or is interrupted) gives back what its queued decodings hold
         for reference in pending:
-            ray.cancel(reference, force=True)
+            try:
+                ray.cancel(reference, force=True)
+            except Exception:  # noqa: BLE001, S110 (a node already lost: the failure that ended the stage is the one to tell)
+                pass
 
 
 def _decode_until_done(study, optuna_study, baselines, written, submit, pending: dict, remaining: int, slots: int):
@@ -375,9 +378,11 @@ def _on_the_models_rows(settings: ExperimentSettings, model_dir: Path) -> Experi
     import dataclasses
 
     recorded = None
-    for name, key in ((TUNING_FILE, "data_seed"), (RECIPE_FILE, "data_seed")):
-        if (model_dir / name).is_file():
-            recorded = recorded if recorded is not None else json.loads((model_dir / name).read_text()).get(key)
+    for name in (TUNING_FILE, RECIPE_FILE):
+        if recorded is None and (model_dir / name).is_file():
+            document = json.loads((model_dir / name).read_text())
+            # an export from before data_seed was recorded: its search's settings hold the seed
+            recorded = document.get("data_seed", (document.get("settings") or {}).get("seed"))
     if recorded is None or recorded == settings.seed:
         return settings
     logger.info("held-out rows drawn with the model's seed %s (the space says %s)", recorded, settings.seed)

@@ -82,6 +82,7 @@ class SearchOutcome:
     rung_signal: str | None = None  # what ASHA's rungs ranked on, in words (None: FIFO)
     refit_of: Path | None = None  # the checkpoint whose settings the refit trained anew
     out_of_time: tuple | None = None  # (trials.time_budget_s, trials it stopped, trials it left unstarted)
+    stopped_by_time: set[str] = field(default_factory=set)  # the trials trials.time_budget_s stopped
     stage_failures: dict[str, str] = field(default_factory=dict)  # stage after the trials -> why it failed
     kept_earlier_export: bool = False  # an unfinished continuation left a finished run's best_model as it was
     disk_bytes: int = 0  # the experiment
@@ -141,6 +142,7 @@ def summarize(
         for trial in outcome.trials:
             if trial.status == UNFINISHED:
                 trial.status = STOPPED
+                outcome.stopped_by_time.add(trial.trial_id)
         not_started = 0
     outcome.unfinished = sum(t.status == UNFINISHED for t in outcome.trials) + not_started
     records = find_checkpoints(experiment_dir)
@@ -148,10 +150,11 @@ def summarize(
         kept = _earlier_finished_export(outcome, records, store) if outcome.unfinished else None
         if kept is None:
             _choose_and_export(outcome, records, space, settings, store)
+        by_time = outcome.stopped_by_time  # --resume may continue them: their checkpoints stay whole
         trim_ended_trials(
             store,
             records,
-            stopped={t.trial_id for t in outcome.stopped},
+            stopped={t.trial_id for t in outcome.stopped} - by_time,
             finished={t.trial_id for t in outcome.trials if t.status == TERMINATED},
             metric=space.metric,
             mode=space.mode,

@@ -201,7 +201,8 @@ def resume_search(
     """
     keep_on_loopback(address)
     store = ExperimentStore.of(storage_path, name)
-    return _run(_resumed_space(store, name, num_samples), store, resume=True, address=address)
+    with experiment_lock(store.local):  # before the mirror is pulled: a second driver must not touch it
+        return _run(_resumed_space(store, name, num_samples), store, resume=True, address=address)
 
 
 def run_search(space: SearchSpace, resume: bool = False, address: str | None = None) -> SearchOutcome:
@@ -259,12 +260,12 @@ def _run_locked(
         if resume:  # the user asks for failed trials to be tried again: errors not retried before are, now
             for marker in store.local.glob(f"{TRIAL_DIR_PREFIX}*/{NOT_RETRYABLE_FILE}"):
                 store.delete(marker)
-        trials_started = time.monotonic()
+        fits = []  # how long each Tuner.fit ran: one that ran the whole time budget was ended by it
         if resume and tune.Tuner.can_restore(store.location):
             tuner = tune.Tuner.restore(
                 store.location, trainable=_trainable(space, settings), resume_unfinished=True, resume_errored=True
             )
-            results = list(tuner.fit())
+            results = _timed_fit(tuner, fits)
             store.pull(checkpoint_files=())  # for a URI: the trial directories the restored run wrote
         more = space.trials.num_samples - (len(recorded_trial_ids(store.local)) if resume else 0)
         interrupted = any(r.error is None and not (r.metrics or {}).get("done") for r in results)
@@ -272,15 +273,16 @@ def _run_locked(
             # a new search, or more trials for a finished one: Optuna's study holds every earlier trial
             callbacks = [_trial_runs(tracked, settings)] if tracked else []
             callbacks += [_study_push(store)] if store.remote else []
-            results += list(_build_tuner(space, settings, store, more, resume, callbacks).fit())
+            results += _timed_fit(_build_tuner(space, settings, store, more, resume, callbacks), fits)
         store.push_study(store.local / OPTUNA_DB)
         if data_parallel(space):  # what trials stopped between reports still hold, and what they staged
             release_placement_groups()
         store.delete(store.local / TRAIN_RUNS_DIR)  # what data-parallel trials stopped mid-report left staged
         logger.info("trials done after %.1fs", time.perf_counter() - clock)
-        # Ray stops running trials too when the time budget ends the run: they are ended, not interrupted
+        # Ray stops running trials too when the time budget ends a run: they are ended, not interrupted
+        # (a Ctrl-C ends a run before its budget)
         budget = space.trials.time_budget_s
-        out_of_time = budget is not None and time.monotonic() - trials_started >= budget - 1
+        out_of_time = budget is not None and any(seconds >= budget - 1 for seconds in fits)
         outcome = summarize(results, space, settings, store, out_of_time=out_of_time)
         outcome.at_once = trials_at_once(space)
         outcome.workers_per_trial = space.resources.workers_per_trial
@@ -311,6 +313,13 @@ def _open_tracking(space: SearchSpace, settings: ExperimentSettings, store: Expe
     tracked = open_search_run(space.tracking, space.name, store.local, store.remote, params)
     store.push(store.local / TRACKING_FILE)  # a resume on another machine continues the same run
     return tracked
+
+
+def _timed_fit(tuner, fits: list[float]) -> list:
+    started = time.monotonic()
+    results = list(tuner.fit())
+    fits.append(time.monotonic() - started)
+    return results
 
 
 def _study_push(store: ExperimentStore):

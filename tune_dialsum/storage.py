@@ -154,13 +154,31 @@ def upload(local_path: Path, location: str) -> None:
         pafs.copy_files(str(local_path), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
+def _delete_swap_leftovers(fs, path: str) -> None:
+    """What an earlier replace_tree of ``path`` left after a crash: it is being replaced now anyway."""
+    import pyarrow.fs as pafs
+
+    parent, _, name = path.rstrip("/").rpartition("/")
+    with _failing_in_one_line(path, "list"):
+        siblings = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    for info in siblings:
+        base = info.path.rstrip("/").rpartition("/")[2]
+        if (
+            info.type == pafs.FileType.Directory
+            and base.startswith(name)
+            and _SWAP_LEFTOVER.fullmatch(base[len(name) :])
+        ):
+            fs.delete_dir(info.path)
+
+
 def replace_tree(local_dir: Path, location: str) -> None:
     """Upload the directory ``local_dir`` to ``location`` so that a whole copy exists at every moment.
 
     A local ``location`` is replaced by renames (atomic). An object store has no rename: the new
     copy is uploaded beside the old one first, the old one is copied aside, and only then is
     ``location`` rewritten from the uploaded copy (a server-side copy). A crash at any point leaves
-    a complete copy, old or new, under ``location``, ``NAME.new-*`` or ``NAME.old-*``.
+    a complete copy, old or new, under ``location``, ``NAME.new-*`` or ``NAME.old-*``; ``pull`` does not
+    mirror those, and the next replace of ``location`` removes them.
     """
     import pyarrow.fs as pafs
 
@@ -169,6 +187,7 @@ def replace_tree(local_dir: Path, location: str) -> None:
             shutil.copytree(local_dir, staging, dirs_exist_ok=True)
         return
     fs, path = filesystem(location)
+    _delete_swap_leftovers(fs, path)
     tag = f"{os.getpid()}-{os.urandom(3).hex()}"
     beside, aside = f"{path.rstrip('/')}.new-{tag}", f"{path.rstrip('/')}.old-{tag}"
     with _failing_in_one_line(location, "upload"):
@@ -185,6 +204,16 @@ def replace_tree(local_dir: Path, location: str) -> None:
                 fs.delete_dir(leftover)
             except FileNotFoundError:  # an old copy with no files left nothing aside
                 pass
+
+
+def _version(info) -> list:
+    """What identifies a store file's version: its size and its mtime in whole seconds (a listing and a
+    single file's info may give the mtime at different precisions; some stores keep only seconds)."""
+    return [info.size, int(info.mtime.timestamp()) if info.mtime else None]
+
+
+# Where replace_tree keeps a new copy and the old one during a swap; what a crash leaves is not mirrored
+_SWAP_LEFTOVER = re.compile(r"\.(new|old)-\d+-[0-9a-f]{6}$")
 
 
 def mirror_root() -> Path:
@@ -265,10 +294,7 @@ class ExperimentStore:
     def _remember(self, relative: str, info) -> None:
         synced = self._synced()
         local = self.local / relative
-        synced[relative] = {
-            "remote": [info.size, info.mtime.timestamp() if info.mtime else None],
-            "local": [local.stat().st_size, local.stat().st_mtime],
-        }
+        synced[relative] = {"remote": _version(info), "local": [local.stat().st_size, local.stat().st_mtime]}
         atomic_write_text(self._synced_file(), json.dumps(synced))
 
     def _study_changed_here(self, relative: str) -> bool:
@@ -277,8 +303,7 @@ class ExperimentStore:
 
     def _study_changed_there(self, relative: str, info) -> bool:
         seen = self._synced().get(relative)  # none: a mirror from before versions were kept; its copy wins
-        now = [info.size, info.mtime.timestamp() if info.mtime else None]
-        return seen is not None and seen["remote"] != now
+        return seen is not None and seen["remote"] != _version(info)
 
     def push_study(self, local_path: Path) -> None:
         """Upload a study file, unless the store's copy changed since this machine last synced it (refused)."""
@@ -325,6 +350,8 @@ class ExperimentStore:
                 )
             remote_files.add(relative)
             parts = relative.split("/")
+            if _SWAP_LEFTOVER.search(parts[0]):
+                continue  # a copy a crashed replace left (a whole model): not part of the experiment
             in_checkpoint = any(part.startswith(CHECKPOINT_PREFIX) for part in parts[:-1])
             if in_checkpoint and parts[-1] not in wanted:
                 continue  # weights and optimizer state: fetched only for the checkpoint exported

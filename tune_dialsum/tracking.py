@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tune_dialsum.atomic import atomic_write_text
-from tune_dialsum.contract import MLRUNS_DIR, TRACKING_FILE, trial_state
+from tune_dialsum.contract import ERROR, MLRUNS_DIR, TRACKING_FILE, trial_state
 from tune_dialsum.errors import UsageError, one_line
 from tune_dialsum.space_schema import TrackingSection
 from tune_dialsum.uris import refuse_credentials
@@ -201,7 +201,7 @@ def trial_runs_callback(tracked: TrackedSearch, time_attr: str, max_budget: floa
         def log_trial_end(self, trial, failed: bool = False):
             run_id = self.run_of(trial)
             used = (trial.last_result or {}).get(time_attr, 0)
-            state = trial_state(used, max_budget, done=not failed, failed=failed)
+            state = ERROR if failed else trial_state(used, max_budget, done=True, failed=False)
             self.client.set_tag(run_id, STATE_TAG, state)
             self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 

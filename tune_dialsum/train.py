@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.contract import RECIPE_FILE
 from tune_dialsum.data.formats import check_dialogue_format, format_dialogue
 from tune_dialsum.data.splits import hold_out
@@ -428,5 +429,5 @@ def train_on_directory(
     run = {"save_total_limit": 3, **run}  # the guide's: a run of its own keeps its last checkpoints
     trained = trainer.train(dataset_dict, training_args=trainer.training_arguments(settings, seed=seed, **run))
     recipe_file = Path(output_dir) / "final_model" / RECIPE_FILE  # which rows were held out: tune-decoding reads it
-    recipe_file.write_text(json.dumps({**json.loads(recipe_file.read_text()), "data_seed": seed}, indent=2))
+    atomic_write_text(recipe_file, json.dumps({**json.loads(recipe_file.read_text()), "data_seed": seed}, indent=2))
     return trained.evaluate()

@@ -7,6 +7,7 @@ model. The SDKs read credentials from their own environment variables and files 
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from tune_dialsum.errors import UsageError
@@ -18,8 +19,14 @@ _CREDENTIALS_FROM = (
 )
 
 
+# scheme://user:secret@ where the secret may hold a '/' (AWS secret keys do), which ends urlsplit's netloc
+_USER_AND_SECRET = re.compile(r"^([A-Za-z][\w+.-]*://)[^/@]*:[^@]*@")
+
+
 def redacted(uri: str) -> str:
     """``uri`` with any ``user:password@`` replaced by ``***@``."""
+    if _USER_AND_SECRET.match(uri):
+        return _USER_AND_SECRET.sub(r"\1***@", uri, count=1)
     parts = urlsplit(uri)
     if "@" not in parts.netloc:
         return uri
@@ -28,7 +35,9 @@ def redacted(uri: str) -> str:
 
 def credentials_problem(uri: str | None) -> str | None:
     """Why ``uri`` may not be used (it carries ``user[:password]@``), never quoting the secret; else None."""
-    if not uri or "://" not in str(uri) or "@" not in urlsplit(str(uri)).netloc:
+    if not uri or "://" not in str(uri):
+        return None
+    if "@" not in urlsplit(str(uri)).netloc and not _USER_AND_SECRET.match(str(uri)):
         return None
     return (
         f"{redacted(str(uri))} carries credentials in the URI, which would be printed and stored with the "
