@@ -257,3 +257,10 @@ LISTENING_FILE = "listening.json"  # beside the demo's ray_results: what its pro
 def demo_root(experiment_dir: Path) -> Path:
     """The directory holding the demo's storage, Ray session directory and listening record."""
     return experiment_dir.parent.parent
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that reads the shared demo search runs a real search: it is ``slow`` (not in ``make check``)."""
+    for item in items:
+        if "tiny_search" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
