@@ -110,25 +110,27 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "tune_dialsum", *args]
 
 
-_mechanics_data: list[Path] = []
+_mechanics_data: dict[bool, Path] = {}
 
 
-def mechanics_data() -> Path:
+def mechanics_data(test_split: bool = True) -> Path:
     """A small dataset of the project's synthetic dialogues, for tests of the search's mechanics.
 
     Resuming, faults, clusters and memory do not need the demo's 2,400 dialogues; with 24 validation
-    and 24 test rows, each search's re-scoring and test scoring take seconds, not a minute.
+    and 24 test rows, each search's re-scoring and test scoring take seconds, not a minute. Without
+    ``test_split`` there is no test split, so a search scores nothing on it.
     """
-    if not _mechanics_data:
+    if test_split not in _mechanics_data:
         import atexit
 
         from tune_dialsum.data.synthetic import write_dataset
 
         path = Path(tempfile.mkdtemp(prefix="tune_dialsum_mechanics_"))
-        write_dataset(path, sizes=(("train", 320), ("validation", 24), ("test", 24)))
+        sizes = (("train", 320), ("validation", 24), ("test", 24))
+        write_dataset(path, sizes=sizes if test_split else sizes[:2])
         atexit.register(shutil.rmtree, path, True)
-        _mechanics_data.append(path)
-    return _mechanics_data[0]
+        _mechanics_data[test_split] = path
+    return _mechanics_data[test_split]
 
 
 def mechanics_sets() -> list[str]:
@@ -139,6 +141,12 @@ def mechanics_sets() -> list[str]:
         "decoding.num_samples=2",
         "decoding.max_eval_samples=16",
     ]
+
+
+def training_only_sets() -> list[str]:
+    """``--set`` items, after :func:`mechanics_sets`, for a test of training alone (scheduling, memory):
+    no decoding stage and no test split, so the search ends at re-scoring and export."""
+    return [f"data.path={mechanics_data(test_split=False)}", "decoding=null"]
 
 
 def tiny_search_command(storage: Path, name: str, *sets: str) -> list[str]:

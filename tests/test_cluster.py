@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import optuna
+import pyarrow.fs as pafs
 import pytest
 
-from tests.conftest import TINY, mechanics_sets, run_cli, trial_results
-from tune_dialsum.storage import ExperimentStore, download, join
+from tests.conftest import (
+    REPO,
+    TINY,
+    cli_command,
+    mechanics_sets,
+    run_cli,
+    run_process,
+    training_only_sets,
+    trial_results,
+)
+from tune_dialsum.storage import ExperimentStore, download, filesystem, join
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +49,12 @@ finally:
 
 
 @pytest.fixture(scope="module")
-def two_node_cluster(s3_endpoint):
+def two_node_cluster(s3_endpoint, tmp_path_factory):
     """A head and a worker node on 127.0.0.1 (ray.cluster_utils) with token authentication; always shut down.
 
     Both reach the mock S3 through a URI's endpoint_override; without one, the head's default
     endpoint (AWS_ENDPOINT_URL) is the mock and the worker's is a dead port: a bucket one node cannot read.
+    Their workers can inject faults: a test writes them to TUNE_DIALSUM_TEST_FAULTS_FILE (tests/faults).
     """
     env = {
         **os.environ,
@@ -46,7 +62,9 @@ def two_node_cluster(s3_endpoint):
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": TOKEN,
         "AWS_ENDPOINT_URL": f"http://{s3_endpoint}",
-    }  # as docs/cluster.md says
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "faults"), os.environ.get("PYTHONPATH", "")]),
+        "TUNE_DIALSUM_TEST_FAULTS_FILE": str(tmp_path_factory.mktemp("faults") / "faults"),
+    }  # as docs/cluster.md says, and the faults
     process = subprocess.Popen(
         [sys.executable, "-c", CLUSTER, DEAD_ENDPOINT],
         stdin=subprocess.PIPE,
@@ -65,58 +83,72 @@ def two_node_cluster(s3_endpoint):
             process.kill()
 
 
+def _search_command(address: str, storage: str) -> list[str]:
+    """Four tiny T5 trials to 1,600 examples through --address, on the mechanics data (no decoding stage)."""
+    sets = ("trials.num_samples=4", "scheduler.max_budget=1600", "scheduler.grace_period=1600")
+    sets += ("search.model={choice: ['tiny:t5']}", "selection.top_k=1", *mechanics_sets(), *training_only_sets())
+    command = cli_command("search", "--space", str(TINY), "--address", address, "--storage-path", storage)
+    return command + [arg for item in sets for arg in ("--set", item)]
+
+
 def _search_on(address: str, storage: str, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    return run_cli(
-        "search",
-        "--space",
-        str(TINY),
-        "--address",
-        address,
-        "--storage-path",
-        storage,
-        "--set",
-        "trials.num_samples=4",
-        "--set",
-        "scheduler.max_budget=1600",
-        "--set",
-        "scheduler.grace_period=1600",
-        "--set",
-        "search.model={choice: ['tiny:t5']}",
-        "--set",
-        "selection.top_k=1",
-        *(arg for item in mechanics_sets() for arg in ("--set", item)),
-        env=env,
-        timeout=timeout,
-    )
+    return run_process(_search_command(address, storage), timeout=timeout, env=env)
 
 
-def test_search_runs_across_both_nodes_through_address(two_node_cluster, tmp_path):
+def _reports_written(experiment: str) -> bool:
+    """Whether any trial of the experiment (a directory or a URI) has reported yet."""
+    fs, path = filesystem(experiment)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
+    return any(info.base_name == "result.json" and info.size for info in infos)
+
+
+def test_a_bucket_search_across_both_nodes_is_interrupted_resumed_analysed_and_exported(
+    two_node_cluster, s3_storage, tmp_path
+):
+    """One lifecycle through --address with storage in a bucket: Ctrl-C, resume, analyse, export, resume again.
+
+    The harder case of Ctrl-C: the study and the trials' files must reach the store before exit 130.
+    (With a directory as storage the same handler runs with nothing to upload; a directory's resume
+    is covered by the kill -9 lifecycle in test_reliability.py.)
+    """
     address, node_ids, env = two_node_cluster
     assert address.startswith("127.0.0.1:")
-    completed = _search_on(address, str(tmp_path), env)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    results = trial_results(tmp_path / "tiny-demo")
-    used_nodes = {rows[0]["node_id"] for rows in results.values() if rows}
-    assert len(results) == 4 and len(used_nodes) == 2  # trials ran on both nodes
-    assert used_nodes == node_ids
-    best = tmp_path / "tiny-demo" / "best_model"
-    assert json.loads((best / "tuning.json").read_text())["experiment"] == "tiny-demo"
-    assert (best / "model.safetensors").is_file()
-
-
-def test_search_with_storage_in_a_bucket_runs_across_both_nodes(two_node_cluster, s3_storage, tmp_path):
-    address, node_ids, env = two_node_cluster
-    completed = _search_on(address, s3_storage, env)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    driver = subprocess.Popen(
+        _search_command(address, s3_storage),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     experiment = join(s3_storage, "tiny-demo")
+    deadline = time.time() + 300
+    while time.time() < deadline and not _reports_written(experiment):
+        time.sleep(1)
+    driver.send_signal(signal.SIGINT)
+    start = time.time()
+    out, err = driver.communicate(timeout=120)
+    assert time.time() - start < 60
+    assert driver.returncode == 130, out[-2000:] + err[-2000:]
+    assert "Traceback" not in err
+    # The command the driver prints, as a shell would split it (a URI's query holds '&').
+    resume = shlex.split(err.strip().splitlines()[-1].partition("continue with: ")[2])
+    assert resume[:3] == ["python", "-m", "tune_dialsum"] and "--resume" in resume
+    assert resume[resume.index("--address") + 1] == address
+    completed = run_process([sys.executable, *resume[1:]], timeout=600, env=env)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert f"Best model: {join(experiment, 'best_model')}" in completed.stdout
 
-    # Every report and the best model are in the bucket, where a single-node run puts them locally.
+    # Every report, the study and the best model are in the bucket, where a single-node run puts them locally.
     mirror = tmp_path / "mirror"
     download(experiment, mirror)
     results = trial_results(mirror)
-    assert len(results) == 4 and {rows[0]["node_id"] for rows in results.values() if rows} == node_ids
+    assert len(results) == 4 and all(rows and rows[-1].get("done") for rows in results.values())
+    assert {rows[0]["node_id"] for rows in results.values() if rows} == node_ids  # trials ran on both nodes
+    study = optuna.load_study(study_name="tiny-demo", storage=f"sqlite:///{mirror / 'optuna.db'}")
+    assert len([t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]) == 4
     tuning = json.loads((mirror / "best_model" / "tuning.json").read_text())
+    assert tuning["experiment"] == "tiny-demo" and (mirror / "best_model" / "model.safetensors").is_file()
     assert tuning["checkpoint"].startswith(experiment.partition("?")[0]) and tuning["full_validation"]["examples"]
     assert {"space.yaml", "optuna.db"} <= {p.name for p in mirror.iterdir()}
     assert not (mirror / "tokenized").exists()  # tokenized data is cached on each node, not in the bucket
@@ -176,13 +208,36 @@ def test_unreachable_address_is_one_line(tmp_path):
     assert completed.stderr.strip().splitlines()[-1].startswith("error: --address 127.0.0.1:1: cannot connect")
 
 
-def test_a_data_parallel_trial_spreads_its_two_workers_over_both_nodes(two_node_cluster, tmp_path):
-    """Each node has one CPU and each worker asks for one: PACK cannot keep a trial's workers together."""
-    from tests.conftest import run_process, tiny_search_command
+def test_a_data_parallel_search_spreads_each_trial_over_both_nodes_and_fails_an_oom_once(two_node_cluster, tmp_path):
+    """Each node has one CPU and each worker asks for one: PACK cannot keep a trial's workers together.
+
+    One configuration runs out of memory on both ranks at step 5: its trial fails with the workers'
+    error, and Ray's retry does not train it again; the other trial trains to the end and is exported.
+    """
+    from tests.conftest import tiny_search_command
     from tests.test_data_parallel import DATA_PARALLEL, check_data_parallel_trials
 
     address, node_ids, env = two_node_cluster
-    command = tiny_search_command(tmp_path, "dp", *DATA_PARALLEL) + ["--address", address]
-    completed = run_process(command, timeout=900, env=env)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    faults = Path(env["TUNE_DIALSUM_TEST_FAULTS_FILE"])
+    faults.write_text(f"oom@5:standard\n{markers}\n")
+    sets = (*training_only_sets(), *DATA_PARALLEL, "search.dialogue_format={choice: [standard, turns]}")
+    try:
+        completed = run_process(
+            tiny_search_command(tmp_path, "dp", *sets) + ["--address", address], timeout=900, env=env
+        )
+    finally:
+        faults.unlink()
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    check_data_parallel_trials(tmp_path / "dp", node_ids=node_ids)
+    experiment_dir = tmp_path / "dp"
+    formats = sorted(
+        json.loads((d / "params.json").read_text())["dialogue_format"] for d in experiment_dir.glob("trial_*")
+    )
+    assert formats == ["standard", "turns"], f"the space's seed must sample one trial of each format, not {formats}"
+    check_data_parallel_trials(experiment_dir, node_ids=node_ids, failing_format="standard")
+    assert len(list(markers.glob("fired-oom-standard-*"))) == 2  # once on each rank, never retried
+    assert "OutOfMemoryError" in completed.stdout + completed.stderr
+    assert not (experiment_dir / ".data_parallel").exists()  # the staged Train runs are gone
+    assert "Best model:" in completed.stdout
+    assert "(1 at a time, 2 data-parallel workers each)" in completed.stdout

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from tests.conftest import mechanics_data, run_process, tiny_search_command, trial_results
+from tests.conftest import trial_results
 from tune_dialsum.errors import SpaceError
 from tune_dialsum.space import load_space
 
@@ -81,13 +81,19 @@ def test_a_total_and_a_share_of_the_same_resource_are_refused(tmp_path):
         parse_space(raw, source="x.yaml")
 
 
-def check_data_parallel_trials(experiment_dir, node_ids=None):
-    """Both workers of every trial trained, on half the batches each, with the trial's one learning rate."""
+def check_data_parallel_trials(experiment_dir, node_ids=None, failing_format=None):
+    """Both workers of every trial trained, on half the batches each, with the trial's one learning rate.
+
+    A trial of ``failing_format`` failed before its first evaluation: it has no reports.
+    """
     results = trial_results(experiment_dir)
     assert len(results) == 2
     for trial, reports in results.items():
-        assert reports, trial
         config = json.loads((experiment_dir / trial / "params.json").read_text())
+        if config["dialogue_format"] == failing_format:
+            assert not reports and (experiment_dir / trial / "error.txt").is_file(), trial
+            continue
+        assert reports, trial
         for report in reports:
             assert report["world_size"] == 2
             assert report["samples"] == report["step"] * 8 * 2  # examples over both workers
@@ -99,7 +105,7 @@ def check_data_parallel_trials(experiment_dir, node_ids=None):
             if node_ids is not None:
                 assert {w["node_id"] for w in workers} == node_ids, workers
     # one trial trained to the full budget (ASHA may stop the other at its first rung, as it would any trial)
-    assert max(reports[-1]["samples"] for reports in results.values()) >= 960
+    assert max(reports[-1]["samples"] for reports in results.values() if reports) >= 960
     best = experiment_dir / "best_model"
     tuning = json.loads((best / "tuning.json").read_text())
     # the exported checkpoint is rank 0's, recorded with the world size it trained at
@@ -124,20 +130,6 @@ def _same_weights(exported, checkpoint) -> None:
     assert all((ours[key] == theirs[key]).all() for key in ours)
 
 
-@pytest.mark.slow
-def test_a_search_with_two_workers_per_trial_trains_data_parallel(tmp_path):
-    """The issue's CPU check: 2 trials of 2 gloo workers each, on the bundled (synthetic) dialogues."""
-    assert mechanics_data()  # the small synthetic set the mechanics tests share
-    command = tiny_search_command(tmp_path, "dp", *DATA_PARALLEL)
-    completed = run_process(command, timeout=900)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    experiment_dir = tmp_path / "dp"
-    check_data_parallel_trials(experiment_dir)
-    assert not (experiment_dir / ".data_parallel").exists()  # the staged Train runs are gone
-    assert "Best model:" in completed.stdout
-    assert "(1 at a time, 2 data-parallel workers each)" in completed.stdout
-
-
 def test_a_workers_error_is_unwrapped_for_the_retry_decision():
     """Ray Train wraps what a worker raised; the trial's retry decision needs the original."""
     import torch
@@ -157,29 +149,6 @@ def test_a_workers_error_is_unwrapped_for_the_retry_decision():
     assert worker_error(broken, is_retryable) is oom
     lost = RuntimeError("lost")
     assert worker_error(WorkerGroupError("x", {1: lost}), is_retryable) is lost and is_retryable(lost)
-
-
-@pytest.mark.slow
-def test_a_data_parallel_trial_that_runs_out_of_memory_fails_once_with_its_error(tmp_path):
-    """Both ranks raise at step 5; the trial fails with the workers' error and Ray's retry does not train again."""
-    import os
-
-    from tests.conftest import REPO
-
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "faults"), os.environ.get("PYTHONPATH", "")]),
-        "TUNE_DIALSUM_TEST_FAULTS": "oom@5:standard",
-        "TUNE_DIALSUM_TEST_FAULT_MARKERS": str(markers),
-    }
-    sets = (*DATA_PARALLEL, "trials.num_samples=1", "search.dialogue_format={choice: [standard]}")
-    completed = run_process(tiny_search_command(tmp_path, "dp-oom", *sets), timeout=600, env=env)
-    assert completed.returncode == 1, completed.stdout[-3000:] + completed.stderr[-3000:]
-    assert len(list(markers.glob("fired-oom-standard-*"))) == 2  # once on each rank, never retried
-    assert "OutOfMemoryError" in completed.stdout + completed.stderr
-    assert not (tmp_path / "dp-oom" / "best_model").exists()
 
 
 def test_a_worker_no_single_node_holds_is_refused(tmp_path, monkeypatch):

@@ -60,9 +60,9 @@ RSS_BOUND_MB = 40
 
 def test_a_reused_worker_gives_back_each_trials_memory(tmp_path):
     """Seven identical trials in one worker: the memory each starts with stays flat after the second."""
-    from tests.conftest import tiny_search_command
+    from tests.conftest import tiny_search_command, training_only_sets
 
-    command = tiny_search_command(tmp_path, "memory", *MEMORY_SETS)
+    command = tiny_search_command(tmp_path, "memory", *training_only_sets(), *MEMORY_SETS)
     completed = run_cli(*command[3:], timeout=900)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = trial_results(tmp_path / "memory")

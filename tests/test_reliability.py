@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import optuna
-import pyarrow.fs as pafs
 import pytest
 
 from tests.conftest import REPO, run_cli, run_process, short_ray_tmpdir, tiny_search_command, trial_results
-from tune_dialsum.storage import ExperimentStore, download, filesystem, join
+from tests.helpers.mlflow_runs import assert_tracked
 
 pytestmark = pytest.mark.slow
 FAULTS = Path(__file__).resolve().parent / "faults"
@@ -27,81 +26,142 @@ def _search(storage: Path, name: str, *sets: str, env: dict | None = None, timeo
     return run_process(tiny_search_command(storage, name, *sets), timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def test_failing_trials_end_as_failed_while_the_others_go_on(tmp_path):
-    """One format always runs out of memory, one fails once and is retried; resuming retries the failed ones."""
+def _kill_mid_search(command: list[str], experiment: Path, trials: int, last_step: int, env: dict) -> dict[str, list]:
+    """Start a search and SIGKILL it (and its local Ray) once a trial has finished (reported ``last_step``,
+    the budget) and another has yet to; returns the finished trials' reports at that moment."""
+    driver = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
+    )
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            time.sleep(2)
+            results = trial_results(experiment) if experiment.exists() else {}
+            finished = {k: v for k, v in results.items() if v and v[-1]["step"] == last_step}
+            # A trial between its start and its first report has no rows yet, and ASHA may stop one at
+            # its first report, so "a trial with rows that is not done" is not always seen between two polls.
+            if finished and len(finished) < trials:
+                return finished
+            assert driver.poll() is None, "the search ended before it could be killed mid-way"
+        pytest.fail("the search never had a finished trial while others were still to finish")
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:  # it ended by itself: the assertion above says so
+            pass
+        driver.wait()
+        time.sleep(2)
+
+
+def test_a_search_with_faults_survives_a_kill_and_its_resumes_recover_and_grow_it(tmp_path):
+    """One lifecycle, tracked in MLflow: one format always runs out of memory, one fails once and is
+    retried; the driver is killed mid-search; --resume (faults still on) finishes it with the failed
+    trials failed; --resume with the cause gone retries them and adds a trial to the same study."""
     markers = tmp_path / "markers"
     markers.mkdir()
-    ray_tmp = short_ray_tmpdir()
-    env = {
+    faults = {
         "PYTHONPATH": f"{FAULTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "TUNE_DIALSUM_TEST_FAULTS": "oom@150:turns,once@150:compact",
+        "TUNE_DIALSUM_TEST_FAULTS": "oom@75:turns,once@75:compact",
         "TUNE_DIALSUM_TEST_FAULT_MARKERS": str(markers),
-        "RAY_TMPDIR": str(ray_tmp),
     }
-    completed = _search(
-        tmp_path,
-        "faults",
-        "trials.num_samples=6",
-        "scheduler.type=fifo",
-        "scheduler.budget_unit=steps",
-        "scheduler.max_budget=200",
-        "scheduler.grace_period=100",
-        "scheduler.eval_interval=100",
-        "search.model={choice: ['tiny:t5']}",
-        "selection.top_k=1",
-        "decoding.constraints={max_mean_length: 0.01}",  # no decoding writes that short
-        env=env,
-    )
+    sets = ["trials.num_samples=6", "scheduler.type=fifo", "scheduler.budget_unit=steps"]
+    sets += ["scheduler.max_budget=100", "scheduler.grace_period=50", "scheduler.eval_interval=50"]
+    sets += ["search.model={choice: ['tiny:t5']}", "selection.top_k=1"]
+    sets += ["decoding.constraints={max_mean_length: 0.01}"]  # no decoding writes that short
+    tracked = importlib.util.find_spec("mlflow") is not None  # the test extra has it
+    command = tiny_search_command(tmp_path, "faults", *sets) + (["--track", "mlflow"] if tracked else [])
+    experiment = tmp_path / "faults"
+    killed_in = short_ray_tmpdir()  # the killed session's scratch is nobody's to clean: kept apart
+    try:
+        finished_before = _kill_mid_search(
+            command, experiment, 6, 100, {**os.environ, **faults, "RAY_TMPDIR": str(killed_in)}
+        )
+    finally:
+        shutil.rmtree(killed_in, ignore_errors=True)
+    fired_before_resume = {p.name for p in markers.glob("fired-*")}
+    # a trial that failed before the kill used Ray's one retry then: resumed, it fails with its own error
+    failed_before_resume = {d.name for d in experiment.glob("trial_*") if (d / "error.txt").is_file()}
+
+    # --resume names the experiment, not the space: its own space is what resuming uses
+    resume = ["search", "--resume", "--name", "faults", "--storage-path", str(tmp_path)]
+    ray_tmp = short_ray_tmpdir()
+    completed = run_cli(*resume, env={**os.environ, **faults, "RAY_TMPDIR": str(ray_tmp)})
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     # a constraint no decoding meets: said in the summary, and the model exported as its trial was ranked
     assert "none met the constraints (mean length at most 0.01 words)" in completed.stdout
-    tuning = json.loads((tmp_path / "faults" / "best_model" / "tuning.json").read_text())
+    tuning = json.loads((experiment / "best_model" / "tuning.json").read_text())
     assert tuning["decoding"]["settings"] is None and tuning["decoding"]["trials"] == 2
-    generation = json.loads((tmp_path / "faults" / "best_model" / "generation_config.json").read_text())
+    generation = json.loads((experiment / "best_model" / "generation_config.json").read_text())
     assert generation["num_beams"] == 1 and "length_penalty" not in generation
     try:  # the scratch of every trial is gone, the failed ones' included
         assert list(ray_tmp.glob("ray/session_*/artifacts/*/faults/working_dirs/trial_*"))  # where trials ran
         assert not list(ray_tmp.rglob("hf-*"))
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    experiment = tmp_path / "faults"
+
+    after = trial_results(experiment)
+    assert len(after) == 6  # no trial re-run under a second id
+    # A trial started just before the kill, of which the saved experiment has no record, is set aside.
+    assert all(not (d / "params.json").exists() for d in (experiment / "orphaned").glob("trial_*"))
+    for name, rows in finished_before.items():
+        assert after[name] == rows  # finished trials are kept as they were
     configs = {d.name: json.loads((d / "params.json").read_text()) for d in experiment.glob("trial_*")}
-    results = trial_results(experiment)
     formats = [c["dialogue_format"] for c in configs.values()]
     assert "turns" in formats and "compact" in formats, formats
     for name, config in configs.items():
-        steps = [row["step"] for row in results[name]]
+        steps = [row["step"] for row in after[name]]
         if config["dialogue_format"] == "turns":  # out of memory: failed at once, not trained into again
             error = (experiment / name / "error.txt").read_text()
-            assert steps == [100] and "not retried" in error
+            retried_before = name in failed_before_resume
+            assert steps == [50] and ("simulated by the test" if retried_before else "not retried") in error
             assert f"Failed trial {name.removeprefix('trial_')}: " in completed.stdout
             # a failed trial keeps the optimizer state --resume continues it from
             assert list((experiment / name).glob("checkpoint_*/optimizer.pt"))
-        else:  # standard trials never fail; compact ones fail once and resume from the step-100 checkpoint
-            assert steps == [100, 200], (name, config["dialogue_format"], steps)
+        else:  # standard trials never fail; compact ones fail once and resume from the step-50 checkpoint
+            assert steps == [50, 100], (name, config["dialogue_format"], steps)
             assert not list((experiment / name).glob("checkpoint_*/optimizer.pt"))  # finished: weights only
-    # Ray retries every failed trial once; the retry of an out-of-memory trial ends before training,
-    # so the fault fired once per such trial (it fired twice per trial before), the transient one once too.
-    fired = [p.name.split("-")[1:3] for p in markers.glob("fired-*")]
+    # Ray retries every failed trial once; the retry of an out-of-memory trial ends before training, so
+    # during the resume the fault fired once per such trial (it fired twice per trial before). The
+    # transient one fired once per trial in all, the kill notwithstanding.
+    fired = [p.name.split("-")[1:3] for p in markers.glob("fired-*") if p.name not in fired_before_resume]
     assert fired.count(["oom", "turns"]) == formats.count("turns")
+    fired = [p.name.split("-")[1:3] for p in markers.glob("fired-*")]
     assert fired.count(["once", "compact"]) == formats.count("compact")
     assert "out of memory (simulated by the test)" in completed.stdout
-    assert (experiment / "best_model" / "tuning.json").is_file()
-
-    # With the cause gone (more memory, say), --resume tries the failed trials again; each ends up in
-    # the Optuna study with its new outcome beside its FAIL record.
-    resumed = run_cli("search", "--resume", "--name", "faults", "--storage-path", str(tmp_path))
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "0 failed" in resumed.stdout
-    after = trial_results(experiment)
-    assert all(rows[-1]["step"] == 200 for rows in after.values())
     study = optuna.load_study(study_name="faults", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert all(t.state.is_finished() for t in study.trials)
+    ran = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
+    assert len(ran) == 6 - formats.count("turns")  # the history of every trial that ran is whole
+    # A trial Optuna handed out after the last saved state, if any, is closed and labelled, not left RUNNING.
+    not_ran = [t for t in study.trials if t not in ran]
+    assert all(t.user_attrs.get("abandoned") or t.params["dialogue_format"] == "turns" for t in not_ran)
+    finished = {name.removeprefix("trial_") for name, c in configs.items() if c["dialogue_format"] != "turns"}
+    record = assert_tracked(experiment, finished, interval=50) if tracked else None
+
+    # A finished search does not take another budget; with the cause gone (more memory, say), --resume
+    # tries the failed trials again, each in the Optuna study with its new outcome beside its FAIL
+    # record, and continues with one more trial: TPE learns from every earlier one (one study).
+    refused = run_cli(*resume, "--set", "scheduler.max_budget=600")
+    assert refused.returncode == 2 and "--set scheduler.max_budget=600 cannot apply" in refused.stderr
+    more = run_cli(*resume, "--num-samples", "7")
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    assert "Search finished: 7 trials" in more.stdout and "0 failed" in more.stdout
+    grown = trial_results(experiment)
+    assert len(grown) == 7 and all(rows[-1]["step"] == 100 for rows in grown.values())
+    assert all(grown[f"trial_{name}"] == after[f"trial_{name}"] for name in finished)
+    study = optuna.load_study(study_name="faults", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert len([t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]) == 7
     recovered = [t for t in study.trials if "resumed_after_failure" in t.user_attrs]
     assert len(recovered) == formats.count("turns")
     for trial in recovered:
         failed = study.trials[trial.user_attrs["resumed_after_failure"]]
         assert failed.state == optuna.trial.TrialState.FAIL and failed.params == trial.params
-        assert trial.state == optuna.trial.TrialState.COMPLETE and max(trial.intermediate_values) == 200
+        assert trial.state == optuna.trial.TrialState.COMPLETE and max(trial.intermediate_values) == 100
+    if tracked:  # the same parent run, one more child
+        assert assert_tracked(experiment, {name.removeprefix("trial_") for name in grown}, interval=50) == record
+    fewer = run_cli(*resume, "--num-samples", "3")
+    assert fewer.returncode == 2 and "already has 7 trials" in fewer.stderr
+    assert (experiment / "best_model" / "tuning.json").is_file()
 
 
 def test_no_trial_finishing_is_exit_1_and_nothing_exported(tmp_path):
@@ -109,7 +169,7 @@ def test_no_trial_finishing_is_exit_1_and_nothing_exported(tmp_path):
     completed = _search(
         tmp_path,
         "diverged",
-        "trials.num_samples=2",
+        "trials.num_samples=1",
         "scheduler.budget_unit=steps",
         "scheduler.max_budget=200",
         "scheduler.grace_period=100",
@@ -124,51 +184,6 @@ def test_no_trial_finishing_is_exit_1_and_nothing_exported(tmp_path):
     assert "became nan" in last.lower() or "is nan" in last.lower()
     assert not (tmp_path / "diverged" / "best_model").exists()
     assert "Traceback" not in completed.stderr.splitlines()[-1]
-
-
-def _reports_written(experiment: str) -> bool:
-    """Whether any trial of the experiment (a directory or a URI) has reported yet."""
-    fs, path = filesystem(experiment)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
-    return any(info.base_name == "result.json" and info.size for info in infos)
-
-
-def test_ctrl_c_stops_within_seconds_and_resume_finishes(tmp_path, s3_storage):
-    """In a bucket, the harder case: the study and the trials' files must reach the store before exit 130.
-
-    (Ctrl-C with a directory as storage runs the same handler with nothing to upload; it is not run
-    separately, to keep the suite's time: a directory's resume is covered by the kill -9 test in test_search.py.)
-    """
-    command = tiny_search_command(
-        s3_storage,
-        "interrupted",
-        "trials.num_samples=4",
-        "scheduler.budget_unit=steps",
-        "scheduler.max_budget=200",
-        "scheduler.eval_interval=100",
-        "selection.top_k=1",
-    )
-    driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    store = ExperimentStore(join(s3_storage, "interrupted"))
-    deadline = time.time() + 300
-    while time.time() < deadline and not _reports_written(store.location):
-        time.sleep(1)
-    driver.send_signal(signal.SIGINT)
-    start = time.time()
-    out, err = driver.communicate(timeout=120)
-    assert time.time() - start < 60
-    assert driver.returncode == 130, out[-2000:] + err[-2000:]
-    assert "Traceback" not in err
-    # The command the driver prints, as a shell would split it (a URI's query holds '&').
-    resume = shlex.split(err.strip().splitlines()[-1].partition("continue with: ")[2])
-    assert resume[:3] == ["python", "-m", "tune_dialsum"] and "--resume" in resume
-    resumed = subprocess.run([sys.executable, *resume[1:]], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    results = trial_results(download(store.location, tmp_path / "copy"))
-    assert len(results) == 4 and all(rows and rows[-1].get("done") for rows in results.values())
-    study_file = tmp_path / "copy" / "optuna.db"  # uploaded to the bucket when the trials ended
-    study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{study_file}")
-    assert len([t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]) == 4
 
 
 def test_stopped_trials_keep_one_checkpoint_without_optimizer_state(tiny_search):

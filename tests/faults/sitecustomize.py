@@ -10,6 +10,10 @@ trainer of every trial whose dialogue format is FORMAT raises at training step S
 
 Every fault that fires leaves a file ``fired-KIND-FORMAT-*`` in ``TUNE_DIALSUM_TEST_FAULT_MARKERS``,
 so a test can count how many times each one was trained into.
+
+A cluster's workers do not inherit the environment of the test's driver, and the cluster outlives
+one search: there, ``TUNE_DIALSUM_TEST_FAULTS_FILE`` names a file holding the entries on its first
+line and the markers directory on its second, read each time a trainer starts (no file: no fault).
 """
 
 import hashlib
@@ -20,34 +24,44 @@ import sys
 import uuid
 from pathlib import Path
 
-SPECS = [s for s in os.environ.get("TUNE_DIALSUM_TEST_FAULTS", "").split(",") if s]
-MARKERS = Path(os.environ.get("TUNE_DIALSUM_TEST_FAULT_MARKERS", "/tmp"))
+SPECS = os.environ.get("TUNE_DIALSUM_TEST_FAULTS", "")
+MARKERS = os.environ.get("TUNE_DIALSUM_TEST_FAULT_MARKERS", "/tmp")
+SPECS_FILE = os.environ.get("TUNE_DIALSUM_TEST_FAULTS_FILE")
+
+
+def _faults() -> tuple[list[tuple[str, int, str]], Path]:
+    """The faults to inject now, and where to mark those that fire."""
+    specs, markers = SPECS, MARKERS
+    if SPECS_FILE:
+        lines = Path(SPECS_FILE).read_text().splitlines() if Path(SPECS_FILE).is_file() else ["", ""]
+        specs, markers = lines[0], lines[1]
+    faults = []
+    for spec in filter(None, specs.split(",")):
+        kind, _, rest = spec.partition("@")
+        step, _, dialogue_format = rest.partition(":")
+        faults.append((kind, int(step), dialogue_format))
+    return faults, Path(markers)
 
 
 def _inject(train_module) -> None:
     import torch
     from transformers import TrainerCallback
 
-    faults = []
-    for spec in SPECS:
-        kind, _, rest = spec.partition("@")
-        step, _, dialogue_format = rest.partition(":")
-        faults.append((kind, int(step), dialogue_format))
-
     class InjectedFault(TrainerCallback):
         def __init__(self, dialogue_format: str) -> None:
             self.dialogue_format = dialogue_format
+            self.faults, self.markers = _faults()
 
         def on_step_end(self, args, state, control, **kwargs):
-            for kind, step, dialogue_format in faults:
+            for kind, step, dialogue_format in self.faults:
                 if state.global_step != step or dialogue_format != self.dialogue_format:
                     continue
-                if kind == "once":
-                    marker = MARKERS / hashlib.sha1(os.getcwd().encode()).hexdigest()
+                if kind == "once":  # per trial, by its directory's name: a resumed trial runs in a new session
+                    marker = self.markers / hashlib.sha1(Path.cwd().name.encode()).hexdigest()
                     if marker.exists():
                         continue
                     marker.touch()
-                (MARKERS / f"fired-{kind}-{dialogue_format}-{uuid.uuid4().hex}").touch()
+                (self.markers / f"fired-{kind}-{dialogue_format}-{uuid.uuid4().hex}").touch()
                 if kind == "oom":
                     raise torch.OutOfMemoryError("CUDA out of memory (simulated by the test)")
                 raise RuntimeError(f"injected failure at step {step}")
@@ -78,5 +92,5 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-if SPECS:
+if SPECS or SPECS_FILE:
     sys.meta_path.insert(0, _PatchOnImport())

@@ -1,4 +1,4 @@
-"""Checks of the MLflow runs a tracked search leaves (used by the kill-and-resume test)."""
+"""Checks of the MLflow runs a tracked search leaves (used by the faults, kill and resume lifecycle)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def assert_tracked(experiment_dir, trial_ids: set[str], interval: int) -> dict:
     parent run per search, one child per trial of ``trial_ids`` with its settings and every report at
     its budget, the export and the report as the parent's artifacts. Returns tracking.json's record.
 
-    tests/test_search.py::test_resume_after_the_driver_is_killed runs such a search, kills it, resumes it
-    and adds a trial: the same parent run goes on through all of it."""
+    tests/test_reliability.py::test_a_search_with_faults_survives_a_kill_and_its_resumes_recover_and_grow_it
+    runs such a search, kills it, resumes it, and resumes it again adding a trial: the same parent run goes on through all of it."""
     assert (experiment_dir / "mlruns" / "mlflow.db").is_file()  # the default store is inside the experiment
     client, record, runs, parent, children = _runs(experiment_dir)
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
