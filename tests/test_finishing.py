@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.test_export import _fake_checkpoint
-from tune_dialsum import outcome, scoring, selection
+from tune_dialsum import finish, outcome, scoring, selection
 from tune_dialsum.search import experiment_settings
 from tune_dialsum.space import load_space, parse_space
 from tune_dialsum.storage import ExperimentStore
@@ -52,7 +52,7 @@ def test_a_failing_rescore_or_test_scoring_keeps_the_export_and_is_named(
     monkeypatch.setattr(selection, "rescore", _raise)
     monkeypatch.setattr(scoring, "score_on_test", _raise)
     store = ExperimentStore(str(experiment))
-    result = outcome.summarize([], space, experiment_settings(space, store), store)
+    result = finish.summarize([], space, experiment_settings(space, store), store)
     assert set(result.stage_failures) == {"re-scoring", "test scoring"}
     assert (result.best.trial_id, result.best.step) == ("a", 200)  # the best by the ranking score
     assert (experiment / "best_model" / "model.safetensors").is_file()
@@ -144,7 +144,7 @@ def test_a_time_budget_ends_the_trials_and_still_chooses_and_exports(
     monkeypatch.setattr(selection, "rescore", rescore)
     monkeypatch.setattr(scoring, "score_on_test", lambda *args: None)
     store = ExperimentStore(str(experiment))
-    result = outcome.summarize([], space, experiment_settings(space, store), store, out_of_time=True)
+    result = finish.summarize([], space, experiment_settings(space, store), store, out_of_time=True)
     assert result.unfinished == 0 and {t.status for t in result.trials} == {"STOPPED"}
     assert rescored == [["a", "b"]]  # chosen on all of validation, as a search that ran to the end
     assert (experiment / "best_model" / "tuning.json").is_file()

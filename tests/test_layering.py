@@ -14,7 +14,18 @@ from tests.conftest import REPO
 
 LAYERS = [
     # the names everything shares, and leaves that need nothing of tune_dialsum
-    ["contract", "errors", "atomic", "uris", "space_schema", "lock", "data_parallel", "data.cleaning", "data.splits"],
+    [
+        "contract",
+        "errors",
+        "atomic",
+        "uris",
+        "space_schema",
+        "lock",
+        "generation",
+        "data_parallel",
+        "data.cleaning",
+        "data.splits",
+    ],
     ["data.synthetic", "data.formats", "data.loading", "data", "metrics"],
     # what a run is made of: models, storage, the space, the trainer
     ["models", "storage", "space", "rungs", "train", "inference", "tune_dialsum"],
@@ -22,8 +33,8 @@ LAYERS = [
     # readers of an experiment: its checkpoints, its recorded choices, its scores
     ["checkpoints", "choices", "scoring", "analysis"],
     # the stages after the trials, in the order each may use the ones before it
-    ["selection", "export", "decoding", "refit", "report"],
-    ["outcome"],
+    ["selection", "export", "decoding", "tune_decoding", "refit", "report"],
+    ["outcome", "finish"],
     ["search", "dashboard"],
     ["cli", "__main__"],
 ]

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tune_dialsum.checkpoints import CHECKPOINT_METADATA
 from tune_dialsum.contract import OPTUNA_DB
 from tune_dialsum.errors import UsageError
-from tune_dialsum.export import CHECKPOINT_METADATA
 from tune_dialsum.storage import ExperimentStore, join, reachable, split
 
 QUERY = "endpoint_override=127.0.0.1:9000&scheme=http"

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from tune_dialsum.checkpoints import CheckpointRecord
 from tune_dialsum.errors import UsageError
-from tune_dialsum.export import CheckpointRecord
 from tune_dialsum.outcome import SearchOutcome, format_summary
 from tune_dialsum.trainable import NotRetryable, TrialDiverged, best_so_far, is_retryable
 

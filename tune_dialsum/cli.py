@@ -371,9 +371,10 @@ def _cmd_tune_decoding(args) -> int:
     from tune_dialsum.cluster import keep_on_loopback
 
     keep_on_loopback(args.address)  # before anything can import ray
-    from tune_dialsum.decoding import format_result, tune_model
+    from tune_dialsum.decoding import format_result
     from tune_dialsum.search import experiment_settings
     from tune_dialsum.space import decoding_space
+    from tune_dialsum.tune_decoding import tune_model
 
     if not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: no such directory; pass the directory with the validation split")

@@ -29,10 +29,11 @@ from tune_dialsum.contract import (
 )
 from tune_dialsum.data_parallel import DRIVER_RESOURCES, release_placement_groups
 from tune_dialsum.errors import UsageError
+from tune_dialsum.finish import summarize
 from tune_dialsum.lock import experiment_lock
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
 from tune_dialsum.optuna_search import make_sampler, pruned_aware_optuna_search
-from tune_dialsum.outcome import SearchOutcome, format_summary, recorded_trial_ids, summarize
+from tune_dialsum.outcome import SearchOutcome, format_summary, recorded_trial_ids
 from tune_dialsum.rungs import scheduler_target
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.space_schema import TrialsSection
