@@ -31,12 +31,12 @@ from tune_dialsum.choices import BASELINE, read_decoding
 from tune_dialsum.cluster import task_slots
 from tune_dialsum.contract import DECODING_DB, DECODING_FILE
 from tune_dialsum.errors import one_line
+from tune_dialsum.experiment_settings import ExperimentSettings
 from tune_dialsum.export import format_settings
 from tune_dialsum.generation import generate_settings
 from tune_dialsum.scoring import remote_scorer
 from tune_dialsum.space import default_startup_trials
 from tune_dialsum.space_schema import DecodingSpace, ResourcesSection
-from tune_dialsum.trainable import ExperimentSettings
 
 logger = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from tune_dialsum.checkpoints import (
 )
 from tune_dialsum.contract import BEST_MODEL_DIR, DECODING_DB, DECODING_FILE, REFIT_DIR, TERMINATED, TUNING_FILE
 from tune_dialsum.errors import SearchError, one_line
+from tune_dialsum.experiment_settings import ExperimentSettings
 from tune_dialsum.export import MODEL_CARD, export_checkpoint, record_scores
 from tune_dialsum.outcome import SearchOutcome, classify
 from tune_dialsum.space import SearchSpace
 from tune_dialsum.storage import ExperimentStore
-from tune_dialsum.trainable import ExperimentSettings
 
 logger = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from tune_dialsum.contract import (
     trial_state,
 )
 from tune_dialsum.errors import one_line
+from tune_dialsum.experiment_settings import ExperimentSettings
 from tune_dialsum.export import fidelity
 from tune_dialsum.space import SearchSpace
 from tune_dialsum.storage import ExperimentStore
-from tune_dialsum.trainable import ExperimentSettings
 
 logger = logging.getLogger(__name__)
 

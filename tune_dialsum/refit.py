@@ -23,11 +23,13 @@ from pathlib import Path
 from tune_dialsum import storage
 from tune_dialsum.checkpoints import CheckpointRecord, read_checkpoint, trial_decoding
 from tune_dialsum.contract import REFIT_DIR, score_key
+from tune_dialsum.experiment_settings import ExperimentSettings
 from tune_dialsum.metrics import Difference, paired_difference
 from tune_dialsum.scoring import remote_scorer
 from tune_dialsum.selection import Candidate
 from tune_dialsum.space_schema import ResourcesSection
-from tune_dialsum.trainable import ExperimentSettings, TrialRun, release_memory, train_one
+from tune_dialsum.trainable import TrialRun, train_one
+from tune_dialsum.worker_memory import release_memory
 
 logger = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from tune_dialsum.contract import (
 )
 from tune_dialsum.data_parallel import DRIVER_RESOURCES, release_placement_groups
 from tune_dialsum.errors import UsageError
+from tune_dialsum.experiment_settings import NODE_LOCAL, ExperimentSettings
 from tune_dialsum.finish import summarize
 from tune_dialsum.lock import experiment_lock
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
@@ -38,7 +39,7 @@ from tune_dialsum.rungs import scheduler_target
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.space_schema import TrialsSection
 from tune_dialsum.storage import ExperimentStore
-from tune_dialsum.trainable import NODE_LOCAL, ExperimentSettings, train_dialsum
+from tune_dialsum.trainable import train_dialsum
 
 logger = logging.getLogger(__name__)
 

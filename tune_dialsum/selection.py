@@ -31,10 +31,10 @@ from pathlib import Path
 from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.checkpoints import CheckpointRecord, trial_decoding
 from tune_dialsum.contract import SELECTION_FILE, score_key
+from tune_dialsum.experiment_settings import ExperimentSettings
 from tune_dialsum.metrics import Difference, paired_difference
 from tune_dialsum.scoring import remote_scorer
 from tune_dialsum.space_schema import ResourcesSection
-from tune_dialsum.trainable import ExperimentSettings
 
 
 @dataclass

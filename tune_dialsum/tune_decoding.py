@@ -17,8 +17,8 @@ from tune_dialsum.choices import BASELINE, read_decoding
 from tune_dialsum.contract import DECODING_DB, DECODING_FILE, DECODING_SOURCE_FILE, RECIPE_FILE, TUNING_FILE
 from tune_dialsum.decoding import DecodingResult, DecodingStudy, run_decoding_study
 from tune_dialsum.errors import UsageError
+from tune_dialsum.experiment_settings import ExperimentSettings
 from tune_dialsum.space import DECODING_SETTINGS, SearchSpace
-from tune_dialsum.trainable import ExperimentSettings
 
 logger = logging.getLogger(__name__)
 
