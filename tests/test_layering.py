@@ -28,7 +28,19 @@ LAYERS = [
     ],
     ["data.synthetic", "data.formats", "data.loading", "data", "metrics"],
     # what a run is made of: models, storage, the space, the trainer
-    ["models", "storage", "space", "experiment_settings", "rungs", "train", "inference", "tune_dialsum"],
+    [
+        "models",
+        "storage",
+        "space_model",
+        "space_checks",
+        "space_parse",
+        "space",
+        "experiment_settings",
+        "rungs",
+        "train",
+        "inference",
+        "tune_dialsum",
+    ],
     ["retry", "worker_memory", "trial_data"],
     ["trainable", "cluster", "optuna_search", "tracking"],
     # readers of an experiment: its checkpoints, its recorded choices, its scores
