@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from tests.conftest import TINY, mechanics_sets, run_cli, trial_results
-from tune_dialsum.storage import ExperimentStore, download, join
+from tune_dialsum.locations import download, join
+from tune_dialsum.storage import ExperimentStore
 
 pytestmark = pytest.mark.slow
 

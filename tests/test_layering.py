@@ -30,6 +30,7 @@ LAYERS = [
     # what a run is made of: models, storage, the space, the trainer
     [
         "models",
+        "locations",
         "storage",
         "space_model",
         "space_checks",

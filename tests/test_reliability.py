@@ -17,7 +17,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from tests.conftest import REPO, run_cli, run_process, short_ray_tmpdir, tiny_search_command, trial_results
-from tune_dialsum.storage import ExperimentStore, download, filesystem, join
+from tune_dialsum.locations import download, filesystem, join
+from tune_dialsum.storage import ExperimentStore
 
 pytestmark = pytest.mark.slow
 FAULTS = Path(__file__).resolve().parent / "faults"

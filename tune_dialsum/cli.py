@@ -211,9 +211,9 @@ def _cmd_search(args) -> int:
     from tune_dialsum.cluster import keep_on_loopback
 
     keep_on_loopback(args.address)  # before anything can import ray
+    from tune_dialsum.locations import split
     from tune_dialsum.search import format_summary, resume_search, run_search
     from tune_dialsum.space import load_space
-    from tune_dialsum.storage import split
 
     if args.resume:
         name, storage_path = _experiment_to_resume(args)

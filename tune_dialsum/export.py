@@ -253,7 +253,7 @@ def export_experiment(
     from tune_dialsum.analysis import Experiment
     from tune_dialsum.choices import chosen_decoding, read_selection
     from tune_dialsum.contract import default_mode
-    from tune_dialsum.storage import is_uri, join, reachable, upload
+    from tune_dialsum.locations import is_uri, join, reachable, upload
 
     experiment = Experiment.load(experiment_dir)
     metric = metric or experiment.metric

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tune_dialsum import storage
+from tune_dialsum import locations
 from tune_dialsum.checkpoints import CheckpointRecord, read_checkpoint, trial_decoding
 from tune_dialsum.contract import REFIT_DIR, score_key
 from tune_dialsum.experiment_settings import ExperimentSettings
@@ -68,8 +68,8 @@ def train_anew(config: dict, settings: ExperimentSettings, target: str, experime
     trial = {"trial_id": REFIT_TRIAL_ID, "trial_name": REFIT_TRIAL_ID, "experiment": experiment}
     try:
         train_one(config, settings, scratch, TrialRun(trial, publish=lambda _report, path: saved.append(path)))
-        if storage.is_uri(target):
-            storage.upload(Path(saved[-1]), target)
+        if locations.is_uri(target):
+            locations.upload(Path(saved[-1]), target)
         else:  # a path every node reaches (the search checked it)
             shutil.copytree(saved[-1], target, dirs_exist_ok=True)
     finally:

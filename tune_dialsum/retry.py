@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 
-from tune_dialsum import storage
+from tune_dialsum import locations
 from tune_dialsum.contract import NOT_RETRYABLE_FILE, TRIAL_DIR_PREFIX
 from tune_dialsum.errors import ModelNotFoundError, TuneDialsumError, one_line
 from tune_dialsum.experiment_settings import ExperimentSettings
@@ -46,11 +46,11 @@ def is_retryable(error: BaseException) -> bool:
 def not_retryable_marker(settings: ExperimentSettings, trial_id: str) -> str | None:
     if settings.experiment_location is None:
         return None
-    return storage.join(settings.experiment_location, f"{TRIAL_DIR_PREFIX}{trial_id}", NOT_RETRYABLE_FILE)
+    return locations.join(settings.experiment_location, f"{TRIAL_DIR_PREFIX}{trial_id}", NOT_RETRYABLE_FILE)
 
 
 def record_not_retryable(marker: str, error: Exception) -> None:
     try:
-        storage.write_text(marker, json.dumps({"error": f"{type(error).__name__}: {one_line(error)}"}))
+        locations.write_text(marker, json.dumps({"error": f"{type(error).__name__}: {one_line(error)}"}))
     except (OSError, TuneDialsumError) as failed:  # the trial's own error is the one to report
         logger.warning("could not record that %s is not retryable: %s", error, one_line(failed))

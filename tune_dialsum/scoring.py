@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 
 from tune_dialsum.experiment_settings import ExperimentSettings
+from tune_dialsum.locations import download, is_uri
 from tune_dialsum.space_schema import ResourcesSection
-from tune_dialsum.storage import download, is_uri
 from tune_dialsum.trial_data import load_splits, training_frames
 
 

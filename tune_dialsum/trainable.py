@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tune_dialsum import storage
+from tune_dialsum import locations
 from tune_dialsum.contract import (
     REPORTED_SCORES,
     TRAINER_STATE_FILE,
@@ -185,7 +185,7 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
     context = tune.get_context()
     trial_id = context.get_trial_id()
     marker = not_retryable_marker(settings, trial_id)
-    earlier = storage.read_text(marker) if marker else None
+    earlier = locations.read_text(marker) if marker else None
     if earlier:
         raise NotRetryable(f"{json.loads(earlier)['error']} (not retried: another attempt would fail the same way)")
     trial = {
@@ -235,12 +235,12 @@ def _train_data_parallel(config: dict, settings: ExperimentSettings, trial: dict
     workers = Workers(
         settings.resources.workers_per_trial, settings.resources.cpus_per_worker, settings.resources.gpus_per_worker
     )
-    staging = storage.join(settings.experiment_location or str(output_dir), TRAIN_RUNS_DIR)
+    staging = locations.join(settings.experiment_location or str(output_dir), TRAIN_RUNS_DIR)
     run_name = new_run_name(trial["trial_id"])
     try:
         run_data_parallel(process, workers, run_name, staging, is_retryable)
     finally:
-        storage.delete_tree(storage.join(staging, run_name))
+        locations.delete_tree(locations.join(staging, run_name))
 
 
 def _train_worker(config, settings, trial, output_dir: Path, resume_from, rank: int, publish) -> None:
