@@ -12,20 +12,20 @@ import pytest
 
 from tests.conftest import REPO
 from tune_dialsum.errors import UsageError
+from tune_dialsum.experiment_settings import experiment_settings
 from tune_dialsum.lock import experiment_lock, lock_path
-from tune_dialsum.search import experiment_settings
 from tune_dialsum.space import load_space
 from tune_dialsum.storage import ExperimentStore
 
 
 def test_a_copied_experiment_runs_in_its_own_directory(tmp_path):
     """24.3: the copy's space.yaml still names the original; Ray must write where the copy is."""
-    from tune_dialsum.search import _build_tuner
+    from tune_dialsum.tuner import build_tuner
 
     space = load_space(REPO / "search_spaces" / "tiny.yaml")  # name: tiny-demo
     store = ExperimentStore(str(tmp_path / "copy-of-demo"))
     store.local.mkdir()
-    tuner = _build_tuner(space, experiment_settings(space, store), store, 1, False, [])
+    tuner = build_tuner(space, experiment_settings(space, store), store, 1, False, [])
     assert tuner._local_tuner.get_run_config().name == "copy-of-demo"
 
 

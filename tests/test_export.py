@@ -248,7 +248,7 @@ def test_an_interrupted_continuation_leaves_a_finished_runs_model_and_choices_as
     from tests.conftest import REPO
     from tune_dialsum import finish, outcome
     from tune_dialsum.choices import read_selection
-    from tune_dialsum.search import experiment_settings
+    from tune_dialsum.experiment_settings import experiment_settings
     from tune_dialsum.space import load_space
     from tune_dialsum.storage import ExperimentStore
 
@@ -277,7 +277,7 @@ def test_an_interrupted_continuation_leaves_a_finished_runs_model_and_choices_as
 def test_an_interrupted_first_run_exports_its_best_by_the_ranking_score(fake_experiment):
     from tests.conftest import REPO
     from tune_dialsum import finish
-    from tune_dialsum.search import experiment_settings
+    from tune_dialsum.experiment_settings import experiment_settings
     from tune_dialsum.space import load_space
     from tune_dialsum.storage import ExperimentStore
 

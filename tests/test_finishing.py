@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import REPO
 from tests.test_export import _fake_checkpoint
 from tune_dialsum import finish, outcome, scoring, selection
-from tune_dialsum.search import experiment_settings
+from tune_dialsum.experiment_settings import experiment_settings
 from tune_dialsum.space import load_space, parse_space
 from tune_dialsum.storage import ExperimentStore
 

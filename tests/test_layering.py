@@ -49,7 +49,7 @@ LAYERS = [
     # the stages after the trials, in the order each may use the ones before it
     ["selection", "export", "decoding", "tune_decoding", "refit", "report"],
     ["outcome", "finish"],
-    ["search", "dashboard"],
+    ["tuner", "search", "dashboard"],
     ["cli", "__main__"],
 ]
 ORDER = [module for layer in LAYERS for module in layer]

@@ -6,9 +6,12 @@ read the settings without importing the trainer.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
-from tune_dialsum.contract import TIME_ATTRS
+from tune_dialsum.contract import TIME_ATTRS, TOKENIZED_CACHE
+from tune_dialsum.space import SearchSpace
 from tune_dialsum.space_schema import DataSection, ObjectiveSection, ResourcesSection, SchedulerSection
 
 # ExperimentSettings.cache_dir for experiments kept at a URI: each node caches under its own tune_dialsum cache.
@@ -44,3 +47,21 @@ class ExperimentSettings:
         trial stopped whose best checkpoint is the best of all; the raw value stays under ``metric``.
         """
         return f"best_{self.objective.metric}"
+
+
+def experiment_settings(space: SearchSpace, store=None) -> ExperimentSettings:
+    """What every trial shares; tokenized data is cached in the experiment (``store``: storage.ExperimentStore),
+    or per node where that is a URI."""
+    cache_dir = None
+    if store is not None:
+        cache_dir = NODE_LOCAL if store.remote else str(store.local / TOKENIZED_CACHE)
+    return ExperimentSettings(
+        data=dataclasses.replace(space.data, path=str(Path(space.data.path).expanduser().resolve())),
+        objective=space.objective,
+        scheduler=space.scheduler,
+        resources=space.resources,
+        seed=space.seed,
+        trust_remote_code=space.trust_remote_code,
+        cache_dir=cache_dir,
+        experiment_location=store.location if store is not None else None,
+    )
