@@ -22,6 +22,7 @@ LAYERS = [
         "space_schema",
         "lock",
         "generation",
+        "executor",
         "data_parallel",
         "data.cleaning",
         "data.splits",

@@ -7,7 +7,7 @@ settings each value costs a retraining; here they cost a decoding of the validat
 Once the training search has chosen its best checkpoints (selection.py), an Optuna study (TPE,
 seeded) samples ``generate()`` settings and the checkpoint; each decoding trial decodes the
 validation split (or its first ``max_eval_samples``) as a Ray task with a trial's resources,
-several at once, and records ROUGE, the summaries' mean length and the seconds per summary. The
+several at once (executor.py), and records ROUGE, the summaries' mean length and the seconds per summary. The
 decoding each checkpoint was scored with in training is measured beside them (the baseline), so
 among decodings that meet the constraints the choice is never worse than it on these examples. The chosen decoding is the best by the
 objective among those that meet the constraints (which TPE is told: Optuna's constrained TPE);
@@ -34,7 +34,7 @@ from tune_dialsum.errors import one_line
 from tune_dialsum.experiment_settings import ExperimentSettings
 from tune_dialsum.export import format_settings
 from tune_dialsum.generation import generate_settings
-from tune_dialsum.scoring import remote_scorer
+from tune_dialsum.scoring import score_model, scoring_tasks
 from tune_dialsum.space import default_startup_trials
 from tune_dialsum.space_schema import DecodingSpace, ResourcesSection
 
@@ -170,34 +170,27 @@ def _open_study(study: DecodingStudy):
 
 def _decode(study: DecodingStudy, optuna_study, baselines: list[DecodingTrial], written) -> None:
     """Decode each checkpoint's missing baseline and the study's missing trials, ``slots`` at once."""
-    import ray
-
     space, labels = study.space, list(study.models)
-    scorer = remote_scorer(study.resources)
+    tasks = scoring_tasks(study.resources)
 
     def submit(label: str, settings: dict):
         location = study.models[label][0]
-        return scorer.remote(location, study.settings, "validation", settings, space.max_eval_samples)
+        return tasks.submit(score_model, location, study.settings, "validation", settings, space.max_eval_samples)
 
     pending = {}  # Ray reference -> (Optuna trial, or None for a baseline; label; settings)
     for label in labels:
         if not any(r.checkpoint == label for r in baselines):
             pending[submit(label, study.models[label][1])] = (None, label, study.models[label][1])
     remaining = space.num_samples - len(_study_records(optuna_study))
-    slots = task_slots(study.resources, remaining + len(pending), per="worker")
+    slots = tasks.at_once() or task_slots(study.resources, remaining + len(pending), per="worker")
     try:
-        _decode_until_done(study, optuna_study, baselines, written, submit, pending, remaining, slots)
+        _decode_until_done(study, optuna_study, baselines, written, tasks, submit, pending, remaining, slots)
     finally:  # a stage that fails (or is interrupted) gives back what its queued decodings hold
-        for reference in pending:
-            try:
-                ray.cancel(reference, force=True)
-            except Exception:  # noqa: BLE001, S110 (a node already lost: the failure that ended the stage is the one to tell)
-                pass
+        for handle in pending:
+            tasks.cancel(handle)
 
 
-def _decode_until_done(study, optuna_study, baselines, written, submit, pending: dict, remaining: int, slots: int):
-    import ray
-
+def _decode_until_done(study, optuna_study, baselines, written, tasks, submit, pending: dict, remaining, slots: int):
     space, labels = study.space, list(study.models)
     while remaining > 0 or pending:
         while remaining > 0 and len(pending) < slots:
@@ -208,11 +201,11 @@ def _decode_until_done(study, optuna_study, baselines, written, submit, pending:
             settings = generate_settings(study.models[label][1], sampled)
             pending[submit(label, settings)] = (trial, label, settings)
             remaining -= 1
-        [ready], _ = ray.wait(list(pending), num_returns=1)
+        ready = tasks.first_done(list(pending))
         trial, label, settings = pending.pop(ready)
         record = DecodingTrial(BASELINE if trial is None else trial.number, label, settings)
         try:
-            record.scores = ray.get(ready)
+            record.scores = tasks.result(ready)
         except Exception as err:  # one decoding that fails (memory, a setting generate() refuses) ends alone
             record.error = one_line(err)
             logger.warning("decoding trial %s failed: %s", record.number, record.error)

@@ -20,12 +20,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tune_dialsum import locations
+from tune_dialsum import executor, locations
 from tune_dialsum.checkpoints import CheckpointRecord, read_checkpoint, trial_decoding
 from tune_dialsum.contract import REFIT_DIR, score_key
 from tune_dialsum.experiment_settings import ExperimentSettings
 from tune_dialsum.metrics import Difference, paired_difference
-from tune_dialsum.scoring import remote_scorer
+from tune_dialsum.scoring import score_model, scoring_tasks
 from tune_dialsum.selection import Candidate
 from tune_dialsum.space_schema import ResourcesSection
 from tune_dialsum.trainable import TrialRun, train_one
@@ -81,23 +81,22 @@ def refit(chosen: Candidate, settings: ExperimentSettings, resources: ResourcesS
     """Train ``chosen``'s settings anew, score it on all of validation, decide whether it is exported."""
     import time
 
-    import ray
-
     clock = time.perf_counter()
     config = chosen.record.snapshot.get("config", {})
     local = store.local / REFIT_DIR / "final"
     shutil.rmtree(local, ignore_errors=True)
-    task = ray.remote(train_anew).options(
-        num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial, max_retries=0
-    )
+    training = executor.tasks(resources.cpus_per_trial, resources.gpus_per_trial, max_retries=0)
     experiment = chosen.record.snapshot.get("experiment", REFIT_TRIAL_ID)
-    ray.get(task.remote(config, settings, store.where(local), experiment))
+    training.result(training.submit(train_anew, config, settings, store.where(local), experiment))
     store.fetch(local)
     record = read_checkpoint(local)
     if record is None:
         raise RuntimeError(f"the refit left no complete checkpoint at {store.where(local)}")
-    scorer = remote_scorer(resources)  # decoded where the candidates were, with a trial's resources
-    full = ray.get(scorer.remote(store.where(local), settings, "validation", trial_decoding(config), per_example=True))
+    scoring = scoring_tasks(resources)  # decoded where the candidates were, with a trial's resources
+    decoding = trial_decoding(config)
+    full = scoring.result(
+        scoring.submit(score_model, store.where(local), settings, "validation", decoding, per_example=True)
+    )
     judged = judge(record, full, chosen, settings.objective.metric, settings.objective.mode)
     judged.seconds = time.perf_counter() - clock
     return judged
