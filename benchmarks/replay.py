@@ -1,7 +1,7 @@
 """Replay searches against recorded learning curves: many seeds in seconds, no training.
 
-The searcher and scheduler are the ones ``search`` builds (``search.build_searcher`` /
-``search.build_scheduler``: Optuna behind the project's OptunaSearch with its PRUNED handling, ASHA
+The searcher and scheduler are the ones ``search`` builds (``tuner.build_searcher`` /
+``tuner.build_scheduler``: Optuna behind the project's OptunaSearch with its PRUNED handling, ASHA
 on the best score so far), driven by a simulated clock with ``max_concurrent`` simulated workers.
 Instead of training, a trial reads its configuration's curve from a table that
 ``benchmarks/record_curves.py`` recorded: at each report it hands over the subset score a real
@@ -143,8 +143,9 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
     import numpy as np
     from ray.tune.schedulers import TrialScheduler
 
+    from tune_dialsum.experiment_settings import experiment_settings
     from tune_dialsum.rungs import rung_report
-    from tune_dialsum.search import build_scheduler, build_searcher, experiment_settings
+    from tune_dialsum.tuner import build_scheduler, build_searcher
 
     np.random.seed(space.seed)  # ASHA draws its bracket from numpy's global generator
     settings = experiment_settings(space)

@@ -41,7 +41,7 @@ def main() -> None:
     storage = model_dir.parent / "ray_results"
     from tune_dialsum.checkpoints import best_checkpoint, find_checkpoints, find_record
     from tune_dialsum.choices import read_selection
-    from tune_dialsum.search import experiment_settings
+    from tune_dialsum.experiment_settings import experiment_settings
     from tune_dialsum.space import parse_space
 
     rows = []

@@ -252,7 +252,7 @@ def test_security_yaml_tags_that_would_run_code_are_refused(tmp_path, capsys):
 def test_security_remote_code_is_off_unless_the_space_turns_it_on(tmp_path):
     import yaml
 
-    from tune_dialsum.search import experiment_settings
+    from tune_dialsum.experiment_settings import experiment_settings
     from tune_dialsum.space import parse_space
 
     raw = yaml.safe_load(SPACE.format(data=BUNDLED_DATA))

@@ -25,7 +25,8 @@ from tests.conftest import (
     training_only_sets,
     trial_results,
 )
-from tune_dialsum.storage import ExperimentStore, download, filesystem, join
+from tune_dialsum.locations import download, filesystem, join
+from tune_dialsum.storage import ExperimentStore
 
 pytestmark = pytest.mark.slow
 

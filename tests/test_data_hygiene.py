@@ -11,8 +11,9 @@ import pandas as pd
 from tests.conftest import BUNDLED_DATA
 from tune_dialsum import DialogueDataLoader, DialogueSummarizationTrainer
 from tune_dialsum.data import hold_out, training_splits
+from tune_dialsum.experiment_settings import ExperimentSettings
 from tune_dialsum.space_schema import DataSection, ObjectiveSection, ResourcesSection, SchedulerSection
-from tune_dialsum.trainable import ExperimentSettings, _prepared_datasets, training_frames
+from tune_dialsum.trial_data import prepared_datasets, training_frames
 
 
 def _no_validation_data(root, rows: int = 40):
@@ -85,14 +86,14 @@ def test_tokenized_cache_is_rebuilt_when_the_data_changes_in_place(tmp_path, tin
     data = _no_validation_data(tmp_path / "data", rows=20)
     settings = _settings(data, cache_dir=str(tmp_path / "cache"))
     trainer = DialogueSummarizationTrainer(str(tiny_models["t5"]), output_dir=str(tmp_path / "out"))
-    first = _prepared_datasets(trainer, settings)
+    first = prepared_datasets(trainer, settings)
     assert len(list((tmp_path / "cache").glob("*/dataset_dict.json"))) == 1
-    assert _prepared_datasets(trainer, settings)["train"].num_rows == first["train"].num_rows
+    assert prepared_datasets(trainer, settings)["train"].num_rows == first["train"].num_rows
     _no_validation_data(data, rows=40)  # the same path, other contents
-    from tune_dialsum.trainable import _load_splits
+    from tune_dialsum.trial_data import _load_splits
 
     _load_splits.cache_clear()  # a new process would read the files afresh
-    second = _prepared_datasets(trainer, settings)
+    second = prepared_datasets(trainer, settings)
     assert second["train"].num_rows == 32 and len(list((tmp_path / "cache").glob("*/dataset_dict.json"))) == 2
 
 
@@ -104,5 +105,5 @@ def test_tokenized_cache_key_includes_the_tokenizer_itself(tmp_path):
     model = tmp_path / "model"
     for tokenizer_data in (data, BUNDLED_DATA):  # the same path and recipe, another tokenizer in place
         build_tiny_model("t5", model, data_dir=str(tokenizer_data))
-        _prepared_datasets(DialogueSummarizationTrainer(str(model), output_dir=str(tmp_path / "out")), settings)
+        prepared_datasets(DialogueSummarizationTrainer(str(model), output_dir=str(tmp_path / "out")), settings)
     assert len(list((tmp_path / "cache").glob("*/dataset_dict.json"))) == 2

@@ -137,7 +137,7 @@ def test_a_workers_error_is_unwrapped_for_the_retry_decision():
     from ray.train import WorkerGroupError
 
     from tune_dialsum.data_parallel import worker_error
-    from tune_dialsum.trainable import TrialDiverged, is_retryable
+    from tune_dialsum.retry import TrialDiverged, is_retryable
 
     diverged = TrialDiverged("training loss became nan at step 5; lower the learning rate")
     wrapped = RayTaskError("train_fn", "traceback", diverged)

@@ -10,17 +10,10 @@ from transformers import GenerationConfig
 
 from tests.conftest import REPO, run_cli
 from tune_dialsum.analysis import Experiment
-from tune_dialsum.decoding import (
-    BASELINE,
-    DecodingResult,
-    DecodingTrial,
-    choose,
-    format_result,
-    generate_settings,
-    mark_fronts,
-    read_decoding,
-)
+from tune_dialsum.choices import BASELINE, read_decoding
+from tune_dialsum.decoding import DecodingResult, DecodingTrial, choose, format_result, mark_fronts
 from tune_dialsum.export import set_generation_config
+from tune_dialsum.generation import generate_settings
 from tune_dialsum.space import load_space
 
 

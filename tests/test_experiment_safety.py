@@ -12,20 +12,20 @@ import pytest
 
 from tests.conftest import REPO
 from tune_dialsum.errors import UsageError
+from tune_dialsum.experiment_settings import experiment_settings
 from tune_dialsum.lock import experiment_lock, lock_path
-from tune_dialsum.search import experiment_settings
 from tune_dialsum.space import load_space
 from tune_dialsum.storage import ExperimentStore
 
 
 def test_a_copied_experiment_runs_in_its_own_directory(tmp_path):
     """24.3: the copy's space.yaml still names the original; Ray must write where the copy is."""
-    from tune_dialsum.search import _build_tuner
+    from tune_dialsum.tuner import build_tuner
 
     space = load_space(REPO / "search_spaces" / "tiny.yaml")  # name: tiny-demo
     store = ExperimentStore(str(tmp_path / "copy-of-demo"))
     store.local.mkdir()
-    tuner = _build_tuner(space, experiment_settings(space, store), store, 1, False, [])
+    tuner = build_tuner(space, experiment_settings(space, store), store, 1, False, [])
     assert tuner._local_tuner.get_run_config().name == "copy-of-demo"
 
 
@@ -96,8 +96,8 @@ def test_a_search_refuses_an_experiment_another_driver_holds(tmp_path):
 
 def test_tune_decoding_refuses_an_out_that_holds_another_models_study(tmp_path, tiny_models):
     """24.12: ``--out X`` with a study continues only the study of the same model."""
-    from tune_dialsum.decoding import tune_model
     from tune_dialsum.space import decoding_space
+    from tune_dialsum.tune_decoding import tune_model
 
     out = tmp_path / "decoded"
     out.mkdir()
@@ -110,7 +110,7 @@ def test_tune_decoding_refuses_an_out_that_holds_another_models_study(tmp_path, 
 
 def test_decoding_holds_out_the_rows_the_model_was_trained_without(tmp_path):
     """24.15: the seed the model's rows were held out with, not the space's, draws tune-decoding's rows."""
-    from tune_dialsum.decoding import _on_the_models_rows
+    from tune_dialsum.tune_decoding import _on_the_models_rows
 
     space = load_space(REPO / "search_spaces" / "tiny.yaml")  # seed 0
     settings = experiment_settings(space)

@@ -7,8 +7,9 @@ import pytest
 
 from tests.conftest import run_cli, trial_results
 from tune_dialsum import export
+from tune_dialsum.checkpoints import best_checkpoint, find_checkpoints
 from tune_dialsum.errors import ExportError, UsageError
-from tune_dialsum.export import best_checkpoint, export_checkpoint, find_checkpoints
+from tune_dialsum.export import export_checkpoint
 
 
 def _fake_checkpoint(root, trial, index, step, rouge_l, model_dir):
@@ -221,7 +222,7 @@ def test_export_of_a_missing_experiment_is_a_clear_error(tmp_path):
 
 
 def test_trimming_a_stopped_trial_keeps_the_checkpoints_selection_chose(fake_experiment):
-    from tune_dialsum.outcome import trim_ended_trials
+    from tune_dialsum.finish import trim_ended_trials
     from tune_dialsum.storage import ExperimentStore
 
     records = find_checkpoints(fake_experiment)
@@ -245,9 +246,9 @@ def _record_trials(experiment_dir, *trial_ids):
 def test_an_interrupted_continuation_leaves_a_finished_runs_model_and_choices_as_they_were(fake_experiment):
     """Issue 24.1: a ``--resume --num-samples N`` stopped by Ctrl-C has ranking scores only; the tested model stays."""
     from tests.conftest import REPO
-    from tune_dialsum import outcome
-    from tune_dialsum.search import experiment_settings
-    from tune_dialsum.selection import read_selection
+    from tune_dialsum import finish, outcome
+    from tune_dialsum.choices import read_selection
+    from tune_dialsum.experiment_settings import experiment_settings
     from tune_dialsum.space import load_space
     from tune_dialsum.storage import ExperimentStore
 
@@ -262,25 +263,27 @@ def test_an_interrupted_continuation_leaves_a_finished_runs_model_and_choices_as
 
     _record_trials(fake_experiment, "a", "b")
     store = ExperimentStore(str(fake_experiment))
-    result = outcome.summarize([], space, experiment_settings(space, store), store)
+    result = finish.summarize([], space, experiment_settings(space, store), store)
 
     assert (model / "tuning.json").read_text() == tuning_before  # neither replaced nor re-exported
     assert (result.best.trial_id, result.best.step) == ("b", 300)
     assert read_selection(fake_experiment)["chosen"] == {"trial_id": "b", "step": 300}
     assert "Kept: the model an earlier finished run of this experiment exported" in outcome.format_summary(result)
-    assert chosen.path in outcome.recorded_choices(fake_experiment)  # and so a trim keeps it
+    assert chosen.path in finish.recorded_choices(
+        fake_experiment, find_checkpoints(fake_experiment)
+    )  # and so a trim keeps it
 
 
 def test_an_interrupted_first_run_exports_its_best_by_the_ranking_score(fake_experiment):
     from tests.conftest import REPO
-    from tune_dialsum import outcome
-    from tune_dialsum.search import experiment_settings
+    from tune_dialsum import finish
+    from tune_dialsum.experiment_settings import experiment_settings
     from tune_dialsum.space import load_space
     from tune_dialsum.storage import ExperimentStore
 
     space = load_space(REPO / "search_spaces" / "tiny.yaml")
     _record_trials(fake_experiment, "a", "b")
     store = ExperimentStore(str(fake_experiment))
-    result = outcome.summarize([], space, experiment_settings(space, store), store)
+    result = finish.summarize([], space, experiment_settings(space, store), store)
     assert (result.best.trial_id, result.best.step) == ("a", 200) and not result.kept_earlier_export
     assert json.loads((fake_experiment / "best_model" / "tuning.json").read_text())["trial_id"] == "a"

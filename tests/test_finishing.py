@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 import pytest
 import yaml
 
 from tests.conftest import REPO
 from tests.test_export import _fake_checkpoint
-from tune_dialsum import outcome, scoring, selection
-from tune_dialsum.search import experiment_settings
+from tune_dialsum import finish, outcome, scoring, selection
+from tune_dialsum.experiment_settings import experiment_settings
 from tune_dialsum.space import load_space, parse_space
 from tune_dialsum.storage import ExperimentStore
 
@@ -52,7 +53,7 @@ def test_a_failing_rescore_or_test_scoring_keeps_the_export_and_is_named(
     monkeypatch.setattr(selection, "rescore", _raise)
     monkeypatch.setattr(scoring, "score_on_test", _raise)
     store = ExperimentStore(str(experiment))
-    result = outcome.summarize([], space, experiment_settings(space, store), store)
+    result = finish.summarize([], space, experiment_settings(space, store), store)
     assert set(result.stage_failures) == {"re-scoring", "test scoring"}
     assert (result.best.trial_id, result.best.step) == ("a", 200)  # the best by the ranking score
     assert (experiment / "best_model" / "model.safetensors").is_file()
@@ -75,33 +76,46 @@ def test_the_search_command_says_a_failed_stage_in_its_exit_code(monkeypatch, ca
 
 def test_a_decoding_stage_that_fails_cancels_what_it_queued(monkeypatch, tmp_path):
     """Issue 24.14: queued decodings hold CPUs or a GPU share until cancelled."""
-    import ray
-
-    from tune_dialsum import decoding
+    from tune_dialsum import decoding, executor
 
     submitted, cancelled = [], []
 
-    class Scorer:
-        @staticmethod
-        def remote(*args, **kwargs):
+    class NodeLost:  # the tasks queue, then a node dies before the first one ends
+        def at_once(self):
+            return None  # as many as the cluster fits: two, below
+
+        def submit(self, fn, *args, **kwargs):
             submitted.append(object())
             return submitted[-1]
 
-    def node_lost(*args, **kwargs):
-        raise RuntimeError("the node died")
+        def first_done(self, handles):
+            raise RuntimeError("the node died")
 
-    monkeypatch.setattr(decoding, "remote_scorer", lambda resources: Scorer)
+        def cancel(self, handle):
+            cancelled.append(handle)
+
     monkeypatch.setattr(decoding, "task_slots", lambda resources, tasks, per: 2)  # room for two at once
-    monkeypatch.setattr(ray, "wait", node_lost)
-    monkeypatch.setattr(ray, "cancel", lambda reference, force=False: cancelled.append(reference))
     space = load_space(REPO / "search_spaces" / "tiny.yaml")
     settings = experiment_settings(space)
     study = decoding.DecodingStudy(
         "d", tmp_path, {"a@1": ("m1", {}), "b@2": ("m2", {})}, space.decoding, settings, space.resources
     )
-    with pytest.raises(RuntimeError, match="the node died"):
+    with executor.installed(NodeLost()), pytest.raises(RuntimeError, match="the node died"):
         decoding.run_decoding_study(study)
     assert submitted and cancelled == submitted
+
+
+def test_a_cancel_that_fails_hides_nothing_of_the_failure_that_ended_the_stage(monkeypatch):
+    """A node already lost cannot cancel its task: the stage's own error is the one to tell."""
+    import ray
+
+    from tune_dialsum.executor import RayTasks
+
+    def lost(reference, force=False):
+        raise ray.exceptions.RaySystemError("the node is gone")
+
+    monkeypatch.setattr(ray, "cancel", lost)
+    RayTasks(1, 0).cancel(object())  # does not raise
 
 
 def test_scoring_loads_a_model_with_the_spaces_trust_remote_code(monkeypatch, tiny_models):
@@ -144,7 +158,7 @@ def test_a_time_budget_ends_the_trials_and_still_chooses_and_exports(
     monkeypatch.setattr(selection, "rescore", rescore)
     monkeypatch.setattr(scoring, "score_on_test", lambda *args: None)
     store = ExperimentStore(str(experiment))
-    result = outcome.summarize([], space, experiment_settings(space, store), store, out_of_time=True)
+    result = finish.summarize([], space, experiment_settings(space, store), store, out_of_time=True)
     assert result.unfinished == 0 and {t.status for t in result.trials} == {"STOPPED"}
     assert rescored == [["a", "b"]]  # chosen on all of validation, as a search that ran to the end
     assert (experiment / "best_model" / "tuning.json").is_file()
@@ -153,3 +167,47 @@ def test_a_time_budget_ends_the_trials_and_still_chooses_and_exports(
     assert (
         "Time budget reached (trials.time_budget_s: 60 s): 2 running trials stopped at it, 1 never started" in summary
     )
+
+
+def test_the_stages_after_the_trials_run_in_order_without_ray(tmp_path, tiny_models, monkeypatch):
+    """finish.py's one sequence on real checkpoints, its tasks inline (executor.Inline): re-score the
+    candidates, decode, export once with every score, score on test, trim what ended trials no longer need."""
+    from tests.test_export import _fake_checkpoint
+    from tune_dialsum import executor, export
+    from tune_dialsum.contract import STOPPED, TERMINATED
+    from tune_dialsum.data.synthetic import write_dataset
+    from tune_dialsum.finish import Finish
+    from tune_dialsum.outcome import SearchOutcome, TrialSummary
+    from tune_dialsum.storage import ExperimentStore
+
+    data, root = tmp_path / "data", tmp_path / "exp"
+    write_dataset(data, sizes=(("train", 40), ("validation", 8), ("test", 8)))
+    for trial, index, step, score in (("a", 1, 200, 0.61), ("a", 2, 300, 0.48), ("b", 1, 300, 0.55)):
+        _fake_checkpoint(root, trial, index, step, score, tiny_models["bart"])
+    overrides = [f"data.path={data}", "selection.top_k=2", "decoding.num_samples=2", "decoding.max_eval_samples=8"]
+    space = load_space(REPO / "search_spaces" / "tiny.yaml", overrides)
+    store = ExperimentStore(str(root))
+    outcome = SearchOutcome(store.location, root, space.metric, space.mode, 6400, "samples")
+    outcome.trials = [TrialSummary("a", STOPPED, 1600, 0.61, {}), TrialSummary("b", TERMINATED, 6400, 0.55, {})]
+    exports, recorded = [], []
+    monkeypatch.setattr(export, "record_scores", lambda *args, **kwargs: recorded.append(kwargs))
+    original = export.export_checkpoint
+    monkeypatch.setattr(
+        sys.modules["tune_dialsum.finish"], "export_checkpoint", lambda *a, **k: exports.append(k) or original(*a, **k)
+    )
+    monkeypatch.setattr(sys.modules["tune_dialsum.finish"], "record_scores", export.record_scores)
+    inline = executor.Inline()
+    with executor.installed(inline):
+        Finish(outcome, space, experiment_settings(space, store), store).run()
+
+    splits = [(args[2], args[4] if len(args) > 4 else None) for _, args, _ in inline.submitted]
+    rescored, decoded, tested = splits[:2], splits[2:-2], splits[-2:] if outcome.test_training_decoding else splits[-1:]
+    assert rescored == [("validation", None)] * 2  # every validation example: the two candidates
+    assert len(outcome.candidates) == 2 and outcome.full_validation["examples"] == 8
+    assert decoded and all(split == ("validation", 8) for split in decoded)  # the decoding study's subset
+    assert outcome.decoding is not None and sum(not r.baseline for r in outcome.decoding.records) == 2
+    assert all(split == "test" for split, _ in tested) and outcome.test["examples"] == 8
+    # written once, with every score measured before it; the test scores added after
+    assert len(exports) == 1 and {"full_validation", "selection", "decoding"} <= set(exports[0]["scores"])
+    assert [set(r) for r in recorded] == [{"test", "test_training_decoding"}]
+    assert not list(root.rglob("optimizer.pt"))  # both trials ended: neither trains again

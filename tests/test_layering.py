@@ -14,17 +14,43 @@ from tests.conftest import REPO
 
 LAYERS = [
     # the names everything shares, and leaves that need nothing of tune_dialsum
-    ["contract", "errors", "atomic", "uris", "space_schema", "lock", "data_parallel", "data.cleaning", "data.splits"],
+    [
+        "contract",
+        "errors",
+        "atomic",
+        "uris",
+        "space_schema",
+        "lock",
+        "generation",
+        "executor",
+        "data_parallel",
+        "data.cleaning",
+        "data.splits",
+    ],
     ["data.synthetic", "data.formats", "data.loading", "data", "metrics"],
     # what a run is made of: models, storage, the space, the trainer
-    ["models", "storage", "space", "rungs", "train", "inference", "tune_dialsum"],
+    [
+        "models",
+        "locations",
+        "storage",
+        "space_model",
+        "space_checks",
+        "space_parse",
+        "space",
+        "experiment_settings",
+        "rungs",
+        "train",
+        "inference",
+        "tune_dialsum",
+    ],
+    ["retry", "worker_memory", "trial_data"],
     ["trainable", "cluster", "optuna_search", "tracking"],
     # readers of an experiment: its checkpoints, its recorded choices, its scores
     ["checkpoints", "choices", "scoring", "analysis"],
     # the stages after the trials, in the order each may use the ones before it
-    ["selection", "export", "decoding", "refit", "report"],
-    ["outcome"],
-    ["search", "dashboard"],
+    ["selection", "export", "decoding", "tune_decoding", "refit", "report"],
+    ["outcome", "finish"],
+    ["tuner", "search", "dashboard"],
     ["cli", "__main__"],
 ]
 ORDER = [module for layer in LAYERS for module in layer]

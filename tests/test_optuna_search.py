@@ -12,8 +12,9 @@ import math
 import pytest
 
 from tests.conftest import BUNDLED_DATA, TINY
-from tune_dialsum.search import build_searcher, experiment_settings
+from tune_dialsum.experiment_settings import experiment_settings
 from tune_dialsum.space import load_space
+from tune_dialsum.tuner import build_searcher
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tune_dialsum.checkpoints import CheckpointRecord
 from tune_dialsum.contract import RUNG_SCORE
-from tune_dialsum.export import CheckpointRecord
 from tune_dialsum.metrics import bootstrap_interval, is_degenerate, paired_difference
 from tune_dialsum.rungs import rung_report, scheduler_target
 from tune_dialsum.selection import Candidate, choose, ranked, within_noise

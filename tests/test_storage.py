@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tune_dialsum.checkpoints import CHECKPOINT_METADATA
 from tune_dialsum.contract import OPTUNA_DB
 from tune_dialsum.errors import UsageError
-from tune_dialsum.export import CHECKPOINT_METADATA
-from tune_dialsum.storage import ExperimentStore, join, reachable, split
+from tune_dialsum.locations import join, reachable, split
+from tune_dialsum.storage import ExperimentStore
 
 QUERY = "endpoint_override=127.0.0.1:9000&scheme=http"
 
@@ -182,14 +183,14 @@ def test_a_key_that_leaves_the_experiment_is_refused_by_pull(remote_experiment, 
 
 def test_replacing_a_directory_in_a_bucket_keeps_a_whole_copy_at_every_moment(s3_storage, tmp_path, monkeypatch):
     """Issue 24.5: the old model is not deleted before the new one is whole beside it."""
-    import tune_dialsum.storage as storage
+    import tune_dialsum.locations as locations
 
     target = join(s3_storage, "model")
     for version in ("old", "new"):
         (tmp_path / version).mkdir()
         (tmp_path / version / "weights.bin").write_text(version * 100)
-    storage.upload(tmp_path / "old", target)
-    fs, path = storage.filesystem(target)
+    locations.upload(tmp_path / "old", target)
+    fs, path = locations.filesystem(target)
     original = pafs.copy_files
 
     def crash_on_the_last_copy(source, destination, **kwargs):
@@ -199,7 +200,7 @@ def test_replacing_a_directory_in_a_bucket_keeps_a_whole_copy_at_every_moment(s3
 
     monkeypatch.setattr(pafs, "copy_files", crash_on_the_last_copy)
     with pytest.raises(UsageError, match="simulated crash"):
-        storage.upload(tmp_path / "new", target)
+        locations.upload(tmp_path / "new", target)
     monkeypatch.undo()
     parent = path.rpartition("/")[0]
     copies = {k.split("/")[0]: size for k, size in _files(fs, parent).items() if k.endswith("weights.bin")}
@@ -207,7 +208,7 @@ def test_replacing_a_directory_in_a_bucket_keeps_a_whole_copy_at_every_moment(s3
     assert any(name.startswith("model.new-") and size == 300 for name, size in copies.items()), copies
     mirror = ExperimentStore(s3_storage).pull(())  # what a crash left is not mirrored (whole models)
     assert sorted(p.name for p in mirror.iterdir()) == []
-    storage.upload(tmp_path / "new", target)
+    locations.upload(tmp_path / "new", target)
     assert _files(fs, path) == {"weights.bin": 300}
     assert set(_files(fs, parent)) == {"model/weights.bin"}  # the next replace removed them
     with fs.open_input_stream(f"{path}/weights.bin") as stream:

@@ -13,7 +13,8 @@ from tune_dialsum.space import parse_space
 
 mlflow = pytest.importorskip("mlflow", reason="mlflow is the optional 'tracking' extra")
 
-# A tracked search killed, resumed and grown: tests/test_search.py::test_resume_after_the_driver_is_killed,
+# A tracked search killed, resumed and grown:
+# tests/test_reliability.py::test_a_search_with_faults_survives_a_kill_and_its_resumes_recover_and_grow_it,
 # with the checks of tests/helpers/mlflow_runs.py.
 
 

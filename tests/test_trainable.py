@@ -7,18 +7,19 @@ import math
 import pytest
 import torch
 
+from tune_dialsum.checkpoints import CheckpointRecord
 from tune_dialsum.errors import UsageError
-from tune_dialsum.export import CheckpointRecord
 from tune_dialsum.outcome import SearchOutcome, format_summary
-from tune_dialsum.trainable import NotRetryable, TrialDiverged, best_so_far, is_retryable
+from tune_dialsum.retry import NotRetryable, TrialDiverged, is_retryable
+from tune_dialsum.rungs import best_score
 
 
 def test_best_so_far_keeps_the_peak_of_a_dipping_curve():
     # seen on DialogSum: 0.145 at epoch 1, then 0.09: ASHA must see 0.145 at the second rung
     history = [{"eval_rougeL": 0.145}, {"loss": 2.0}, {"eval_rougeL": 0.09}, {"eval_rougeL": float("nan")}]
-    assert best_so_far(history, "rougeL", "max") == 0.145
-    assert best_so_far([{"eval_loss": 3.0}, {"eval_loss": 2.5}, {"eval_loss": 2.7}], "eval_loss", "min") == 2.5
-    assert math.isnan(best_so_far([{"loss": 1.0}], "rougeL", "max"))
+    assert best_score(history, "rougeL", "max") == 0.145
+    assert best_score([{"eval_loss": 3.0}, {"eval_loss": 2.5}, {"eval_loss": 2.7}], "eval_loss", "min") == 2.5
+    assert math.isnan(best_score([{"loss": 1.0}], "rougeL", "max"))
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,10 @@ together with its help and the function that declares its arguments, which sits
 right above it; :func:`build_parser` makes one subcommand per registered command.
 Errors that are the user's to fix (:class:`TuneDialsumError`) print as one line
 on stderr with no traceback; everything else is a bug and keeps its traceback.
+
+Longer than the package's other modules (about 500 lines) because it holds every command's flags:
+ten commands, each a few lines of arguments beside its handler. Split by command, each piece would
+be a list of ``add_argument`` calls with nothing of its own; the handlers stay a few lines each.
 """
 
 from __future__ import annotations
@@ -211,9 +215,9 @@ def _cmd_search(args) -> int:
     from tune_dialsum.cluster import keep_on_loopback
 
     keep_on_loopback(args.address)  # before anything can import ray
+    from tune_dialsum.locations import split
     from tune_dialsum.search import format_summary, resume_search, run_search
     from tune_dialsum.space import load_space
-    from tune_dialsum.storage import split
 
     if args.resume:
         name, storage_path = _experiment_to_resume(args)
@@ -264,34 +268,12 @@ _FLAG_SETTINGS = (
 
 
 def _experiment_to_resume(args) -> tuple[str, str]:
-    """(name, storage path) of the experiment ``--resume`` continues; refuses what resuming cannot honour."""
-    from tune_dialsum.space import load_space
+    """(name, storage path) of the experiment ``--resume`` continues (search.experiment_to_resume refuses the rest)."""
+    from tune_dialsum.search import RESUME_KEEPS, experiment_to_resume
 
-    refused = [f"--set {args.set[0]}"] if args.set else []
-    refused += [
-        f"--{flag.replace('_', '-')}"
-        for flag in (
-            "max_concurrent",
-            "gpus_per_trial",
-            "cpus_per_trial",
-            "workers_per_trial",
-            "gpus_per_worker",
-            "cpus_per_worker",
-            "track",
-            "track_uri",
-        )
-        if getattr(args, flag) is not None
-    ]
-    if refused:
-        raise UsageError(
-            f"--resume continues an experiment with the settings it started with, so {refused[0]} cannot apply; "
-            "leave it out (only --num-samples may grow), or start a new experiment under another --name"
-        )
-    space = load_space(args.space) if args.space else None
-    name = args.name or (space.name if space else None)
-    if not name:
-        raise UsageError("--resume needs the experiment: --name NAME (and --storage-path if it is not ray_results)")
-    return name, args.storage_path or (space.storage_path if space else "ray_results")
+    changed = [f"--set {args.set[0]}"] if args.set else []
+    changed += [f"--{flag.replace('_', '-')}" for flag in RESUME_KEEPS if getattr(args, flag) is not None]
+    return experiment_to_resume(args.name, args.storage_path, args.space, changed)
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -371,9 +353,10 @@ def _cmd_tune_decoding(args) -> int:
     from tune_dialsum.cluster import keep_on_loopback
 
     keep_on_loopback(args.address)  # before anything can import ray
-    from tune_dialsum.decoding import format_result, tune_model
-    from tune_dialsum.search import experiment_settings
+    from tune_dialsum.decoding import format_result
+    from tune_dialsum.experiment_settings import experiment_settings
     from tune_dialsum.space import decoding_space
+    from tune_dialsum.tune_decoding import tune_model
 
     if not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: no such directory; pass the directory with the validation split")

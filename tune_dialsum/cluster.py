@@ -8,7 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
-from tune_dialsum import storage
+from tune_dialsum import locations
 from tune_dialsum.errors import SpaceError, UsageError, one_line
 from tune_dialsum.space import SearchSpace
 from tune_dialsum.space_schema import ResourcesSection
@@ -86,9 +86,9 @@ def shared_path_markers(written: dict[str, str], read: dict[str, str]) -> tuple[
     markers, created = {}, []
     for what, location in written.items():
         markers[what] = location
-        if storage.is_uri(location) or Path(location).is_dir():
-            markers[what] = storage.join(location, f".tune_dialsum-visible-{os.getpid()}")
-            storage.write_text(markers[what], "")
+        if locations.is_uri(location) or Path(location).is_dir():
+            markers[what] = locations.join(location, f".tune_dialsum-visible-{os.getpid()}")
+            locations.write_text(markers[what], "")
             created.append(markers[what])
     for what, location in read.items():
         files = sorted(p for p in Path(location).iterdir() if p.is_file()) if Path(location).is_dir() else []
@@ -114,7 +114,7 @@ def check_shared_paths(written: dict[str, str], read: dict[str, str]) -> None:
 
     @ray.remote(num_cpus=0)
     def unreachable(locations: list[str]) -> list[str | None]:
-        from tune_dialsum.storage import reachable
+        from tune_dialsum.locations import reachable
 
         return [reachable(location) for location in locations]
 
@@ -129,7 +129,7 @@ def check_shared_paths(written: dict[str, str], read: dict[str, str]) -> None:
         )
     finally:
         for marker in written:
-            storage.delete_file(marker)
+            locations.delete_file(marker)
     for node, node_reasons in zip(nodes, reasons, strict=True):
         for (what, location), reason in zip(locations.items(), node_reasons, strict=True):
             if reason is not None:

@@ -7,7 +7,7 @@ settings each value costs a retraining; here they cost a decoding of the validat
 Once the training search has chosen its best checkpoints (selection.py), an Optuna study (TPE,
 seeded) samples ``generate()`` settings and the checkpoint; each decoding trial decodes the
 validation split (or its first ``max_eval_samples``) as a Ray task with a trial's resources,
-several at once, and records ROUGE, the summaries' mean length and the seconds per summary. The
+several at once (executor.py), and records ROUGE, the summaries' mean length and the seconds per summary. The
 decoding each checkpoint was scored with in training is measured beside them (the baseline), so
 among decodings that meet the constraints the choice is never worse than it on these examples. The chosen decoding is the best by the
 objective among those that meet the constraints (which TPE is told: Optuna's constrained TPE);
@@ -22,21 +22,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tune_dialsum.atomic import atomic_directory, atomic_write_text
-from tune_dialsum.choices import BASELINE, chosen_decoding, forget_choice, read_decoding  # noqa: F401 (re-exported)
+from tune_dialsum.atomic import atomic_write_text
+from tune_dialsum.choices import BASELINE, read_decoding
 from tune_dialsum.cluster import task_slots
-from tune_dialsum.contract import DECODING_DB, DECODING_FILE, DECODING_SOURCE_FILE, RECIPE_FILE, TUNING_FILE
-from tune_dialsum.errors import UsageError, one_line
+from tune_dialsum.contract import DECODING_DB, DECODING_FILE
+from tune_dialsum.errors import one_line
+from tune_dialsum.experiment_settings import ExperimentSettings
 from tune_dialsum.export import format_settings
-from tune_dialsum.scoring import remote_scorer
-from tune_dialsum.space import DECODING_SETTINGS, SearchSpace, default_startup_trials
+from tune_dialsum.generation import generate_settings
+from tune_dialsum.scoring import score_model, scoring_tasks
+from tune_dialsum.space import default_startup_trials
 from tune_dialsum.space_schema import DecodingSpace, ResourcesSection
-from tune_dialsum.trainable import ExperimentSettings
 
 logger = logging.getLogger(__name__)
 
@@ -129,23 +129,6 @@ class DecodingResult:
         }
 
 
-# generate() settings that act only with beam search: transformers 5 refuses to save a greedy config with them
-BEAM_ONLY = ("length_penalty", "early_stopping")
-
-
-def generate_settings(training_decoding: dict, sampled: dict) -> dict:
-    """The sampled settings over the training decoding, made consistent for ``generate()``."""
-    settings = {**training_decoding, **sampled}
-    if "max_new_tokens" in settings:  # generate() would warn and use max_new_tokens anyway
-        settings.pop("max_length", None)
-    if "min_new_tokens" in settings and "max_new_tokens" in settings:
-        settings["min_new_tokens"] = min(settings["min_new_tokens"], settings["max_new_tokens"])
-    if settings.get("num_beams", 1) == 1:  # greedy: a length penalty would change nothing
-        for name in BEAM_ONLY:
-            settings.pop(name, None)
-    return settings
-
-
 def run_decoding_study(study: DecodingStudy) -> DecodingResult:
     """Run (or continue) the decoding study to ``space.num_samples`` trials; choose and mark the fronts."""
     clock = time.perf_counter()
@@ -187,34 +170,27 @@ def _open_study(study: DecodingStudy):
 
 def _decode(study: DecodingStudy, optuna_study, baselines: list[DecodingTrial], written) -> None:
     """Decode each checkpoint's missing baseline and the study's missing trials, ``slots`` at once."""
-    import ray
-
     space, labels = study.space, list(study.models)
-    scorer = remote_scorer(study.resources)
+    tasks = scoring_tasks(study.resources)
 
     def submit(label: str, settings: dict):
         location = study.models[label][0]
-        return scorer.remote(location, study.settings, "validation", settings, space.max_eval_samples)
+        return tasks.submit(score_model, location, study.settings, "validation", settings, space.max_eval_samples)
 
     pending = {}  # Ray reference -> (Optuna trial, or None for a baseline; label; settings)
     for label in labels:
         if not any(r.checkpoint == label for r in baselines):
             pending[submit(label, study.models[label][1])] = (None, label, study.models[label][1])
     remaining = space.num_samples - len(_study_records(optuna_study))
-    slots = task_slots(study.resources, remaining + len(pending), per="worker")
+    slots = tasks.at_once() or task_slots(study.resources, remaining + len(pending), per="worker")
     try:
-        _decode_until_done(study, optuna_study, baselines, written, submit, pending, remaining, slots)
+        _decode_until_done(study, optuna_study, baselines, written, tasks, submit, pending, remaining, slots)
     finally:  # a stage that fails (or is interrupted) gives back what its queued decodings hold
-        for reference in pending:
-            try:
-                ray.cancel(reference, force=True)
-            except Exception:  # noqa: BLE001, S110 (a node already lost: the failure that ended the stage is the one to tell)
-                pass
+        for handle in pending:
+            tasks.cancel(handle)
 
 
-def _decode_until_done(study, optuna_study, baselines, written, submit, pending: dict, remaining: int, slots: int):
-    import ray
-
+def _decode_until_done(study, optuna_study, baselines, written, tasks, submit, pending: dict, remaining, slots: int):
     space, labels = study.space, list(study.models)
     while remaining > 0 or pending:
         while remaining > 0 and len(pending) < slots:
@@ -225,11 +201,11 @@ def _decode_until_done(study, optuna_study, baselines, written, submit, pending:
             settings = generate_settings(study.models[label][1], sampled)
             pending[submit(label, settings)] = (trial, label, settings)
             remaining -= 1
-        [ready], _ = ray.wait(list(pending), num_returns=1)
+        ready = tasks.first_done(list(pending))
         trial, label, settings = pending.pop(ready)
         record = DecodingTrial(BASELINE if trial is None else trial.number, label, settings)
         try:
-            record.scores = ray.get(ready)
+            record.scores = tasks.result(ready)
         except Exception as err:  # one decoding that fails (memory, a setting generate() refuses) ends alone
             record.error = one_line(err)
             logger.warning("decoding trial %s failed: %s", record.number, record.error)
@@ -315,89 +291,6 @@ def _write(study: DecodingStudy, records, clock: float, earlier: dict, chosen=No
     atomic_write_text(study.directory / DECODING_FILE, json.dumps(document, indent=2, default=str))
 
 
-def tune_model(
-    model: str, out: Path, space: SearchSpace, settings: ExperimentSettings, address: str | None = None
-) -> DecodingResult:
-    """``tune-decoding``: the decoding study on any seq2seq model (a directory, a hub name, ``tiny:FAMILY``).
-
-    ``out`` gets a copy of the model, the study (``decoding.db``, ``decoding.json``) and, once chosen,
-    the tuned ``generation_config.json``; run again with the same ``out``, the study continues.
-    """
-    from tune_dialsum.cluster import start_ray
-    from tune_dialsum.export import record_scores, set_generation_config
-
-    out = Path(out).expanduser().resolve()  # Ray tasks read the model from here
-    holds_study = (out / DECODING_FILE).is_file() or (out / DECODING_DB).is_file()  # stopped before its first record
-    if out.exists() and not holds_study and any(out.iterdir()):
-        raise UsageError(f"--out {out}: exists and holds no decoding study; pass a new directory")
-    source = str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else model
-    source_file = out / DECODING_SOURCE_FILE  # (a study begun before it was recorded continues unchecked)
-    recorded = json.loads(source_file.read_text())["model"] if source_file.is_file() else None
-    if recorded is not None and recorded != source and Path(recorded) != out:
-        raise UsageError(
-            f"--out {out}: holds the decoding study of {recorded}, not of {model}; pass that model to continue "
-            "its study, or a new --out for this one"
-        )
-    if not (out / "config.json").is_file():
-        with atomic_directory(out) as staging:  # an interrupted copy leaves no half model behind
-            _copy_model(model, staging, settings)
-            atomic_write_text(staging / DECODING_SOURCE_FILE, json.dumps({"model": source}))
-    settings = _on_the_models_rows(settings, out)
-    earlier = read_decoding(out) or {}
-    baseline = next((r["settings"] for r in earlier.get("records", []) if r["number"] == BASELINE), None)
-    study = DecodingStudy(
-        f"{space.name}-decoding",
-        out,
-        {"model": (str(out), baseline or _model_decoding(out))},
-        space.decoding,
-        settings,
-        space.resources,
-        space.seed,
-    )
-    started_ray = start_ray(address)
-    try:
-        result = run_decoding_study(study)
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-    set_generation_config(out, result.chosen.settings if result.chosen else study.models["model"][1])
-    if (out / TUNING_FILE).is_file():  # an export: its record and card gain the decoding stage
-        _set_aside_earlier_scores(out)
-        record_scores(out, decoding=result.as_record(None))
-    return result
-
-
-def _on_the_models_rows(settings: ExperimentSettings, model_dir: Path) -> ExperimentSettings:
-    """``settings`` with the seed the model's held-out rows were drawn with, where it records one.
-
-    Where the data has no validation split, rows are held out of train by a seeded draw: decoding
-    chosen with another seed would be chosen on rows the model trained on.
-    """
-    import dataclasses
-
-    recorded = None
-    for name in (TUNING_FILE, RECIPE_FILE):
-        if recorded is None and (model_dir / name).is_file():
-            document = json.loads((model_dir / name).read_text())
-            # an export from before data_seed was recorded: its search's settings hold the seed
-            recorded = document.get("data_seed", (document.get("settings") or {}).get("seed"))
-    if recorded is None or recorded == settings.seed:
-        return settings
-    logger.info("held-out rows drawn with the model's seed %s (the space says %s)", recorded, settings.seed)
-    return dataclasses.replace(settings, seed=int(recorded))
-
-
-def _set_aside_earlier_scores(model_dir: Path) -> None:
-    """An export's validation and test scores were measured with its earlier decoding: keep them, labelled so."""
-    tuning = json.loads((model_dir / TUNING_FILE).read_text())
-    earlier = {k: tuning.pop(k) for k in ("full_validation", "test", "test_training_decoding") if k in tuning}
-    if earlier:
-        tuning["scores_before_decoding_tuning"] = earlier
-        atomic_write_text(model_dir / TUNING_FILE, json.dumps(tuning, indent=2, default=str))
-
-
 def format_result(result: DecodingResult) -> str:
     """The stage in a few lines: the choice against the training decoding, or why nothing was chosen."""
     trials = [r for r in result.records if not r.baseline]
@@ -433,47 +326,3 @@ def _describe(record: DecodingTrial, result: DecodingResult) -> str:
         f"{result.length_unit}, "
         f"{scores['seconds_per_summary']:.3f} s per summary"
     )
-
-
-def _copy_model(model: str, out: Path, settings: ExperimentSettings) -> None:
-    """The model's files in ``out``: copied from a directory, else loaded (hub, tiny) and saved."""
-    from tune_dialsum.checkpoints import TRAINING_ONLY
-    from tune_dialsum.models import load_model_and_tokenizer
-
-    if Path(model).is_dir():
-        if not (Path(model) / "config.json").is_file():
-            raise UsageError(f"{model}: not a model directory (no config.json); pass an export or a model name")
-        shutil.copytree(model, out, ignore=shutil.ignore_patterns(*TRAINING_ONLY, "rng_state*"), dirs_exist_ok=True)
-        return
-    loaded, tokenizer = load_model_and_tokenizer(model, settings.trust_remote_code, settings.data.path)
-    loaded.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-
-
-def _model_decoding(model_dir: Path) -> dict:
-    """The model's own decoding (what its generation config sets): the baseline tuned decodings are compared with."""
-    from transformers import GenerationConfig
-
-    if not (model_dir / "generation_config.json").is_file():
-        return {}
-    config = GenerationConfig.from_pretrained(model_dir)
-    names = ("num_beams", "max_length", "max_new_tokens", *DECODING_SETTINGS)
-    return {name: getattr(config, name) for name in dict.fromkeys(names) if getattr(config, name, None) is not None}
-
-
-__all__ = [
-    "DECODING_DB",
-    "DECODING_FILE",
-    "DecodingResult",
-    "DecodingStudy",
-    "DecodingTrial",
-    "choose",
-    "chosen_decoding",
-    "forget_choice",
-    "format_result",
-    "generate_settings",
-    "mark_fronts",
-    "read_decoding",
-    "run_decoding_study",
-    "tune_model",
-]

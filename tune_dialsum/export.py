@@ -12,19 +12,17 @@ from importlib import metadata
 from pathlib import Path
 
 from tune_dialsum.atomic import atomic_directory, atomic_write_text
-from tune_dialsum.checkpoints import (  # noqa: F401 (re-exported: where they were read from before)
-    CHECKPOINT_METADATA,
-    OPTIMIZER_STATE,
+from tune_dialsum.checkpoints import (
     TRAINING_ONLY,
     CheckpointRecord,
     best_checkpoint,
     find_checkpoints,
     find_record,
-    read_checkpoint,
     trial_decoding,
 )
 from tune_dialsum.contract import ROUGE_KEYS, TUNING_FILE
 from tune_dialsum.errors import UsageError
+from tune_dialsum.generation import apply_to_config
 
 MODEL_CARD = "README.md"
 
@@ -176,12 +174,13 @@ def export_checkpoint(
     force: bool = False,
     source: str | None = None,
     generation: dict | None = None,
+    scores: dict | None = None,
 ) -> Path:
     """Write ``record``'s model as a self-contained directory at ``out_dir``, atomically.
 
     ``source`` is where the checkpoint is kept, when ``record.path`` is a local copy of it;
     ``generation`` the decoding to write into its generation config (default: the one its trial
-    was scored with).
+    was scored with); ``scores`` what was measured before the export (as :func:`record_scores` takes).
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -210,6 +209,7 @@ def export_checkpoint(
         "checkpoint": source or str(record.path),
         "versions": _library_versions(),
     }
+    tuning.update({name: value for name, value in (scores or {}).items() if value is not None})
     with atomic_directory(out_dir) as staging:
         for item in record.path.iterdir():
             if item.is_file() and item.name not in TRAINING_ONLY and not item.name.startswith("rng_state"):
@@ -237,12 +237,7 @@ def set_generation_config(model_dir: Path, settings: dict) -> None:
         if (model_dir / "generation_config.json").exists()
         else GenerationConfig()
     )
-    if "max_new_tokens" in settings:  # one length limit: generate() would warn about two
-        generation.max_length = GenerationConfig().max_length
-    for name, value in settings.items():
-        setattr(generation, name, value)
-    if (generation.num_beams or 1) == 1:  # greedy: transformers 5 refuses to save beam-only settings with it
-        generation.length_penalty = generation.early_stopping = None
+    apply_to_config(generation, settings)
     generation.save_pretrained(model_dir)
 
 
@@ -258,7 +253,7 @@ def export_experiment(
     from tune_dialsum.analysis import Experiment
     from tune_dialsum.choices import chosen_decoding, read_selection
     from tune_dialsum.contract import default_mode
-    from tune_dialsum.storage import is_uri, join, reachable, upload
+    from tune_dialsum.locations import is_uri, join, reachable, upload
 
     experiment = Experiment.load(experiment_dir)
     metric = metric or experiment.metric

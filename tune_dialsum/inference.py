@@ -9,8 +9,7 @@ so ``summarize`` feeds the model what it saw in training.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tune_dialsum.contract import RECIPE_FILE
 from tune_dialsum.data.cleaning import clean_text
 from tune_dialsum.data.formats import format_dialogue
 from tune_dialsum.errors import UsageError
+from tune_dialsum.generation import one_length_limit
 
 
 def read_recipe(model_dir: Path) -> dict:
@@ -71,28 +71,11 @@ class DialogueSummarizer:
                 truncation=True,
                 max_length=self.recipe.get("max_input_length", 512),
             ).to(self.device)
-            with torch.inference_mode(), _one_length_limit(self.model.generation_config, generation):
+            with torch.inference_mode(), one_length_limit(self.model.generation_config, generation):
                 generated = self.model.generate(**encoded, **generation)
             for i, text in zip(batch, self.tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
                 summaries[i] = text.strip()
         return summaries
-
-
-@contextmanager
-def _one_length_limit(config, generation: dict) -> Iterator[None]:
-    """Where ``max_new_tokens`` is asked for, the config's ``max_length`` stands aside for the call.
-
-    generate() uses ``max_new_tokens`` anyway, but warns on every batch when the model's config
-    also sets ``max_length``, as nearly every config does.
-    """
-    if generation.get("max_new_tokens") is None or config.max_length is None:
-        yield
-        return
-    saved, config.max_length = config.max_length, None
-    try:
-        yield
-    finally:
-        config.max_length = saved
 
 
 def read_dialogues(path: Path | None, text: str | None = None) -> list[dict]:

@@ -1,4 +1,4 @@
-"""What a search produced: every trial classified, the best exported, stopped trials trimmed, the summary."""
+"""What a search produced: every trial classified (finish.py then chooses and exports), and the summary."""
 
 from __future__ import annotations
 
@@ -8,41 +8,30 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tune_dialsum import scoring, selection
+from tune_dialsum import selection
 from tune_dialsum.checkpoints import (
     CHECKPOINT_METADATA,
-    OPTIMIZER_STATE,
-    best_checkpoint,
-    find_checkpoints,
-    find_record,
-    label,
-    read_checkpoint,
-    trial_decoding,
 )
 from tune_dialsum.contract import (
-    BEST_MODEL_DIR,
     ERROR,
     ERROR_FILE,
     EXPERIMENT_STATE_GLOB,
     PARAMS_FILE,
     PENDING,
-    REFIT_DIR,
     ROUGE_KEYS,
     RUNNING,
     STOPPED,
-    TERMINATED,
     TRIAL_DIR_PREFIX,
-    TUNING_FILE,
     UNFINISHED,
     best,
     score_key,
     trial_state,
 )
-from tune_dialsum.errors import SearchError, one_line
-from tune_dialsum.export import MODEL_CARD, export_checkpoint, fidelity, record_scores
+from tune_dialsum.errors import one_line
+from tune_dialsum.experiment_settings import ExperimentSettings
+from tune_dialsum.export import fidelity
 from tune_dialsum.space import SearchSpace
 from tune_dialsum.storage import ExperimentStore
-from tune_dialsum.trainable import ExperimentSettings
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +55,7 @@ class SearchOutcome:
     max_budget: int
     budget_unit: str
     trials: list[TrialSummary] = field(default_factory=list)
-    best: object | None = None  # export.CheckpointRecord
+    best: object | None = None  # checkpoints.CheckpointRecord
     best_model_dir: Path | None = None
     best_model_location: str | None = None  # best_model_dir in the store (the same path for a directory)
     full_validation: dict | None = None  # the exported model on every validation example (used to choose it)
@@ -101,10 +90,10 @@ class SearchOutcome:
         return sum(self.max_budget - t.budget_used for t in self.stopped)
 
 
-def summarize(
+def classify(
     results, space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore, out_of_time: bool = False
 ) -> SearchOutcome:
-    """Classify every trial, export the best model (see :func:`_choose_and_export`), trim ended trials.
+    """Every trial of the experiment, classified; trial directories it has no record of set aside.
 
     ``results`` are this run's; trials of earlier runs of the experiment (a search continued with
     more trials) are read from their directories. ``out_of_time``: ``trials.time_budget_s`` ended the
@@ -145,233 +134,7 @@ def summarize(
                 outcome.stopped_by_time.add(trial.trial_id)
         not_started = 0
     outcome.unfinished = sum(t.status == UNFINISHED for t in outcome.trials) + not_started
-    records = find_checkpoints(experiment_dir)
-    if records:
-        kept = _earlier_finished_export(outcome, records, store) if outcome.unfinished else None
-        if kept is None:
-            _choose_and_export(outcome, records, space, settings, store)
-        by_time = outcome.stopped_by_time  # --resume may continue them: their checkpoints stay whole
-        trim_ended_trials(
-            store,
-            records,
-            stopped={t.trial_id for t in outcome.stopped} - by_time,
-            finished={t.trial_id for t in outcome.trials if t.status == TERMINATED},
-            metric=space.metric,
-            mode=space.mode,
-            keep={outcome.best.path, *(c.record.path for c in outcome.candidates), *recorded_choices(experiment_dir)},
-        )
-    elif not outcome.unfinished:
-        reasons = "; ".join(f"{t.trial_id}: {t.error}" for t in outcome.failed[:3])
-        raise SearchError(
-            f"no trial of {space.name!r} finished an evaluation, so nothing was exported"
-            f"{' (' + reasons + ')' if reasons else ''}; logs are under {store.location}"
-        )
-    outcome.disk_bytes = store.disk_bytes()
     return outcome
-
-
-def _earlier_finished_export(outcome: SearchOutcome, records, store: ExperimentStore):
-    """The record of ``best_model`` where a finished run of this experiment exported it, else None.
-
-    A continuation (``--resume --num-samples N``) that is interrupted has only ranking scores: its
-    choice must not replace a model that was re-scored, decoded and tested, nor its recorded choices.
-    """
-    tuning_file = outcome.experiment_dir / BEST_MODEL_DIR / TUNING_FILE
-    if not tuning_file.is_file():
-        return None
-    tuning = json.loads(tuning_file.read_text())
-    if "test" not in tuning and "full_validation" not in tuning:  # an interrupted run's export: choose again
-        return None
-    record = find_record(records, tuning.get("trial_id"), tuning.get("step")) or read_checkpoint(
-        outcome.experiment_dir / REFIT_DIR / "final"
-    )
-    if record is None:
-        return None
-    outcome.best, outcome.kept_earlier_export = record, True
-    outcome.best_model_dir = outcome.experiment_dir / BEST_MODEL_DIR
-    outcome.best_model_location = store.where(outcome.best_model_dir)
-    return record
-
-
-def recorded_choices(experiment_dir: Path) -> set[Path]:
-    """The checkpoints selection.json and decoding.json name: a trim must keep them, whatever this run chose."""
-    from tune_dialsum.choices import read_decoding, read_selection
-
-    chosen = read_selection(experiment_dir) or {}
-    named = [chosen.get("chosen") or {}, *chosen.get("candidates", [])]
-    labels = {(c.get("trial_id"), c.get("step")) for c in named if c}
-    decoded = (read_decoding(experiment_dir) or {}).get("chosen") or {}
-    if decoded.get("checkpoint"):
-        trial_id, _, step = decoded["checkpoint"].rpartition("@")
-        labels.add((trial_id, int(step)))
-    return {r.path for r in find_checkpoints(experiment_dir) if (r.trial_id, r.step) in labels}
-
-
-def _choose_and_export(outcome: SearchOutcome, records, space: SearchSpace, settings: ExperimentSettings, store):
-    """Re-score the best checkpoints on all of validation, tune how they decode, export the best, score it on test.
-
-    An interrupted search exports its best checkpoint by the subset score at once, and says so: the
-    re-scoring and the decoding stage wait for the search to be resumed and finished.
-    """
-    chosen = best_checkpoint(records, space.metric, space.mode)
-    # ROUGE is re-scored by decoding; a loss objective is not (the subset's loss is what ranks)
-    # (a refit is compared with the chosen checkpoint on all of validation, so it needs the re-scoring)
-    subset = settings.data.max_eval_samples is not None or space.selection.refit
-    rescoring = subset and not outcome.unfinished and space.metric != "eval_loss"
-    if rescoring:
-        chosen = _rescore(outcome, records, space, settings, store)
-        if space.selection.refit:
-            chosen = _refit(outcome, chosen, settings, space, store)
-    elif space.selection.refit:
-        outcome.refit_error = "the search is unfinished; resume it to re-score, refit and test"
-    generation = None  # the decoding the chosen trial was scored with
-    if space.decoding is not None and not outcome.unfinished:
-        chosen, generation = _decoding_stage(outcome, records, chosen, space, settings, store)
-        if outcome.refit is not None:  # the stage may have preferred another checkpoint to the refit
-            outcome.refit.exported = chosen is outcome.refit.record
-    outcome.best = chosen
-    store.fetch(chosen.path)  # the mirror of a URI holds no weights until now
-    outcome.best_model_dir = export_checkpoint(
-        chosen,
-        outcome.experiment_dir / BEST_MODEL_DIR,
-        space.metric,
-        space.mode,
-        force=True,
-        source=store.where(chosen.path),
-        generation=generation,
-    )
-    if rescoring:
-        record_scores(
-            outcome.best_model_dir,
-            full_validation=outcome.full_validation,
-            selection=[c.as_dict(space.metric) for c in outcome.candidates],
-            selection_within_noise=selection.within_noise(outcome.candidates),
-        )
-    if outcome.refit is not None:
-        leader = next(c for c in outcome.candidates if c.record.path == outcome.refit_of)
-        record_scores(outcome.best_model_dir, refit=outcome.refit.as_dict(space.metric, leader))
-    if outcome.decoding is not None:
-        record_scores(outcome.best_model_dir, decoding=outcome.decoding.as_record(space.name))
-    store.push(outcome.best_model_dir)
-    outcome.best_model_location = store.where(outcome.best_model_dir)
-    if not outcome.unfinished:
-        tuned = generation is not None and not outcome.decoding.chosen.baseline
-        _score_on_test(outcome, space, settings, store, tuned=tuned)
-
-
-def _rescore(outcome: SearchOutcome, records, space: SearchSpace, settings: ExperimentSettings, store):
-    """The top checkpoints by the subset score, re-scored on all of validation; returns the best of them."""
-    top = selection.top_by_subset(records, space.metric, space.mode, space.selection.top_k)
-    try:
-        outcome.candidates = selection.rescore(top, [store.where(r.path) for r in top], settings, space.resources)
-    except Exception as err:  # noqa: BLE001 (a model that cannot be scored must not cost the search its export)
-        outcome.stage_failures["re-scoring"] = one_line(err)
-        logger.warning("re-scoring failed (%s); exporting the best by the ranking score", one_line(err))
-        return top[0]
-    best = selection.choose(outcome.candidates, space.metric, space.mode)
-    outcome.full_validation = best.full
-    store.push(selection.write_selection(outcome.experiment_dir, best, outcome.candidates, space.metric, space.mode))
-    return best.record
-
-
-def _refit(outcome: SearchOutcome, chosen, settings: ExperimentSettings, space: SearchSpace, store):
-    """The chosen settings trained anew (refit.py); returns the record to export: the refit where it scores at
-    least as well, else ``chosen``. A refit that fails is a warning: the chosen checkpoint is exported."""
-    from tune_dialsum.refit import refit
-
-    leader = next(c for c in outcome.candidates if c.record is chosen)
-    if chosen.budget(settings.scheduler.budget_unit) >= settings.scheduler.max_budget:
-        # the same settings, seed and data to the same budget: a refit would train this very model again
-        outcome.refit_error = "the chosen checkpoint trained the full budget already"
-        return chosen
-    try:
-        outcome.refit = refit(leader, settings, space.resources, store)
-    except Exception as err:  # noqa: BLE001 (a refit that fails must not cost the search its export)
-        outcome.refit_error = one_line(err)
-        logger.warning("the refit failed (%s); exporting the chosen checkpoint", outcome.refit_error)
-        return chosen
-    outcome.refit_of = chosen.path
-    if not outcome.refit.exported:
-        return chosen
-    outcome.full_validation = outcome.refit.full
-    return outcome.refit.record
-
-
-def _decoding_stage(outcome: SearchOutcome, records, chosen, space: SearchSpace, settings: ExperimentSettings, store):
-    """The decoding study on the best checkpoints: (the checkpoint to export, its decoding or None).
-
-    The best by full-validation score where the search re-scored them, else by the ranking score.
-    Whatever goes wrong in the stage, the search's choice is exported with the decoding it was ranked with.
-    """
-    k = space.decoding.top_k_checkpoints
-    if outcome.candidates:
-        ranked = [c.record for c in selection.ranked(outcome.candidates, space.metric, space.mode)]
-        if chosen not in ranked:  # the refit, exported in place of the best candidate
-            ranked = [chosen, *ranked]
-    else:
-        ranked = [
-            chosen,
-            *(r for r in selection.top_by_subset(records, space.metric, space.mode, k) if r is not chosen),
-        ]
-    try:
-        outcome.decoding = _tune_decoding(ranked[:k], space, settings, store)
-    except Exception as err:  # a bug or a broken node must not cost the search its export
-        from tune_dialsum.choices import forget_choice
-        from tune_dialsum.contract import DECODING_FILE
-
-        outcome.stage_failures["decoding stage"] = one_line(err)
-        logger.warning(
-            "the decoding stage failed (%s); exporting with the decoding trials were ranked with", one_line(err)
-        )
-        forget_choice(store.local)  # `export` must not apply an earlier run's choice to this export
-        if (store.local / DECODING_FILE).is_file():
-            store.push(store.local / DECODING_FILE)
-        return chosen, None
-    if outcome.decoding.chosen is None:  # none met the constraints: the decoding it was ranked with stays
-        return chosen, None
-    chosen = next(r for r in ranked if label(r) == outcome.decoding.chosen.checkpoint)
-    scored = [(c.record, c.full) for c in outcome.candidates]
-    if outcome.refit is not None:
-        scored.append((outcome.refit.record, outcome.refit.full))
-    outcome.full_validation = next((full for record, full in scored if record is chosen), None)
-    return chosen, outcome.decoding.chosen.settings
-
-
-def _score_on_test(outcome: SearchOutcome, space: SearchSpace, settings: ExperimentSettings, store, tuned: bool):
-    """The export on test, decoded as exported; where the decoding was tuned, also its checkpoint decoded as
-    its trial was ranked (the checkpoint: the export's generation config holds every tuned setting)."""
-    models = [(outcome.best_model_location, None)]
-    if tuned:  # the gain the decoding stage brought, on test
-        models.append((store.where(outcome.best.path), trial_decoding(outcome.best.snapshot.get("config", {}))))
-    try:
-        scores = scoring.score_on_test(models, settings, space.resources)
-    except Exception as err:  # noqa: BLE001 (the export is written already: it stays)
-        outcome.stage_failures["test scoring"] = one_line(err)
-        return
-    if scores is None:
-        return
-    outcome.test = scores[0]
-    outcome.test_training_decoding = scores[1] if tuned else None
-    record_scores(outcome.best_model_dir, test=outcome.test, test_training_decoding=outcome.test_training_decoding)
-    for name in (TUNING_FILE, MODEL_CARD):  # the weights are in the store already
-        store.push(outcome.best_model_dir / name)
-
-
-def _tune_decoding(ranked: list, space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore):
-    """The decoding stage on the best checkpoints; its study and records are kept in the experiment."""
-    from tune_dialsum.contract import DECODING_DB, DECODING_FILE
-    from tune_dialsum.decoding import DecodingStudy, run_decoding_study
-
-    models = {label(r): (store.where(r.path), trial_decoding(r.snapshot.get("config", {}))) for r in ranked}
-    study = DecodingStudy(
-        f"{space.name}-decoding", store.local, models, space.decoding, settings, space.resources, space.seed
-    )
-    try:
-        return run_decoding_study(study)
-    finally:  # what was measured is kept, whatever ends the stage
-        store.push_study(store.local / DECODING_DB)
-        if (store.local / DECODING_FILE).is_file():
-            store.push(store.local / DECODING_FILE)
 
 
 def _classify(trial_id: str, rows: list[dict], last: dict, config: dict, error: str | None, space, settings):
@@ -419,33 +182,6 @@ def set_aside_orphans(store: ExperimentStore, known_ids: set[str]) -> None:
         if trial_dir.name.removeprefix(TRIAL_DIR_PREFIX) not in known_ids:
             store.move(trial_dir, store.local / "orphaned" / trial_dir.name)
             logger.warning("set aside %s: the experiment has no record of it (its driver died)", trial_dir.name)
-
-
-def trim_ended_trials(
-    store: ExperimentStore, records, stopped: set[str], finished: set[str], metric: str, mode: str, keep=frozenset()
-):
-    """Drop what trials that ended can never use again.
-
-    A trial the scheduler stopped keeps only its best checkpoint (so that ``export --trial`` still
-    works); a trial that finished keeps its best ``checkpoints.keep``. Neither will train again, so
-    neither keeps optimizer state: for large models that is two thirds of every checkpoint. Failed
-    and unfinished trials keep theirs: ``--resume`` continues them from it. Checkpoints in ``keep``
-    (the exported one, the re-scored candidates) stay whatever their subset score.
-    """
-    by_trial: dict[str, list] = {}
-    for record in records:
-        if record.trial_id in stopped | finished:
-            by_trial.setdefault(record.trial_id, []).append(record)
-    for trial_id, trial_records in by_trial.items():
-        if trial_id in stopped:
-            best = best_checkpoint(trial_records, metric, mode, trial_id=trial_id)
-            for record in trial_records:
-                if record is not best and record.path not in keep:
-                    store.delete(record.path)
-            trial_records = [r for r in trial_records if r is best or r.path in keep]
-        for record in trial_records:
-            for name in OPTIMIZER_STATE:
-                store.delete(record.path / name)
 
 
 def rung_signal(space: SearchSpace) -> str | None:

@@ -20,14 +20,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tune_dialsum import storage
+from tune_dialsum import executor, locations
 from tune_dialsum.checkpoints import CheckpointRecord, read_checkpoint, trial_decoding
 from tune_dialsum.contract import REFIT_DIR, score_key
+from tune_dialsum.experiment_settings import ExperimentSettings
 from tune_dialsum.metrics import Difference, paired_difference
-from tune_dialsum.scoring import remote_scorer
+from tune_dialsum.scoring import score_model, scoring_tasks
 from tune_dialsum.selection import Candidate
 from tune_dialsum.space_schema import ResourcesSection
-from tune_dialsum.trainable import ExperimentSettings, TrialRun, release_memory, train_one
+from tune_dialsum.trainable import TrialRun, train_one
+from tune_dialsum.worker_memory import release_memory
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +68,8 @@ def train_anew(config: dict, settings: ExperimentSettings, target: str, experime
     trial = {"trial_id": REFIT_TRIAL_ID, "trial_name": REFIT_TRIAL_ID, "experiment": experiment}
     try:
         train_one(config, settings, scratch, TrialRun(trial, publish=lambda _report, path: saved.append(path)))
-        if storage.is_uri(target):
-            storage.upload(Path(saved[-1]), target)
+        if locations.is_uri(target):
+            locations.upload(Path(saved[-1]), target)
         else:  # a path every node reaches (the search checked it)
             shutil.copytree(saved[-1], target, dirs_exist_ok=True)
     finally:
@@ -79,23 +81,22 @@ def refit(chosen: Candidate, settings: ExperimentSettings, resources: ResourcesS
     """Train ``chosen``'s settings anew, score it on all of validation, decide whether it is exported."""
     import time
 
-    import ray
-
     clock = time.perf_counter()
     config = chosen.record.snapshot.get("config", {})
     local = store.local / REFIT_DIR / "final"
     shutil.rmtree(local, ignore_errors=True)
-    task = ray.remote(train_anew).options(
-        num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial, max_retries=0
-    )
+    training = executor.tasks(resources.cpus_per_trial, resources.gpus_per_trial, max_retries=0)
     experiment = chosen.record.snapshot.get("experiment", REFIT_TRIAL_ID)
-    ray.get(task.remote(config, settings, store.where(local), experiment))
+    training.result(training.submit(train_anew, config, settings, store.where(local), experiment))
     store.fetch(local)
     record = read_checkpoint(local)
     if record is None:
         raise RuntimeError(f"the refit left no complete checkpoint at {store.where(local)}")
-    scorer = remote_scorer(resources)  # decoded where the candidates were, with a trial's resources
-    full = ray.get(scorer.remote(store.where(local), settings, "validation", trial_decoding(config), per_example=True))
+    scoring = scoring_tasks(resources)  # decoded where the candidates were, with a trial's resources
+    decoding = trial_decoding(config)
+    full = scoring.result(
+        scoring.submit(score_model, store.where(local), settings, "validation", decoding, per_example=True)
+    )
     judged = judge(record, full, chosen, settings.objective.metric, settings.objective.mode)
     judged.seconds = time.perf_counter() - clock
     return judged

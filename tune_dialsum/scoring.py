@@ -1,8 +1,8 @@
 """Scoring a model (a checkpoint or an export, a path or a URI) on a whole split of an experiment's data.
 
-Selection, the refit, the decoding stage and test scoring all score through here, as Ray tasks with
-a trial's resources (a GPU where trials had one), several at once, reading each model from the
-store that every node reaches.
+Selection, the refit, the decoding stage and test scoring all score through here, as tasks
+(executor.py: Ray tasks with a trial's resources, a GPU where trials had one, several at once),
+reading each model from the store that every node reaches.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
+from tune_dialsum import executor
+from tune_dialsum.experiment_settings import ExperimentSettings
+from tune_dialsum.locations import download, is_uri
 from tune_dialsum.space_schema import ResourcesSection
-from tune_dialsum.storage import download, is_uri
-from tune_dialsum.trainable import ExperimentSettings, load_splits, training_frames
+from tune_dialsum.trial_data import load_splits, training_frames
 
 
 def score_model(
@@ -69,11 +71,9 @@ def score_model(
     return scores
 
 
-def remote_scorer(resources: ResourcesSection):
-    """:func:`score_model` as a Ray task with the resources of one of a trial's workers (one process)."""
-    import ray
-
-    return ray.remote(score_model).options(num_cpus=resources.cpus_per_worker, num_gpus=resources.gpus_per_worker)
+def scoring_tasks(resources: ResourcesSection):
+    """Where :func:`score_model` runs: tasks with the resources of one of a trial's workers (one process)."""
+    return executor.tasks(resources.cpus_per_worker, resources.gpus_per_worker)
 
 
 def score_on_test(
@@ -81,9 +81,8 @@ def score_on_test(
 ) -> list | None:
     """Each (model location, decoding or None for its generation config)'s scores on the test split, in
     parallel; None where the data has no test split."""
-    import ray
-
     if load_splits(settings).get("test") is None:
         return None
-    scorer = remote_scorer(resources)
-    return ray.get([scorer.remote(location, settings, "test", decoding) for location, decoding in models])
+    tasks = scoring_tasks(resources)
+    handles = [tasks.submit(score_model, location, settings, "test", decoding) for location, decoding in models]
+    return [tasks.result(handle) for handle in handles]

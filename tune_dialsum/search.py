@@ -1,9 +1,8 @@
-"""The search: Ray Tune's Tuner with OptunaSearch (TPE) and ASHA on one objective.
+"""The search: start or resume an experiment, run its Tuner (tuner.py), then finish it (finish.py).
 
-Three roles are kept apart: the trainable (trainable.py) trains and reports,
-Optuna decides what to try (optuna_search.py), ASHA decides what to stop, and this
-module wires them together and starts or resumes the experiment; outcome.py
-classifies the trials and exports the best model.
+What runs in order: the checks that can fail before anything starts (the data, every model, the
+store, the resources), the experiment's lock, Ray, the Tuner (restored first where the experiment
+is resumed), the classification of its trials, and the stages after them.
 """
 
 from __future__ import annotations
@@ -17,46 +16,28 @@ from pathlib import Path
 import yaml
 
 from tune_dialsum.atomic import atomic_write_text
-from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray, task_slots
+from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray
 from tune_dialsum.contract import (
     BEST_MODEL_DIR,
     NOT_RETRYABLE_FILE,
     OPTUNA_DB,
     SPACE_SNAPSHOT,
-    TOKENIZED_CACHE,
     TRAIN_RUNS_DIR,
     TRIAL_DIR_PREFIX,
 )
-from tune_dialsum.data_parallel import DRIVER_RESOURCES, release_placement_groups
+from tune_dialsum.data_parallel import release_placement_groups
 from tune_dialsum.errors import UsageError
+from tune_dialsum.experiment_settings import ExperimentSettings, experiment_settings
+from tune_dialsum.finish import summarize
 from tune_dialsum.lock import experiment_lock
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
-from tune_dialsum.optuna_search import make_sampler, pruned_aware_optuna_search
-from tune_dialsum.outcome import SearchOutcome, format_summary, recorded_trial_ids, summarize
-from tune_dialsum.rungs import scheduler_target
+from tune_dialsum.outcome import SearchOutcome, format_summary, recorded_trial_ids
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.space_schema import TrialsSection
 from tune_dialsum.storage import ExperimentStore
-from tune_dialsum.trainable import NODE_LOCAL, ExperimentSettings, train_dialsum
+from tune_dialsum.tuner import build_tuner, data_parallel, trainable, trials_at_once
 
 logger = logging.getLogger(__name__)
-
-
-def experiment_settings(space: SearchSpace, store: ExperimentStore | None = None) -> ExperimentSettings:
-    """What every trial shares; tokenized data is cached in the experiment, or per node where that is a URI."""
-    cache_dir = None
-    if store is not None:
-        cache_dir = NODE_LOCAL if store.remote else str(store.local / TOKENIZED_CACHE)
-    return ExperimentSettings(
-        data=dataclasses.replace(space.data, path=str(Path(space.data.path).expanduser().resolve())),
-        objective=space.objective,
-        scheduler=space.scheduler,
-        resources=space.resources,
-        seed=space.seed,
-        trust_remote_code=space.trust_remote_code,
-        cache_dir=cache_dir,
-        experiment_location=store.location if store is not None else None,
-    )
 
 
 def preflight(space: SearchSpace, settings: ExperimentSettings) -> None:
@@ -72,124 +53,6 @@ def preflight(space: SearchSpace, settings: ExperimentSettings) -> None:
             resolve_model_path(model, settings.data.path)  # built once here, not in every trial at once
 
 
-def _trial_name(trial) -> str:
-    return f"{TRIAL_DIR_PREFIX}{trial.trial_id}"
-
-
-def _trainable(space: SearchSpace, settings: ExperimentSettings):
-    from ray import tune
-
-    if data_parallel(space):  # the trial only drives its workers, which Ray Train places itself
-        resources = DRIVER_RESOURCES
-    else:
-        resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
-    return tune.with_resources(tune.with_parameters(train_dialsum, settings=settings), resources)
-
-
-def data_parallel(space: SearchSpace) -> bool:
-    return space.resources.workers_per_trial > 1
-
-
-def build_searcher(space: SearchSpace, settings: ExperimentSettings, storage=None, seed_offset: int = 0):
-    """Optuna (TPE or random) behind Ray's OptunaSearch, ranking trials on the best score so far.
-
-    ``storage``: the Optuna storage (None: in memory); ``seed_offset``: the trials already in the
-    study when a search continues, so that it draws anew. The replay benchmark builds the same.
-    """
-    return pruned_aware_optuna_search(
-        space=space.define_by_run,
-        metric=settings.ranked_by,  # the best so far: a trial is exported at its best checkpoint
-        mode=space.mode,
-        sampler=make_sampler(space, seed_offset=seed_offset),
-        storage=storage,
-        study_name=space.name,
-        time_attr=settings.time_attr,
-        full_budget=settings.scheduler.max_budget,
-    )
-
-
-def build_scheduler(space: SearchSpace, settings: ExperimentSettings):
-    """ASHA in the space's budget unit on the signal ``scheduler.rung_metric`` names (rungs.py); or FIFO
-    (every trial to the full budget)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if space.scheduler.type != "asha":
-        return FIFOScheduler()
-    metric, mode = scheduler_target(space.scheduler, settings.objective, settings.ranked_by)
-    return ASHAScheduler(
-        time_attr=settings.time_attr,
-        metric=metric,
-        mode=mode,
-        max_t=settings.scheduler.max_budget,
-        grace_period=space.scheduler.grace_period,
-        reduction_factor=space.scheduler.reduction_factor,
-    )
-
-
-def _build_tuner(
-    space: SearchSpace,
-    settings: ExperimentSettings,
-    store: ExperimentStore,
-    num_samples: int,
-    continuing: bool,
-    callbacks: list,
-):
-    import optuna
-    from ray import tune
-
-    # SQLite on the driver (object stores cannot hold a database); pushed to the store after the run
-    study = optuna.storages.RDBStorage(f"sqlite:///{store.local / OPTUNA_DB}")
-    # a continued search draws anew: the same seed would repeat the first run's first configurations
-    earlier = len(optuna.load_study(study_name=space.name, storage=study).trials) if continuing else 0
-    searcher = build_searcher(space, settings, storage=study, seed_offset=earlier)
-    scheduler = build_scheduler(space, settings)
-    reporter = tune.CLIReporter(
-        metric_columns={
-            key: key
-            for key in (
-                settings.time_attr,
-                space.metric,
-                settings.ranked_by,
-                scheduler_target(space.scheduler, settings.objective, settings.ranked_by)[0],
-            )
-        },
-        parameter_columns=space.searched_settings[:6],
-        metric=settings.ranked_by,
-        mode=space.mode,
-        max_report_frequency=20,
-        sort_by_metric=True,
-    )
-    return tune.Tuner(
-        _trainable(space, settings),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=num_samples,
-            # Tune does not see a data-parallel trial's workers: it would start trials their workers cannot join
-            max_concurrent_trials=trials_at_once(space) if data_parallel(space) else space.trials.max_concurrent,
-            time_budget_s=space.trials.time_budget_s,
-            trial_name_creator=_trial_name,
-            trial_dirname_creator=_trial_name,
-            # A worker that already imported torch and transformers and read the data runs the next trial;
-            # not a data-parallel driver: Tune would keep a stopped one's training running to reuse it.
-            reuse_actors=not data_parallel(space),
-        ),
-        run_config=tune.RunConfig(
-            name=store.name,  # the directory being run: a copied or renamed experiment keeps its space's old name
-            storage_path=store.storage_path,
-            progress_reporter=reporter,
-            callbacks=callbacks,
-            verbose=1,
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=space.checkpoints.keep,
-                checkpoint_score_attribute=space.metric,
-                checkpoint_score_order=space.mode,
-            ),
-            failure_config=tune.FailureConfig(max_failures=1),
-        ),
-    )
-
-
 def resume_search(
     name: str, storage_path: str = "ray_results", address: str | None = None, num_samples: int | None = None
 ) -> SearchOutcome:
@@ -203,6 +66,38 @@ def resume_search(
     store = ExperimentStore.of(storage_path, name)
     with experiment_lock(store.local):  # before the mirror is pulled: a second driver must not touch it
         return _run(_resumed_space(store, name, num_samples), store, resume=True, address=address)
+
+
+# What an experiment started with, which --resume keeps: a flag that would change one is refused.
+RESUME_KEEPS = (
+    "max_concurrent",
+    "gpus_per_trial",
+    "cpus_per_trial",
+    "workers_per_trial",
+    "gpus_per_worker",
+    "cpus_per_worker",
+    "track",
+    "track_uri",
+)
+
+
+def experiment_to_resume(
+    name: str | None, storage_path: str | None, space_path: str | None, changed: list[str]
+) -> tuple[str, str]:
+    """(name, storage path) of the experiment ``--resume`` continues: ``--name``, else the name of the
+    space file given; ``changed``: what was asked that would change the experiment (refused, in one line)."""
+    from tune_dialsum.space import load_space
+
+    if changed:
+        raise UsageError(
+            f"--resume continues an experiment with the settings it started with, so {changed[0]} cannot apply; "
+            "leave it out (only --num-samples may grow), or start a new experiment under another --name"
+        )
+    space = load_space(space_path) if space_path else None
+    name = name or (space.name if space else None)
+    if not name:
+        raise UsageError("--resume needs the experiment: --name NAME (and --storage-path if it is not ray_results)")
+    return name, storage_path or (space.storage_path if space else "ray_results")
 
 
 def run_search(space: SearchSpace, resume: bool = False, address: str | None = None) -> SearchOutcome:
@@ -263,7 +158,7 @@ def _run_locked(
         fits = []  # how long each Tuner.fit ran: one that ran the whole time budget was ended by it
         if resume and tune.Tuner.can_restore(store.location):
             tuner = tune.Tuner.restore(
-                store.location, trainable=_trainable(space, settings), resume_unfinished=True, resume_errored=True
+                store.location, trainable=trainable(space, settings), resume_unfinished=True, resume_errored=True
             )
             results = _timed_fit(tuner, fits)
             store.pull(checkpoint_files=())  # for a URI: the trial directories the restored run wrote
@@ -273,7 +168,7 @@ def _run_locked(
             # a new search, or more trials for a finished one: Optuna's study holds every earlier trial
             callbacks = [_trial_runs(tracked, settings)] if tracked else []
             callbacks += [_study_push(store)] if store.remote else []
-            results += _timed_fit(_build_tuner(space, settings, store, more, resume, callbacks), fits)
+            results += _timed_fit(build_tuner(space, settings, store, more, resume, callbacks), fits)
         store.push_study(store.local / OPTUNA_DB)
         if data_parallel(space):  # what trials stopped between reports still hold, and what they staged
             release_placement_groups()
@@ -398,12 +293,6 @@ def _resumed_space(store: ExperimentStore, name: str, num_samples: int | None) -
     return dataclasses.replace(space, storage_path=store.storage_path)
 
 
-def trials_at_once(space: SearchSpace) -> int:
-    """How many trials the cluster has room for at once (``trials.max_concurrent`` caps it)."""
-    wanted = min(space.trials.num_samples, space.trials.max_concurrent or space.trials.num_samples)
-    return task_slots(space.resources, wanted)
-
-
 def session_scratch_bytes() -> int | None:
     """Bytes left under the local Ray session's artifacts (trial working directories); None where unknown."""
     import ray
@@ -415,4 +304,4 @@ def session_scratch_bytes() -> int | None:
     return sum(f.stat().st_size for f in artifacts.rglob("*") if f.is_file()) if artifacts.is_dir() else 0
 
 
-__all__ = ["BEST_MODEL_DIR", "SearchOutcome", "experiment_settings", "format_summary", "resume_search", "run_search"]
+__all__ = ["BEST_MODEL_DIR", "SearchOutcome", "format_summary", "resume_search", "run_search"]

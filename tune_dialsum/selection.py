@@ -30,12 +30,11 @@ from pathlib import Path
 
 from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.checkpoints import CheckpointRecord, trial_decoding
-from tune_dialsum.choices import read_selection  # noqa: F401 (re-exported)
 from tune_dialsum.contract import SELECTION_FILE, score_key
+from tune_dialsum.experiment_settings import ExperimentSettings
 from tune_dialsum.metrics import Difference, paired_difference
-from tune_dialsum.scoring import remote_scorer, score_model, score_on_test  # noqa: F401 (re-exported)
+from tune_dialsum.scoring import score_model, scoring_tasks
 from tune_dialsum.space_schema import ResourcesSection
-from tune_dialsum.trainable import ExperimentSettings
 
 
 @dataclass
@@ -80,18 +79,21 @@ def rescore(
     candidates: list[CheckpointRecord], locations: list[str], settings: ExperimentSettings, resources: ResourcesSection
 ) -> list[Candidate]:
     """Each candidate's scores on the whole validation split, decoded as its trial was scored; in parallel."""
-    import ray
-
-    scorer = remote_scorer(resources)
-    futures = [
-        scorer.remote(
-            location, settings, "validation", trial_decoding(record.snapshot.get("config", {})), per_example=True
+    tasks = scoring_tasks(resources)
+    handles = [
+        tasks.submit(
+            score_model,
+            location,
+            settings,
+            "validation",
+            trial_decoding(record.snapshot.get("config", {})),
+            per_example=True,
         )
         for record, location in zip(candidates, locations, strict=True)
     ]
     key = score_key(settings.objective.metric)
     scored = []
-    for record, full in zip(candidates, ray.get(futures), strict=True):
+    for record, full in zip(candidates, [tasks.result(h) for h in handles], strict=True):
         each = full.pop("per_example")
         scored.append(Candidate(record, record.scores[key], full, each.get(key, [])))
     return scored

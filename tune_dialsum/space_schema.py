@@ -18,9 +18,10 @@ from typing import Any
 REQUIRED = "(required)"
 
 
-def key(default: Any, help: str, kind: type | None = None, name: str | None = None):
-    """A field of a section: its default, a one-line help, its value type, and its YAML key where nested."""
-    return field(default=default, metadata={"help": help, "kind": kind, "key": name})
+def key(default: Any, help: str, kind: type | None = None, name: str | None = None, positive: bool = False):
+    """A field of a section: its default, a one-line help, its value type, its YAML key where nested, and
+    whether a value must be above 0 (else at least 0)."""
+    return field(default=default, metadata={"help": help, "kind": kind, "key": name, "positive": positive})
 
 
 @dataclass(frozen=True)
@@ -32,19 +33,29 @@ class TrialSettings:
     """
 
     model: str | None = key(None, "hub name, local directory or tiny:FAMILY (bart, t5, pegasus) " + REQUIRED, str)
-    learning_rate: float | None = key(None, "peak learning rate; none: the model family's", float)
+    learning_rate: float | None = key(None, "peak learning rate; none: the model family's", float, positive=True)
     dialogue_format: str = key("standard", "how turns are written: standard, turns or compact", str)
-    max_input_length: int = key(512, "dialogue tokens kept (the rest is truncated)", int)
-    max_target_length: int = key(128, "summary tokens kept in training", int)
-    batch_size: int | None = key(None, "examples per device per step; none: the model family's", int)
-    gradient_accumulation_steps: int = key(1, "steps whose gradients add up to one update", int)
-    num_train_epochs: float = key(3.0, "epochs (the scheduler's max_budget bounds a trial first)", float)
+    max_input_length: int = key(512, "dialogue tokens kept (the rest is truncated)", int, positive=True)
+    max_target_length: int = key(128, "summary tokens kept in training", int, positive=True)
+    batch_size: int | None = key(None, "examples per device per step; none: the model family's", int, positive=True)
+    gradient_accumulation_steps: int = key(1, "steps whose gradients add up to one update", int, positive=True)
+    num_train_epochs: float = key(3.0, "epochs (the scheduler's max_budget bounds a trial first)", float, positive=True)
     warmup_steps: int = key(0, "linear warm-up steps", int)
     warmup_ratio: float | None = key(None, "warm-up as a fraction of all steps; wins over warmup_steps", float)
     weight_decay: float = key(0.0, "AdamW weight decay", float)
     label_smoothing: float = key(0.0, "label smoothing factor, below 1", float)
-    generation_num_beams: int = key(1, "beams when trials are scored (greedy: cheap); decoding tunes it", int)
-    generation_max_length: int | None = key(None, "longest generated summary; none: max_target_length", int)
+    generation_num_beams: int = key(
+        1,
+        "beams when trials are scored (greedy: cheap); decoding tunes it",
+        int,
+        positive=True,
+    )
+    generation_max_length: int | None = key(
+        None,
+        "longest generated summary; none: max_target_length",
+        int,
+        positive=True,
+    )
     lr_scheduler_type: str = key("linear", "transformers' learning-rate schedule", str)
     gradient_checkpointing: bool = key(False, "recompute activations: less memory, more time", bool)
     mixed_precision: str = key("auto", "auto (bf16 or fp16 on CUDA, none on CPU), bf16, fp16 or no", str)

@@ -14,206 +14,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
-from tune_dialsum.atomic import atomic_directory, atomic_write_text
+from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.contract import DECODING_DB, OPTUNA_DB
-from tune_dialsum.errors import UsageError, one_line
+from tune_dialsum.errors import UsageError
+from tune_dialsum.locations import (
+    SWAP_LEFTOVER,
+    delete_file,
+    download,
+    failing_in_one_line,
+    filesystem,
+    is_uri,
+    join,
+    split,
+    upload,
+    write_text,
+)
 from tune_dialsum.uris import refuse_credentials
 
-_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Tune's name for the checkpoints it persists
-
-
-def is_uri(location: str) -> bool:
-    return _SCHEME.match(str(location)) is not None
-
-
-def join(location: str, *parts: str) -> str:
-    """``location``/``parts``; a URI keeps its query (``?endpoint_override=...``) at the end."""
-    if not is_uri(location):
-        return str(Path(location, *parts))
-    base, sep, query = location.partition("?")
-    return "/".join([base.rstrip("/"), *parts]) + sep + query
-
-
-def split(location: str) -> tuple[str, str]:
-    """(parent, name) of an experiment location: the storage path Ray is given, and the experiment name."""
-    if not is_uri(location):
-        path = Path(location).expanduser().resolve()
-        return str(path.parent), path.name
-    base, sep, query = location.partition("?")
-    parent, _, name = base.rstrip("/").rpartition("/")
-    return parent + sep + query, name
-
-
-@contextmanager
-def _failing_in_one_line(location: str, doing: str) -> Iterator[None]:
-    try:
-        yield
-    except OSError as err:  # pyarrow reports network, permission and missing-bucket errors as OSError
-        raise UsageError(
-            f"storage {location}: cannot {doing} ({one_line(err)}); check the path or URI, the bucket and "
-            "this machine's credentials for it"
-        ) from None
-
-
-def filesystem(location: str):
-    """(pyarrow FileSystem, path in it) for a URI or a local path; one-line error for what pyarrow refuses."""
-    import pyarrow.fs as pafs
-
-    try:
-        if is_uri(location):
-            return pafs.FileSystem.from_uri(location)
-        return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
-    except (ValueError, OSError) as err:  # pyarrow.ArrowInvalid is a ValueError
-        raise UsageError(
-            f"storage {location}: {one_line(err)}; pass a directory every node shares or a URI pyarrow "
-            "understands (s3://, gs://, abfs://, hdfs://, file://)"
-        ) from None
-
-
-def reachable(location: str) -> str | None:
-    """None if ``location`` exists and can be read from this process, else why not (one line)."""
-    import pyarrow.fs as pafs
-
-    try:
-        fs, path = filesystem(location)
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
-            return "not found"
-    except (UsageError, OSError, ValueError) as err:
-        return one_line(err)
-    return None
-
-
-def write_text(location: str, text: str) -> None:
-    fs, path = filesystem(location)
-    with _failing_in_one_line(location, "write"):
-        fs.create_dir(path.rpartition("/")[0], recursive=True)
-        with fs.open_output_stream(path) as out:
-            out.write(text.encode())
-
-
-def read_text(location: str) -> str | None:
-    """The text of the file at ``location``; None where there is none."""
-    fs, path = filesystem(location)
-    with _failing_in_one_line(location, "read"):
-        try:
-            with fs.open_input_stream(path) as stream:
-                return stream.read().decode()
-        except FileNotFoundError:
-            return None
-
-
-def delete_file(location: str) -> None:
-    fs, path = filesystem(location)
-    with _failing_in_one_line(location, "delete"):
-        try:
-            fs.delete_file(path)
-        except FileNotFoundError:
-            pass
-
-
-def delete_tree(location: str) -> None:
-    """Remove the directory at ``location`` and everything under it, if it is there."""
-    fs, path = filesystem(location)
-    with _failing_in_one_line(location, "delete"):
-        try:
-            fs.delete_dir(path)
-        except FileNotFoundError:
-            pass
-
-
-def download(location: str, local_dir: Path) -> Path:
-    """Copy the directory at ``location`` (a URI or a path) into ``local_dir``."""
-    import pyarrow.fs as pafs
-
-    fs, path = filesystem(location)
-    local_dir.mkdir(parents=True, exist_ok=True)
-    with _failing_in_one_line(location, "download"):
-        pafs.copy_files(path, str(local_dir), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    return local_dir
-
-
-def upload(local_path: Path, location: str) -> None:
-    """Copy a local file or directory to ``location`` (a URI or a path), replacing what is there.
-
-    A directory replaces the old one through ``replace_tree``: never deleted before the new one is whole.
-    """
-    import pyarrow.fs as pafs
-
-    if local_path.is_dir():
-        return replace_tree(local_path, location)
-    fs, path = filesystem(location)
-    with _failing_in_one_line(location, "upload"):
-        fs.create_dir(path.rpartition("/")[0], recursive=True)
-        pafs.copy_files(str(local_path), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-
-
-def _delete_swap_leftovers(fs, path: str) -> None:
-    """What an earlier replace_tree of ``path`` left after a crash: it is being replaced now anyway."""
-    import pyarrow.fs as pafs
-
-    parent, _, name = path.rstrip("/").rpartition("/")
-    with _failing_in_one_line(path, "list"):
-        siblings = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
-    for info in siblings:
-        base = info.path.rstrip("/").rpartition("/")[2]
-        if (
-            info.type == pafs.FileType.Directory
-            and base.startswith(name)
-            and _SWAP_LEFTOVER.fullmatch(base[len(name) :])
-        ):
-            fs.delete_dir(info.path)
-
-
-def replace_tree(local_dir: Path, location: str) -> None:
-    """Upload the directory ``local_dir`` to ``location`` so that a whole copy exists at every moment.
-
-    A local ``location`` is replaced by renames (atomic). An object store has no rename: the new
-    copy is uploaded beside the old one first, the old one is copied aside, and only then is
-    ``location`` rewritten from the uploaded copy (a server-side copy). A crash at any point leaves
-    a complete copy, old or new, under ``location``, ``NAME.new-*`` or ``NAME.old-*``; ``pull`` does not
-    mirror those, and the next replace of ``location`` removes them.
-    """
-    import pyarrow.fs as pafs
-
-    if not is_uri(location):
-        with atomic_directory(Path(location).expanduser()) as staging:
-            shutil.copytree(local_dir, staging, dirs_exist_ok=True)
-        return
-    fs, path = filesystem(location)
-    _delete_swap_leftovers(fs, path)
-    tag = f"{os.getpid()}-{os.urandom(3).hex()}"
-    beside, aside = f"{path.rstrip('/')}.new-{tag}", f"{path.rstrip('/')}.old-{tag}"
-    with _failing_in_one_line(location, "upload"):
-        fs.create_dir(path.rpartition("/")[0], recursive=True)
-        copy = pafs.copy_files
-        copy(str(local_dir), beside, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-        had_old = fs.get_file_info(path).type != pafs.FileType.NotFound
-        if had_old:
-            copy(path, aside, source_filesystem=fs, destination_filesystem=fs)
-            fs.delete_dir_contents(path, missing_dir_ok=True)
-        copy(beside, path, source_filesystem=fs, destination_filesystem=fs)
-        for leftover in (beside, aside):
-            try:
-                fs.delete_dir(leftover)
-            except FileNotFoundError:  # an old copy with no files left nothing aside
-                pass
 
 
 def _version(info) -> list:
     """What identifies a store file's version: its size and its mtime in whole seconds (a listing and a
     single file's info may give the mtime at different precisions; some stores keep only seconds)."""
     return [info.size, int(info.mtime.timestamp()) if info.mtime else None]
-
-
-# Where replace_tree keeps a new copy and the old one during a swap; what a crash leaves is not mirrored
-_SWAP_LEFTOVER = re.compile(r"\.(new|old)-\d+-[0-9a-f]{6}$")
 
 
 def mirror_root() -> Path:
@@ -251,7 +79,7 @@ class ExperimentStore:
     def _listing(self):
         import pyarrow.fs as pafs
 
-        with _failing_in_one_line(self.location, "list"):
+        with failing_in_one_line(self.location, "list"):
             infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=True))
         return [info for info in infos if info.type == pafs.FileType.File]
 
@@ -312,7 +140,7 @@ class ExperimentStore:
         if not self.remote or not local_path.is_file():
             return
         relative = local_path.relative_to(self.local).as_posix()
-        with _failing_in_one_line(self.location, "read"):
+        with failing_in_one_line(self.location, "read"):
             info = self.fs.get_file_info(self._remote_path(local_path))
         if info.type == pafs.FileType.File and self._study_changed_there(relative, info):
             raise UsageError(
@@ -321,7 +149,7 @@ class ExperimentStore:
                 "--resume here"
             )
         upload(local_path, self.where(local_path))
-        with _failing_in_one_line(self.location, "read"):
+        with failing_in_one_line(self.location, "read"):
             self._remember(relative, self.fs.get_file_info(self._remote_path(local_path)))
 
     def pull(self, checkpoint_files: Iterable[str], keep_local: Iterable[str] = (OPTUNA_DB, DECODING_DB)) -> Path:
@@ -350,7 +178,7 @@ class ExperimentStore:
                 )
             remote_files.add(relative)
             parts = relative.split("/")
-            if _SWAP_LEFTOVER.search(parts[0]):
+            if SWAP_LEFTOVER.search(parts[0]):
                 continue  # a copy a crashed replace left (a whole model): not part of the experiment
             in_checkpoint = any(part.startswith(CHECKPOINT_PREFIX) for part in parts[:-1])
             if in_checkpoint and parts[-1] not in wanted:
@@ -370,7 +198,7 @@ class ExperimentStore:
                 continue  # unchanged since the last pull
             target.parent.mkdir(parents=True, exist_ok=True)
             staging = target.with_name(f".{target.name}.partial-{os.getpid()}")  # a reader sees old or new
-            with _failing_in_one_line(self.location, "read"):
+            with failing_in_one_line(self.location, "read"):
                 with self.fs.open_input_stream(info.path) as source, open(staging, "wb") as out:
                     shutil.copyfileobj(source, out)
             if modified is not None:
@@ -409,7 +237,7 @@ class ExperimentStore:
 
         if self.remote:
             target = self._remote_path(local_path)
-            with _failing_in_one_line(self.location, "delete"):
+            with failing_in_one_line(self.location, "delete"):
                 kind = self.fs.get_file_info(target).type
                 if kind == pafs.FileType.Directory:
                     self.fs.delete_dir(target)
@@ -427,7 +255,7 @@ class ExperimentStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         if self.remote:  # object stores have no directories to rename: copy, then delete
             remote_source, remote_target = self._remote_path(source), self._remote_path(target)
-            with _failing_in_one_line(self.location, "move"):
+            with failing_in_one_line(self.location, "move"):
                 pafs.copy_files(remote_source, remote_target, source_filesystem=self.fs, destination_filesystem=self.fs)
                 self.fs.delete_dir(remote_source)
         source.rename(target)

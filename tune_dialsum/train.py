@@ -3,6 +3,11 @@
 Nothing here knows about Ray: the search drives this trainer through
 transformers callbacks. Preprocessing and metric computation live at module
 level so they can be unit-tested and pickled.
+
+Longer than the package's other modules (about 430 lines) because it is the public API that
+../shared/spec/TRAINING_GUIDE.md documents: ``DialogueSummarizationTrainer`` with its methods,
+``get_training_arguments`` with the guide's argument names (and transformers 5's), and
+``train_model_from_dataframes``, kept together where a user of the guide looks for them.
 """
 
 from __future__ import annotations

@@ -10,172 +10,31 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import math
 import os
 import shutil
 import traceback
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tune_dialsum import storage
+from tune_dialsum import locations
 from tune_dialsum.contract import (
-    NOT_RETRYABLE_FILE,
-    RECIPE_FILE,
     REPORTED_SCORES,
-    TIME_ATTRS,
-    TOKENIZED_CACHE,
     TRAINER_STATE_FILE,
     TRIAL_CONFIG_FILE,
-    TRIAL_DIR_PREFIX,
-    best,
 )
-from tune_dialsum.data import DialogueDataLoader, training_splits
-from tune_dialsum.errors import ModelNotFoundError, TuneDialsumError, one_line
-from tune_dialsum.models import tokenizer_fingerprint
-from tune_dialsum.rungs import rung_report
-from tune_dialsum.space_schema import DataSection, ObjectiveSection, ResourcesSection, SchedulerSection, TrialSettings
+from tune_dialsum.experiment_settings import NODE_LOCAL, ExperimentSettings  # noqa: F401 (tuner.pkl files name it here)
+from tune_dialsum.retry import NotRetryable, TrialDiverged, is_retryable, not_retryable_marker, record_not_retryable
+from tune_dialsum.rungs import best_score, rung_report
+from tune_dialsum.space_schema import TrialSettings
 from tune_dialsum.train import DialogueSummarizationTrainer
+from tune_dialsum.trial_data import prepared_datasets
+from tune_dialsum.worker_memory import memory_in_use, release_memory, resident_memory_mb
 
 logger = logging.getLogger(__name__)
-
-# ExperimentSettings.cache_dir for experiments kept at a URI: each node caches under its own tune_dialsum cache.
-NODE_LOCAL = "node-local"
-
-
-class TrialDiverged(RuntimeError):
-    """The loss became NaN or infinite: more steps cannot help this trial."""
-
-
-class NotRetryable(RuntimeError):
-    """A trial's earlier attempt failed in a way that trying again cannot fix."""
-
-
-@dataclass(frozen=True)
-class ExperimentSettings:
-    """What every trial of one experiment shares: the space's sections minus what is sampled."""
-
-    data: DataSection  # its path resolved, so that every node reads the same directory
-    objective: ObjectiveSection
-    scheduler: SchedulerSection
-    resources: ResourcesSection  # workers_per_trial above 1: data-parallel trials (data_parallel.py)
-    seed: int
-    trust_remote_code: bool = False
-    # Tokenized datasets are shared here by every trial with the same tokenizer, format and lengths
-    # (None: not cached; NODE_LOCAL: in the tune_dialsum cache of the node a trial runs on).
-    cache_dir: str | None = None
-    # The experiment (a directory or a URI): where a trial records an error that must not be retried.
-    experiment_location: str | None = None
-
-    @property
-    def time_attr(self) -> str:
-        """The result key that measures a trial's training budget."""
-        return TIME_ATTRS[self.scheduler.budget_unit]
-
-    @property
-    def ranked_by(self) -> str:
-        """The result key the scheduler and the searcher rank on: the objective's best value so far.
-
-        A trial is exported at its best checkpoint, so a curve that dips at a rung must not get a
-        trial stopped whose best checkpoint is the best of all; the raw value stays under ``metric``.
-        """
-        return f"best_{self.objective.metric}"
-
-
-@functools.lru_cache(maxsize=4)
-def _load_splits(data_path, dialogue_column, summary_column, id_column):
-    """Read the data once per worker process, not once per trial."""
-    from tune_dialsum.data import DialogueDataLoader
-
-    return DialogueDataLoader(data_path, dialogue_column, summary_column, id_column).load_splits()
-
-
-def load_splits(settings: ExperimentSettings) -> dict:
-    """Every split of the experiment's data, as read (and cleaned) once per process."""
-    return _load_splits(
-        settings.data.path, settings.data.dialogue_column, settings.data.summary_column, settings.data.id_column
-    )
-
-
-def training_frames(settings: ExperimentSettings):
-    train_df, val_df = training_splits(
-        load_splits(settings),
-        settings.data.validation_split,
-        settings.seed,
-        settings.data.max_train_samples,
-        settings.data.max_eval_samples,
-    )
-    # Longest first: generation batches of similar length pad less, and a too-long batch fails at once.
-    val_df = val_df.iloc[val_df["dialogue"].str.len().argsort()[::-1]]
-    return train_df, val_df
-
-
-def _prepared_datasets(trainer: DialogueSummarizationTrainer, settings: ExperimentSettings):
-    """Tokenized train/validation sets, tokenized once per experiment and shared through ``cache_dir``."""
-    from datasets import DatasetDict
-
-    if settings.cache_dir is None:
-        train_df, val_df = training_frames(settings)
-        return trainer.load_and_prepare_data(train_df, val_df=val_df)
-    # What decides the tokenized rows: the files read (by size and mtime), which rows of them, the
-    # tokenizer itself (not only its name) and how inputs are built.
-    identity = {
-        **trainer.recipe,
-        "tokenizer": tokenizer_fingerprint(trainer.tokenizer),
-        "data": DialogueDataLoader(settings.data.path).fingerprint(("train", "validation")),
-        "rows": asdict(settings.data),  # which files, columns and how many rows of them
-        "seed": settings.seed,
-    }
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    if settings.cache_dir == NODE_LOCAL:
-        from tune_dialsum.models import cache_dir
-
-        path = cache_dir() / TOKENIZED_CACHE / key
-    else:
-        path = Path(settings.cache_dir) / key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if (path / "dataset_dict.json").is_file():
-        return DatasetDict.load_from_disk(str(path))
-    train_df, val_df = training_frames(settings)
-    dataset_dict = trainer.load_and_prepare_data(train_df, val_df=val_df)
-    staging = path.with_name(f".{key}-{uuid.uuid4().hex}")
-    dataset_dict.save_to_disk(str(staging))
-    try:
-        staging.rename(path)
-    except OSError:  # another trial stored the same datasets first
-        shutil.rmtree(staging, ignore_errors=True)
-    return dataset_dict
-
-
-def resident_memory_mb() -> float:
-    """This process's resident memory now (Linux), or its peak where /proc is absent."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _memory_in_use() -> dict[str, float]:
-    """What a report records of this worker's memory, to show it stays flat over reused trials."""
-    import torch
-
-    memory = {"worker_rss_mb": round(resident_memory_mb(), 1)}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        memory["cuda_allocated_mb"] = round(torch.cuda.memory_allocated() / 2**20, 1)
-    return memory
-
-
-def best_so_far(log_history: list[dict], metric: str, mode: str) -> float:
-    """The best value of ``metric`` over every evaluation in a trainer's history (resumed runs included)."""
-    key = metric if metric.startswith("eval_") else f"eval_{metric}"
-    return best((entry[key] for entry in log_history if key in entry), mode)
 
 
 @dataclass(frozen=True)
@@ -239,7 +98,7 @@ def _report_to_tune_callback(
             report = {
                 **self.scores,
                 "eval_loss": self.scores.get("loss"),
-                settings.ranked_by: best_so_far(state.log_history, settings.objective.metric, settings.objective.mode),
+                settings.ranked_by: best_score(state.log_history, settings.objective.metric, settings.objective.mode),
                 "step": state.global_step,
                 "epoch": state.epoch,
                 "samples": state.global_step * samples_per_step,
@@ -248,7 +107,7 @@ def _report_to_tune_callback(
                 "devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "rss_at_start_mb": round(rss_at_start, 1),  # what earlier trials on this worker left behind
-                **_memory_in_use(),
+                **memory_in_use(),
             }
             if args.world_size > 1:  # what every worker trained with, seen from rank 0
                 report["workers"] = _gather_from_workers(
@@ -314,51 +173,6 @@ def _restore_checkpoint(checkpoint, output_dir: Path) -> str | None:
     return str(target)
 
 
-def is_retryable(error: BaseException) -> bool:
-    """Whether another attempt at a trial that raised ``error`` could end differently.
-
-    A diverged loss, running out of memory and a bad setting fail the same way every time; a lost
-    worker or node, or an I/O hiccup, may not.
-    """
-    import torch
-
-    if isinstance(error, ModelNotFoundError):  # checked before any trial: in a trial, a hub or disk hiccup
-        return True
-    if isinstance(
-        error, (TrialDiverged, NotRetryable, torch.OutOfMemoryError, TuneDialsumError, ValueError, TypeError)
-    ):
-        return False
-    return not (isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
-
-
-def _not_retryable_marker(settings: ExperimentSettings, trial_id: str) -> str | None:
-    if settings.experiment_location is None:
-        return None
-    return storage.join(settings.experiment_location, f"{TRIAL_DIR_PREFIX}{trial_id}", NOT_RETRYABLE_FILE)
-
-
-def release_memory() -> None:
-    """Give back what a trial held, so that the next trial on this reused worker starts from the same place."""
-    import gc
-
-    import torch
-
-    gc.collect()  # the trainer, model and optimizer hold reference cycles: free them now, not at some later GC
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-    _return_freed_heap_to_the_system()
-
-
-def _return_freed_heap_to_the_system() -> None:
-    """glibc keeps freed memory in its arenas; a long-lived worker's resident size then only grows."""
-    import ctypes
-
-    try:  # quick: Tune gives a reused worker's trial thread 2 seconds to end (TUNE_FUNCTION_THREAD_TIMEOUT_S)
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        pass
-
-
 def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
     """Ray Tune function trainable; ``config`` holds one trial's settings (see space.SETTINGS).
 
@@ -370,8 +184,8 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
 
     context = tune.get_context()
     trial_id = context.get_trial_id()
-    marker = _not_retryable_marker(settings, trial_id)
-    earlier = storage.read_text(marker) if marker else None
+    marker = not_retryable_marker(settings, trial_id)
+    earlier = locations.read_text(marker) if marker else None
     if earlier:
         raise NotRetryable(f"{json.loads(earlier)['error']} (not retried: another attempt would fail the same way)")
     trial = {
@@ -390,7 +204,7 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
             train_one(config, settings, output_dir, run)
     except BaseException as err:  # SystemExit too: that is how Tune ends a trial its scheduler stopped
         if marker and isinstance(err, Exception) and not is_retryable(err):
-            _record_not_retryable(marker, err)
+            record_not_retryable(marker, err)
         # The traceback holds the trainer's frames, and through them the model and optimizer: let go
         # of them, or nothing below can free that memory while the exception propagates.
         traceback.clear_frames(err.__traceback__)
@@ -421,12 +235,12 @@ def _train_data_parallel(config: dict, settings: ExperimentSettings, trial: dict
     workers = Workers(
         settings.resources.workers_per_trial, settings.resources.cpus_per_worker, settings.resources.gpus_per_worker
     )
-    staging = storage.join(settings.experiment_location or str(output_dir), TRAIN_RUNS_DIR)
+    staging = locations.join(settings.experiment_location or str(output_dir), TRAIN_RUNS_DIR)
     run_name = new_run_name(trial["trial_id"])
     try:
         run_data_parallel(process, workers, run_name, staging, is_retryable)
     finally:
-        storage.delete_tree(storage.join(staging, run_name))
+        locations.delete_tree(locations.join(staging, run_name))
 
 
 def _train_worker(config, settings, trial, output_dir: Path, resume_from, rank: int, publish) -> None:
@@ -437,13 +251,6 @@ def _train_worker(config, settings, trial, output_dir: Path, resume_from, rank: 
     finally:
         shutil.rmtree(rank_dir, ignore_errors=True)
         release_memory()
-
-
-def _record_not_retryable(marker: str, error: Exception) -> None:
-    try:
-        storage.write_text(marker, json.dumps({"error": f"{type(error).__name__}: {one_line(error)}"}))
-    except (OSError, TuneDialsumError) as failed:  # the trial's own error is the one to report
-        logger.warning("could not record that %s is not retryable: %s", error, one_line(failed))
 
 
 def train_one(config: dict, settings: ExperimentSettings, output_dir: Path, run: TrialRun) -> None:
@@ -462,7 +269,7 @@ def train_one(config: dict, settings: ExperimentSettings, output_dir: Path, run:
         tensorboard=False,  # Tune logs every report to TensorBoard in the trial directory already
         data_dir=settings.data.path,
     )
-    dataset_dict = _prepared_datasets(trainer, settings)
+    dataset_dict = prepared_datasets(trainer, settings)
     unit = settings.scheduler.budget_unit
     interval = settings.scheduler.eval_interval
     strategy = {"steps": "steps", "epochs": "epoch", "samples": "no"}[unit]  # samples: EvaluateEverySamples
@@ -499,14 +306,3 @@ def train_one(config: dict, settings: ExperimentSettings, output_dir: Path, run:
         callbacks=callbacks,
         save_final_model=False,  # the checkpoints Tune persisted are the results; nothing else is read
     )
-
-
-__all__ = [
-    "ExperimentSettings",
-    "NODE_LOCAL",
-    "RECIPE_FILE",
-    "TRIAL_CONFIG_FILE",
-    "TrialDiverged",
-    "is_retryable",
-    "train_dialsum",
-]

@@ -1,0 +1,67 @@
+"""What every trial of one experiment shares: the space's sections minus what is sampled.
+
+Kept apart from the trainable so that the stages after the trials (selection, decoding, refit)
+read the settings without importing the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from tune_dialsum.contract import TIME_ATTRS, TOKENIZED_CACHE
+from tune_dialsum.space import SearchSpace
+from tune_dialsum.space_schema import DataSection, ObjectiveSection, ResourcesSection, SchedulerSection
+
+# ExperimentSettings.cache_dir for experiments kept at a URI: each node caches under its own tune_dialsum cache.
+NODE_LOCAL = "node-local"
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    """What every trial of one experiment shares: the space's sections minus what is sampled."""
+
+    data: DataSection  # its path resolved, so that every node reads the same directory
+    objective: ObjectiveSection
+    scheduler: SchedulerSection
+    resources: ResourcesSection  # workers_per_trial above 1: data-parallel trials (data_parallel.py)
+    seed: int
+    trust_remote_code: bool = False
+    # Tokenized datasets are shared here by every trial with the same tokenizer, format and lengths
+    # (None: not cached; NODE_LOCAL: in the tune_dialsum cache of the node a trial runs on).
+    cache_dir: str | None = None
+    # The experiment (a directory or a URI): where a trial records an error that must not be retried.
+    experiment_location: str | None = None
+
+    @property
+    def time_attr(self) -> str:
+        """The result key that measures a trial's training budget."""
+        return TIME_ATTRS[self.scheduler.budget_unit]
+
+    @property
+    def ranked_by(self) -> str:
+        """The result key the scheduler and the searcher rank on: the objective's best value so far.
+
+        A trial is exported at its best checkpoint, so a curve that dips at a rung must not get a
+        trial stopped whose best checkpoint is the best of all; the raw value stays under ``metric``.
+        """
+        return f"best_{self.objective.metric}"
+
+
+def experiment_settings(space: SearchSpace, store=None) -> ExperimentSettings:
+    """What every trial shares; tokenized data is cached in the experiment (``store``: storage.ExperimentStore),
+    or per node where that is a URI."""
+    cache_dir = None
+    if store is not None:
+        cache_dir = NODE_LOCAL if store.remote else str(store.local / TOKENIZED_CACHE)
+    return ExperimentSettings(
+        data=dataclasses.replace(space.data, path=str(Path(space.data.path).expanduser().resolve())),
+        objective=space.objective,
+        scheduler=space.scheduler,
+        resources=space.resources,
+        seed=space.seed,
+        trust_remote_code=space.trust_remote_code,
+        cache_dir=cache_dir,
+        experiment_location=store.location if store is not None else None,
+    )
