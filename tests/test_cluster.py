@@ -125,6 +125,9 @@ def test_a_bucket_search_across_both_nodes_is_interrupted_resumed_analysed_and_e
     experiment = join(s3_storage, "tiny-demo")
     deadline = time.time() + 300
     while time.time() < deadline and not _reports_written(experiment):
+        assert driver.poll() is None, (
+            "the search ended before its first report: " + "".join(driver.communicate())[-3000:]
+        )
         time.sleep(1)
     driver.send_signal(signal.SIGINT)
     start = time.time()

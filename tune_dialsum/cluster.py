@@ -109,7 +109,7 @@ def check_shared_paths(written: dict[str, str], read: dict[str, str]) -> None:
     nodes = [node for node in ray.nodes() if node["Alive"]]
     if len(nodes) < 2:
         return
-    locations = {**written, **read}
+    checked = {**written, **read}
     markers, written = shared_path_markers(written, read)
 
     @ray.remote(num_cpus=0)
@@ -131,7 +131,7 @@ def check_shared_paths(written: dict[str, str], read: dict[str, str]) -> None:
         for marker in written:
             locations.delete_file(marker)
     for node, node_reasons in zip(nodes, reasons, strict=True):
-        for (what, location), reason in zip(locations.items(), node_reasons, strict=True):
+        for (what, location), reason in zip(checked.items(), node_reasons, strict=True):
             if reason is not None:
                 raise UsageError(
                     f"{what} {location} cannot be read on node {node['NodeManagerAddress']} ({node['NodeID'][:8]}): "
