@@ -76,3 +76,19 @@ def test_the_trials_a_run_recorded_are_read_from_its_saved_state(tmp_path):
     (tmp_path / "experiment_state-2026-12-05_10-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
     (tmp_path / "experiment_state-2026-12-05_11-00-00.json").write_text("{half written")  # being written
     assert ray_compat.recorded_trial_ids(tmp_path) == {"a", "b"}
+
+
+def test_what_older_experiments_pickled_still_resolves_for_resume():
+    """Ray pickles the trainable, the trial-name function and the space into tuner.pkl by module path:
+    ``--resume`` of an experiment started before a module moved unpickles these names."""
+    import importlib
+
+    pickled_before = {
+        "tune_dialsum.search": ["_trial_name"],
+        "tune_dialsum.trainable": ["train_dialsum", "ExperimentSettings"],
+        "tune_dialsum.space": ["SearchSpace", "Distribution"],
+        "tune_dialsum.space_schema": ["DataSection", "SchedulerSection", "ResourcesSection", "TrialsSection"],
+    }
+    for module, names in pickled_before.items():
+        for name in names:
+            assert hasattr(importlib.import_module(module), name), f"{module}.{name}"

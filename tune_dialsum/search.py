@@ -35,7 +35,13 @@ from tune_dialsum.ray_compat import recorded_trial_ids, session_dir
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.space_schema import TrialsSection
 from tune_dialsum.storage import ExperimentStore
-from tune_dialsum.tuner import build_tuner, data_parallel, trainable, trials_at_once
+from tune_dialsum.tuner import (
+    _trial_name,  # noqa: F401 (tuner.pkl files of older experiments name it here)
+    build_tuner,
+    data_parallel,
+    trainable,
+    trials_at_once,
+)
 
 logger = logging.getLogger(__name__)
 
