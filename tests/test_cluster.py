@@ -85,8 +85,13 @@ def two_node_cluster(s3_endpoint, tmp_path_factory):
 
 
 def _search_command(address: str, storage: str) -> list[str]:
-    """Four tiny T5 trials to 1,600 examples through --address, on the mechanics data (no decoding stage)."""
-    sets = ("trials.num_samples=4", "scheduler.max_budget=1600", "scheduler.grace_period=1600")
+    """Four tiny T5 trials to 800 examples through --address, on the mechanics data (no decoding stage)."""
+    sets = (
+        "trials.num_samples=4",
+        "scheduler.max_budget=800",
+        "scheduler.eval_interval=400",
+        "scheduler.grace_period=800",
+    )
     sets += ("search.model={choice: ['tiny:t5']}", "selection.top_k=1", *mechanics_sets(), *training_only_sets())
     command = cli_command("search", "--space", str(TINY), "--address", address, "--storage-path", storage)
     return command + [arg for item in sets for arg in ("--set", item)]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
-from tests.conftest import LISTENING_FILE, demo_root, private_network_unavailable, run_cli, trial_results
+from tests.conftest import LISTENING_FILE, demo_root, private_network_unavailable, run_process, trial_results
 
 pytestmark = pytest.mark.slow
 LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
@@ -38,36 +39,58 @@ def test_no_trial_scratch_or_optimizer_state_outlives_the_search(tiny_search):
     assert "MiB left in Ray's session directory)" in completed.stdout
 
 
-MEMORY_SETS = (
-    "trials.num_samples=7",
-    "trials.max_concurrent=1",
+# Ten identical short trials, one logical GPU each of two: no decoding stage, no test split.
+SHARED_GPU_SETS = [
+    "trials.num_samples=10",
+    "resources.gpus_per_trial=1",
     "scheduler.type=fifo",
     "scheduler.budget_unit=steps",
-    "scheduler.max_budget=40",
-    "scheduler.eval_interval=40",
-    "scheduler.grace_period=40",
+    "scheduler.max_budget=60",
+    "scheduler.eval_interval=60",
+    "scheduler.grace_period=60",
     "search={learning_rate: {loguniform: [1.0e-3, 3.0e-3]}}",
     "per_family={}",
     "fixed.model=tiny:bart",
     "fixed.batch_size=8",
     "fixed.max_target_length=32",
-    "data.max_eval_samples=16",
-)
+    "selection.top_k=1",
+]
 # Measured on 2 CPU cores (RELIABILITY.md): without releasing a trial's model, optimizer and trainer,
 # a reused worker grew by tens of MiB per trial of this size; with it, it stays within this bound.
 RSS_BOUND_MB = 40
 
 
-def test_a_reused_worker_gives_back_each_trials_memory(tmp_path):
-    """Seven identical trials in one worker: the memory each starts with stays flat after the second."""
-    from tests.conftest import tiny_search_command, training_only_sets
+def test_trials_get_one_logical_gpu_each_and_a_reused_worker_gives_back_each_trials_memory(tmp_path):
+    """With 2 logical GPUs and 1 GPU per trial, 2 trials run at once, each on its own device; each GPU's
+    worker runs trial after trial, and the memory each trial starts with stays flat after the second."""
+    from tests.conftest import TINY, mechanics_sets, training_only_sets
 
-    command = tiny_search_command(tmp_path, "memory", *training_only_sets(), *MEMORY_SETS)
-    completed = run_cli(*command[3:], timeout=900)
+    sets = [*mechanics_sets(), *training_only_sets(), *SHARED_GPU_SETS, "name=shared", f"storage_path={tmp_path}"]
+    code = f"""
+import os, ray
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+from tune_dialsum.space import load_space
+from tune_dialsum.search import run_search
+run_search(load_space({str(TINY)!r}, {sets!r}))
+"""
+    completed = run_process([sys.executable, "-c", code], timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    results = trial_results(tmp_path / "memory")
-    runs = sorted((rows[0]["timestamp"], rows[0]["pid"], rows[0]["rss_at_start_mb"]) for rows in results.values())
-    assert len({pid for _, pid, _ in runs}) == 1, "the trials did not share one worker"
-    at_start = [rss for _, _, rss in runs]
-    print("RSS at the start of each trial (MiB):", at_start)
-    assert max(at_start[2:]) - at_start[1] <= RSS_BOUND_MB, at_start
+    results = trial_results(tmp_path / "shared")
+    assert len(results) == 10
+    devices = [rows[0]["devices"] for rows in results.values()]
+    assert sorted(set(devices)) == ["0", "1"]  # each trial saw exactly one of the two GPUs
+    # Ray's timestamps are whole seconds: shrink each span by a second at both ends before counting.
+    spans = [
+        (rows[0]["timestamp"] - rows[0]["time_this_iter_s"] + 1, rows[-1]["timestamp"] - 1) for rows in results.values()
+    ]
+    overlap = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+    assert overlap == 2
+    workers: dict[int, list] = {}
+    for rows in results.values():
+        workers.setdefault(rows[0]["pid"], []).append((rows[0]["timestamp"], rows[0]["rss_at_start_mb"]))
+    assert len(workers) == 2, "the trials of each GPU did not share one worker"
+    for runs in workers.values():
+        at_start = [rss for _, rss in sorted(runs)]
+        print("RSS at the start of each trial of one worker (MiB):", at_start)
+        assert len(at_start) >= 3 and max(at_start[2:]) - at_start[1] <= RSS_BOUND_MB, at_start

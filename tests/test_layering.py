@@ -23,6 +23,7 @@ LAYERS = [
         "lock",
         "generation",
         "executor",
+        "ray_compat",
         "data_parallel",
         "data.cleaning",
         "data.splits",

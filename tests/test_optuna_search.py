@@ -1,8 +1,7 @@
 """The PRUNED-aware searcher, driven with synthetic results: no Ray cluster, no training, in a second.
 
-It leans on private attributes of Ray's OptunaSearch and Optuna's study (`_ot_trials`,
-`_completed_trials`, `_ot_study._storage`), which pyproject pins below their next major versions;
-this is the test that says when a minor version moved them.
+It leans on private attributes of Ray's OptunaSearch and Optuna's study, read through
+tune_dialsum/ray_compat.py; tests/test_ray_compat.py says when a release moved one.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import pytest
 
 from tests.conftest import BUNDLED_DATA, TINY
 from tune_dialsum.experiment_settings import experiment_settings
+from tune_dialsum.ray_compat import optuna_study, optuna_trials
 from tune_dialsum.space import load_space
 from tune_dialsum.tuner import build_searcher
 
@@ -25,8 +25,7 @@ def searcher():
 
 
 def _trial(searcher, trial_id: str):
-    study = searcher._ot_study
-    return study.trials[searcher._ot_trials[trial_id].number]
+    return optuna_study(searcher).trials[optuna_trials(searcher)[trial_id].number]
 
 
 def test_suggestions_hold_each_setting_once_under_its_own_name(searcher):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tune_dialsum import locations
 from tune_dialsum.errors import SpaceError, UsageError, one_line
+from tune_dialsum.ray_compat import keep_imported_ray_on_loopback
 from tune_dialsum.space import SearchSpace
 from tune_dialsum.space_schema import ResourcesSection
 
@@ -49,9 +50,7 @@ def keep_on_loopback(address: str | None) -> None:
     # machine's network address)
     os.environ.setdefault(LOOPBACK_VARIABLE, "0")
     if "ray" in sys.modules and os.environ[LOOPBACK_VARIABLE] == "0":
-        from ray._private import ray_constants
-
-        ray_constants.ENABLE_RAY_CLUSTER = False
+        keep_imported_ray_on_loopback()
 
 
 def start_ray(address: str | None) -> bool:

@@ -170,9 +170,9 @@ def _worker_loop(loop_config: dict) -> None:
 
 def _relay_to_tune(reports, copied):
     """The controller-side callback (its class built lazily: importing Ray Train costs seconds)."""
-    from ray.train.v2.api.callback import UserCallback
+    from tune_dialsum.ray_compat import train_controller_callback
 
-    class RelayToTune(UserCallback):
+    class RelayToTune(train_controller_callback()):
         """Hands rank 0's report and the persisted checkpoint to the trial, and waits until Tune copied it."""
 
         def __init__(self, reports, copied) -> None:
@@ -194,7 +194,8 @@ def release_placement_groups() -> int:
     """
     import ray
     from ray.util import placement_group_table, remove_placement_group
-    from ray.util.placement_group import PlacementGroup
+
+    from tune_dialsum.ray_compat import placement_group
 
     job = ray.get_runtime_context().get_job_id()
     leftover = [
@@ -203,7 +204,7 @@ def release_placement_groups() -> int:
         if group_id.endswith(job) and group["state"] != "REMOVED"
     ]
     for group_id in leftover:
-        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
+        remove_placement_group(placement_group(group_id))
     return len(leftover)
 
 

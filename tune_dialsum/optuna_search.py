@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from tune_dialsum.ray_compat import label_trial, optuna_study, optuna_trials, stored_trial, told_trials
 from tune_dialsum.space import SearchSpace
 
 
@@ -50,22 +51,22 @@ def pruned_aware_optuna_search(*, time_attr: str, full_budget: int, **optuna_sea
             experiment leaves a trial Tune will run on whose study record is final.
             """
             super().restore(checkpoint_path)
-            known = {trial.number for trial in self._ot_trials.values()}
-            storage = self._ot_study._storage
-            for trial_id, ot_trial in self._ot_trials.items():
-                state = storage.get_trial(ot_trial._trial_id).state
+            study, asked, told = optuna_study(self), optuna_trials(self), told_trials(self)
+            known = {trial.number for trial in asked.values()}
+            for trial_id, ot_trial in asked.items():
+                state = stored_trial(study, ot_trial).state
                 if state == TrialState.FAIL:
-                    self._completed_trials.discard(trial_id)  # Tune restarts failed trials on resume
+                    told.discard(trial_id)  # Tune restarts failed trials on resume
                     self._restarted[trial_id] = {}
                 elif state.is_finished():
                     # Told before the driver died, though Tune's saved state still had it running: Tune
                     # runs it on from its checkpoint, and the study keeps what it was told (an ended
                     # Optuna trial takes no new values: reporting one would fail the trial).
-                    self._completed_trials.add(trial_id)
-            for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    told.add(trial_id)
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if trial.number not in known:
-                    storage.set_trial_user_attr(trial._trial_id, "abandoned", "asked before the driver died; never ran")
-                    self._ot_study.tell(trial.number, state=TrialState.FAIL)
+                    label_trial(study, trial, "abandoned", "asked before the driver died; never ran")
+                    study.tell(trial.number, state=TrialState.FAIL)
 
         def suggest(self, trial_id: str):
             config = super().suggest(trial_id)
@@ -74,17 +75,17 @@ def pruned_aware_optuna_search(*, time_attr: str, full_budget: int, **optuna_sea
             return config
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if trial_id in self._completed_trials or self.metric not in result:
+            if trial_id in told_trials(self) or self.metric not in result:
                 return
             # Keyed by the training budget, not by Tune's report count, so curves line up across trials.
             value, budget = result[self.metric], int(result[self._time_attr])
             if trial_id in self._restarted:
                 self._restarted[trial_id][budget] = value
             else:
-                self._ot_trials[trial_id].report(value, budget)
+                optuna_trials(self)[trial_id].report(value, budget)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            if trial_id in self._completed_trials:
+            if trial_id in told_trials(self):
                 return
             if trial_id in self._restarted:
                 self._record_restarted(trial_id, result, error)
@@ -93,8 +94,8 @@ def pruned_aware_optuna_search(*, time_attr: str, full_budget: int, **optuna_sea
                 # Tune hands the last result to on_trial_complete only; keep it as an intermediate value too.
                 self.on_trial_result(trial_id, result)
                 if result.get(self._time_attr, self._full_budget) < self._full_budget:
-                    self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-                    self._completed_trials.add(trial_id)
+                    optuna_study(self).tell(optuna_trials(self)[trial_id], state=TrialState.PRUNED)
+                    told_trials(self).add(trial_id)
                     return
             super().on_trial_complete(trial_id, result, error)
 
@@ -102,14 +103,15 @@ def pruned_aware_optuna_search(*, time_attr: str, full_budget: int, **optuna_sea
             """A restarted trial that ended: its FAIL record stays, and its new outcome is added beside it."""
             import optuna
 
-            self._completed_trials.add(trial_id)
+            told_trials(self).add(trial_id)
             curve = self._restarted.pop(trial_id)
             if error or not result or self.metric not in result:
                 return  # failed again: the FAIL record says so already
             curve[int(result[self._time_attr])] = result[self.metric]
-            failed = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
+            study = optuna_study(self)
+            failed = stored_trial(study, optuna_trials(self)[trial_id])
             complete = result[self._time_attr] >= self._full_budget and math.isfinite(result[self.metric])
-            self._ot_study.add_trial(
+            study.add_trial(
                 optuna.trial.create_trial(
                     state=TrialState.COMPLETE if complete else TrialState.PRUNED,
                     value=result[self.metric] if complete else None,

@@ -15,7 +15,6 @@ from tune_dialsum.checkpoints import (
 from tune_dialsum.contract import (
     ERROR,
     ERROR_FILE,
-    EXPERIMENT_STATE_GLOB,
     PARAMS_FILE,
     PENDING,
     ROUGE_KEYS,
@@ -30,6 +29,7 @@ from tune_dialsum.contract import (
 from tune_dialsum.errors import one_line
 from tune_dialsum.experiment_settings import ExperimentSettings
 from tune_dialsum.export import fidelity
+from tune_dialsum.ray_compat import recorded_trial_ids
 from tune_dialsum.space import SearchSpace
 from tune_dialsum.storage import ExperimentStore
 
@@ -157,18 +157,6 @@ def _classify_from_disk(trial_dir: Path, trial_id: str, space, settings) -> Tria
     error = one_line(RuntimeError(error_file.read_text())) if error_file.is_file() else None
     rows = read_reports(trial_dir)
     return _classify(trial_id, rows, rows[-1] if rows else {}, config, error, space, settings)
-
-
-def recorded_trial_ids(experiment_dir: Path) -> set[str]:
-    """Every trial any run of the experiment recorded in its saved state (Ray's experiment_state-*.json)."""
-    ids = set()
-    for state_file in experiment_dir.glob(EXPERIMENT_STATE_GLOB):
-        try:
-            trial_data = json.loads(state_file.read_text())["trial_data"]
-            ids |= {json.loads(trial_json)["trial_id"] for trial_json, _ in trial_data}
-        except (OSError, ValueError, KeyError, TypeError):  # a state file being written: its trials are in results
-            continue
-    return ids
 
 
 def set_aside_orphans(store: ExperimentStore, known_ids: set[str]) -> None:

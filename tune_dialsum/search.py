@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import os
 import time
-from pathlib import Path
 
 import yaml
 
@@ -31,11 +30,18 @@ from tune_dialsum.experiment_settings import ExperimentSettings, experiment_sett
 from tune_dialsum.finish import summarize
 from tune_dialsum.lock import experiment_lock
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
-from tune_dialsum.outcome import SearchOutcome, format_summary, recorded_trial_ids
+from tune_dialsum.outcome import SearchOutcome, format_summary
+from tune_dialsum.ray_compat import recorded_trial_ids, session_dir
 from tune_dialsum.space import SearchSpace, parse_space
 from tune_dialsum.space_schema import TrialsSection
 from tune_dialsum.storage import ExperimentStore
-from tune_dialsum.tuner import build_tuner, data_parallel, trainable, trials_at_once
+from tune_dialsum.tuner import (
+    _trial_name,  # noqa: F401 (tuner.pkl files of older experiments name it here)
+    build_tuner,
+    data_parallel,
+    trainable,
+    trials_at_once,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -295,12 +301,10 @@ def _resumed_space(store: ExperimentStore, name: str, num_samples: int | None) -
 
 def session_scratch_bytes() -> int | None:
     """Bytes left under the local Ray session's artifacts (trial working directories); None where unknown."""
-    import ray
-
-    node = getattr(ray._private.worker, "_global_node", None)  # the session directory has no public accessor
-    if node is None:
+    session = session_dir()
+    if session is None:
         return None
-    artifacts = Path(node.get_session_dir_path()) / "artifacts"
+    artifacts = session / "artifacts"
     return sum(f.stat().st_size for f in artifacts.rglob("*") if f.is_file()) if artifacts.is_dir() else 0
 
 
