@@ -9,6 +9,7 @@ import yaml
 from transformers import GenerationConfig
 
 from tests.conftest import REPO, run_cli
+from tune_dialsum import cli, executor
 from tune_dialsum.analysis import Experiment
 from tune_dialsum.choices import BASELINE, read_decoding
 from tune_dialsum.decoding import DecodingResult, DecodingTrial, choose, format_result, mark_fronts
@@ -133,8 +134,8 @@ def test_tune_decoding_on_an_export_continues_its_study_and_chooses_under_the_co
     decoding["num_samples"] = 3  # one trial more, and the constraint gone: the same study goes on
     del decoding["constraints"]
     space.write_text(yaml.safe_dump({"decoding": decoding}))
-    second = run_cli(*command, "--out", str(out))
-    assert second.returncode == 0, second.stderr[-2000:]
+    with executor.installed(executor.Inline()):  # the same command, its decodings inline: no second Ray
+        assert cli.main([*command, "--out", str(out)]) == 0
     document = read_decoding(out)
     after = document["records"]
     assert sorted(r["number"] for r in after) == [BASELINE, 0, 1, 2]

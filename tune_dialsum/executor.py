@@ -97,6 +97,11 @@ def tasks(num_cpus: float, num_gpus: float, max_retries: int | None = None):
     return _installed[-1] if _installed else RayTasks(num_cpus, num_gpus, max_retries)
 
 
+def on_ray() -> bool:
+    """Whether the tasks submitted now run on Ray (and so need it started)."""
+    return not _installed or isinstance(_installed[-1], RayTasks)
+
+
 @contextmanager
 def installed(executor) -> Iterator[None]:
     """Run every task submitted meanwhile on ``executor`` (:class:`Inline` in tests)."""

@@ -12,6 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from tune_dialsum import executor
 from tune_dialsum.atomic import atomic_directory, atomic_write_text
 from tune_dialsum.choices import BASELINE, read_decoding
 from tune_dialsum.contract import DECODING_DB, DECODING_FILE, DECODING_SOURCE_FILE, RECIPE_FILE, TUNING_FILE
@@ -62,7 +63,7 @@ def tune_model(
         space.resources,
         space.seed,
     )
-    started_ray = start_ray(address)
+    started_ray = start_ray(address) if executor.on_ray() else False  # tests decode inline
     try:
         result = run_decoding_study(study)
     finally:
