@@ -222,7 +222,7 @@ def test_cli_cases(tmp_path, capsys, experiment_without_checkpoints, tiny_models
         (
             ["train", "--model", "tiny:t5", "--max-input-length", "0", "--output-dir", "x"],
             2,
-            "must be at least 1 but got 0",
+            "must be greater than 0 but got '0'",
         ),
         (["dashboard", str(tmp_path / "missing")], 2, "no Optuna study here"),
         (["dashboard", str(tmp_path), "--port", "70000"], 2, "must be 0 (free ports) or 1-65534"),

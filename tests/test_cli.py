@@ -43,3 +43,24 @@ def test_prediction_lines_pair_each_reference_with_its_prediction():
         "reference": "ref",
         "prediction": "pred",
     }
+
+
+def test_train_and_resource_flags_are_the_schemas_fields_with_the_guides_defaults():
+    from dataclasses import fields
+
+    from tune_dialsum.space_schema import ResourcesSection, TrialSettings
+
+    parser = build_parser()
+    train = vars(parser.parse_args(["train", *REQUIRED["train"], "--epochs", "2", "--label-smoothing", "0.1"]))
+    assert {f.name for f in fields(TrialSettings)} <= set(train)
+    settings = TrialSettings.from_config(train)
+    assert (settings.num_train_epochs, settings.label_smoothing) == (2.0, 0.1)
+    assert (settings.warmup_steps, settings.weight_decay, settings.generation_num_beams) == (500, 0.01, 4)
+    assert settings.gradient_checkpointing is False and settings.mixed_precision == "auto"
+    flags = ["--gradient-checkpointing", "--mixed-precision", "no", "--num-beams", "2", "--learning-rate", "3e-4"]
+    settings = TrialSettings.from_config(vars(parser.parse_args(["train", *REQUIRED["train"], *flags])))
+    assert settings.gradient_checkpointing is True and settings.mixed_precision == "no"
+    assert (settings.generation_num_beams, settings.learning_rate) == (2, 3e-4)
+    search = vars(parser.parse_args(["search"]))
+    assert {f.name for f in fields(ResourcesSection)} <= set(search)
+    assert all(search[f.name] is None for f in fields(ResourcesSection))  # unset: the space's value stands

@@ -14,6 +14,7 @@ be a list of ``add_argument`` calls with nothing of its own; the handlers stay a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -56,6 +57,45 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 but got {value}")
     return value
+
+
+# The train command's defaults that the training guide documents, where the search's differ.
+GUIDE_DEFAULTS = {"warmup_steps": 500, "weight_decay": 0.01, "generation_num_beams": 4}
+# The shorter names the guide's command line used, still accepted.
+FLAG_ALIASES = {
+    "num_train_epochs": "--epochs",
+    "generation_num_beams": "--num-beams",
+    "validation_split": "--val-split",
+}
+
+
+def _add_field_flag(parser: argparse.ArgumentParser, field, default, checked: bool = False, required: bool = False):
+    """``--name-with-dashes`` for a schema field, with its help; ``checked``: values pass the space's own check."""
+    from tune_dialsum.space_schema import REQUIRED
+
+    flags = ["--" + field.name.replace("_", "-")] + ([FLAG_ALIASES[field.name]] if field.name in FLAG_ALIASES else [])
+    help = field.metadata["help"].removesuffix(" " + REQUIRED)
+    if field.metadata["kind"] is bool:
+        parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=help)
+        return
+    value_type = _setting(field.name) if checked else field.metadata["kind"]
+    presence = {"required": True} if required else {"default": default}
+    parser.add_argument(*flags, type=value_type, help=help, **presence)
+
+
+def _setting(name: str):
+    """An argparse type that accepts what a space accepts for the setting ``name``, refusing with its words."""
+    from tune_dialsum.errors import SpaceError
+    from tune_dialsum.space_checks import Checker
+
+    def parse(text: str):
+        try:
+            return Checker("flag").setting(name, name, text)
+        except SpaceError as error:
+            raise argparse.ArgumentTypeError(str(error).removeprefix(f"flag: {name}: ")) from None
+
+    parse.__name__ = name  # argparse names the type in its own messages
+    return parse
 
 
 def _port(text: str) -> int:
@@ -104,37 +144,25 @@ def _cmd_tiny_model(args) -> int:
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags named as the space's settings (the shorter names before them still parse)."""
-    from tune_dialsum.data.formats import DIALOGUE_FORMATS
+    """A flag for every trial setting (named as the space's keys, checked as they are) and the run's own flags.
 
-    parser.add_argument("--model", required=True, help="hub name, local directory, or tiny:bart|tiny:t5|tiny:pegasus")
-    parser.add_argument("--data", default="data", help="directory with train/validation/test files")
+    The defaults are the guide's where it documents one (``GUIDE_DEFAULTS``), else the search's.
+    """
+    from tune_dialsum.space_schema import DataSection, TrialSettings
+
+    for field in dataclasses.fields(TrialSettings):
+        default = GUIDE_DEFAULTS.get(field.name, field.default)
+        _add_field_flag(parser, field, default=default, checked=True, required=field.name == "model")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--dialogue-format", choices=DIALOGUE_FORMATS, default="standard")
-    parser.add_argument("--max-input-length", type=_positive_int, default=512)
-    parser.add_argument("--max-target-length", type=_positive_int, default=128)
-    parser.add_argument("--learning-rate", type=float, default=None, help="default: the model family's")
-    parser.add_argument("--batch-size", type=_positive_int, default=None, help="default: the model family's")
-    parser.add_argument("--gradient-accumulation-steps", type=_positive_int, default=1)
-    parser.add_argument("--num-train-epochs", "--epochs", type=float, default=3)
+    parser.add_argument("--data", default="data", help="directory with train/validation/test files")
+    for field in dataclasses.fields(DataSection):
+        if field.name in ("validation_split", "max_train_samples", "max_eval_samples"):
+            _add_field_flag(parser, field, default=field.default)
     parser.add_argument(
         "--max-steps", type=int, default=-1, help="stop after this many steps (overrides --num-train-epochs)"
     )
-    # the guide's defaults, not a search's (space_schema.TrialSettings)
-    parser.add_argument("--warmup-steps", type=int, default=500)
-    parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--eval-steps", type=_positive_int, default=500)
     parser.add_argument("--logging-steps", type=_positive_int, default=100)
-    parser.add_argument("--generation-num-beams", "--num-beams", type=_positive_int, default=4)
-    parser.add_argument(
-        "--validation-split",
-        "--val-split",
-        type=float,
-        default=0.1,
-        help="held out of train when there is no validation split",
-    )
-    parser.add_argument("--max-train-samples", type=_positive_int, default=None)
-    parser.add_argument("--max-eval-samples", type=_positive_int, default=None)
     parser.add_argument("--seed", type=int, default=42)
 
 
@@ -154,17 +182,11 @@ def _cmd_train(args) -> int:
 
 
 def _add_resource_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that set the space's ``resources`` section."""
-    parser.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial; fractions share a GPU")
-    parser.add_argument("--cpus-per-trial", type=float, default=None)
-    parser.add_argument(
-        "--workers-per-trial",
-        type=int,
-        default=None,
-        help="above 1: each trial trains data-parallel over this many workers (Ray Train); see --gpus-per-worker",
-    )
-    parser.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker of a data-parallel trial")
-    parser.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per worker of a data-parallel trial")
+    """A flag for each key of the space's ``resources`` section; unset, the space's value stands."""
+    from tune_dialsum.space_schema import ResourcesSection
+
+    for field in dataclasses.fields(ResourcesSection):
+        _add_field_flag(parser, field, default=None)
 
 
 def _add_tracking_arguments(parser: argparse.ArgumentParser) -> None:

@@ -195,3 +195,9 @@ def task_slots(resources: ResourcesSection, wanted: int, per: str = "trial") -> 
     if per == "trial" and resources.workers_per_trial > 1:
         room.append(worker_slots(resources) // resources.workers_per_trial)
     return max(1, min(room))
+
+
+def trials_at_once(space: SearchSpace) -> int:
+    """How many trials the cluster has room for at once (``trials.max_concurrent`` caps it)."""
+    wanted = min(space.trials.num_samples, space.trials.max_concurrent or space.trials.num_samples)
+    return task_slots(space.resources, wanted)

@@ -15,7 +15,7 @@ import time
 import yaml
 
 from tune_dialsum.atomic import atomic_write_text
-from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray
+from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray, trials_at_once
 from tune_dialsum.contract import (
     BEST_MODEL_DIR,
     NOT_RETRYABLE_FILE,
@@ -40,7 +40,6 @@ from tune_dialsum.tuner import (
     build_tuner,
     data_parallel,
     trainable,
-    trials_at_once,
 )
 
 logger = logging.getLogger(__name__)
@@ -151,6 +150,7 @@ def _run_locked(
     logger.info("ray ready after %.1fs", time.perf_counter() - clock)
     try:
         check_resources(space)
+        at_once = trials_at_once(space)  # what the cluster has room for, said in the summary
         store.local.mkdir(parents=True, exist_ok=True)
         check_shared_paths(written={"storage_path": store.location}, read={"data.path": settings.data.path})
         atomic_write_text(store.local / SPACE_SNAPSHOT, yaml.safe_dump({**space.raw, "name": space.name}))
@@ -185,7 +185,7 @@ def _run_locked(
         budget = space.trials.time_budget_s
         out_of_time = budget is not None and any(seconds >= budget - 1 for seconds in fits)
         outcome = summarize(results, space, settings, store, out_of_time=out_of_time)
-        outcome.at_once = trials_at_once(space)
+        outcome.at_once = at_once
         outcome.workers_per_trial = space.resources.workers_per_trial
         outcome.scratch_bytes = session_scratch_bytes() if started_ray else None
         if tracked:

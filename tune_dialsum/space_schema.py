@@ -39,14 +39,16 @@ class TrialSettings:
     max_target_length: int = key(128, "summary tokens kept in training", int, positive=True)
     batch_size: int | None = key(None, "examples per device per step; none: the model family's", int, positive=True)
     gradient_accumulation_steps: int = key(1, "steps whose gradients add up to one update", int, positive=True)
-    num_train_epochs: float = key(3.0, "epochs (the scheduler's max_budget bounds a trial first)", float, positive=True)
+    num_train_epochs: float = key(
+        3.0, "epochs to train (in a search, the scheduler's max_budget stops a trial first)", float, positive=True
+    )
     warmup_steps: int = key(0, "linear warm-up steps", int)
     warmup_ratio: float | None = key(None, "warm-up as a fraction of all steps; wins over warmup_steps", float)
     weight_decay: float = key(0.0, "AdamW weight decay", float)
     label_smoothing: float = key(0.0, "label smoothing factor, below 1", float)
     generation_num_beams: int = key(
         1,
-        "beams when trials are scored (greedy: cheap); decoding tunes it",
+        "beams when the model is scored (greedy: cheap); a search's decoding stage tunes it",
         int,
         positive=True,
     )
@@ -84,7 +86,9 @@ class DataSection:
     id_column: str = key("id", "column holding the example's id", str)
     validation_split: float = key(0.1, "share of train held out where the data has no validation split", float)
     max_train_samples: int | None = key(None, "train on the first N examples; none: all", int)
-    max_eval_samples: int | None = key(None, "rank trials on the first N validation examples; none: all", int)
+    max_eval_samples: int | None = key(
+        None, "score (and rank trials) on the first N validation examples; none: all", int
+    )
 
 
 @dataclass(frozen=True)

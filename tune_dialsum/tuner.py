@@ -7,7 +7,7 @@ Tuner, and search.py runs it.
 
 from __future__ import annotations
 
-from tune_dialsum.cluster import task_slots
+from tune_dialsum.cluster import trials_at_once
 from tune_dialsum.contract import OPTUNA_DB, TRIAL_DIR_PREFIX
 from tune_dialsum.data_parallel import DRIVER_RESOURCES
 from tune_dialsum.experiment_settings import ExperimentSettings
@@ -134,9 +134,3 @@ def build_tuner(
             failure_config=tune.FailureConfig(max_failures=1),
         ),
     )
-
-
-def trials_at_once(space: SearchSpace) -> int:
-    """How many trials the cluster has room for at once (``trials.max_concurrent`` caps it)."""
-    wanted = min(space.trials.num_samples, space.trials.max_concurrent or space.trials.num_samples)
-    return task_slots(space.resources, wanted)
