@@ -53,6 +53,12 @@ def _kill_mid_search(command: list[str], experiment: Path, trials: int, last_ste
         time.sleep(2)
 
 
+def _same_reports(one: list[dict], other: list[dict]) -> bool:
+    """Equal reports; rows read back from progress.csv (where Ray left result.json short after a retry)
+    hold NaN for empty cells, and NaN equals nothing, itself included."""
+    return json.dumps(one, sort_keys=True, default=str) == json.dumps(other, sort_keys=True, default=str)
+
+
 def test_a_search_with_faults_survives_a_kill_and_its_resumes_recover_and_grow_it(tmp_path):
     """One lifecycle, tracked in MLflow: one format always runs out of memory, one fails once and is
     retried; the driver is killed mid-search; --resume (faults still on) finishes it with the failed
@@ -104,7 +110,7 @@ def test_a_search_with_faults_survives_a_kill_and_its_resumes_recover_and_grow_i
     # A trial started just before the kill, of which the saved experiment has no record, is set aside.
     assert all(not (d / "params.json").exists() for d in (experiment / "orphaned").glob("trial_*"))
     for name, rows in finished_before.items():
-        assert after[name] == rows  # finished trials are kept as they were
+        assert _same_reports(after[name], rows), name  # finished trials are kept as they were
     configs = {d.name: json.loads((d / "params.json").read_text()) for d in experiment.glob("trial_*")}
     formats = [c["dialogue_format"] for c in configs.values()]
     assert "turns" in formats and "compact" in formats, formats
@@ -148,7 +154,8 @@ def test_a_search_with_faults_survives_a_kill_and_its_resumes_recover_and_grow_i
     assert "Search finished: 7 trials" in more.stdout and "0 failed" in more.stdout
     grown = trial_results(experiment)
     assert len(grown) == 7 and all(rows[-1]["step"] == 100 for rows in grown.values())
-    assert all(grown[f"trial_{name}"] == after[f"trial_{name}"] for name in finished)
+    changed = [name for name in finished if not _same_reports(grown[f"trial_{name}"], after[f"trial_{name}"])]
+    assert not changed, {name: (after[f"trial_{name}"], grown[f"trial_{name}"]) for name in changed}
     study = optuna.load_study(study_name="faults", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert len([t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]) == 7
     recovered = [t for t in study.trials if "resumed_after_failure" in t.user_attrs]
