@@ -143,16 +143,16 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
     import numpy as np
     from ray.tune.schedulers import TrialScheduler
 
-    from tune_dialsum.experiment_settings import experiment_settings
+    from tune_dialsum.experiment_context import experiment_context
     from tune_dialsum.rungs import rung_report
     from tune_dialsum.tuner import build_scheduler, build_searcher
 
     np.random.seed(space.seed)  # ASHA draws its bracket from numpy's global generator
-    settings = experiment_settings(space)
+    context = experiment_context(space)
     if space.scheduler.rung_metric != "objective" and not table.has_loss:
         raise ValueError(f"rung_metric {space.scheduler.rung_metric}: the table has no subset_loss; re-record it")
-    searcher, scheduler = build_searcher(space, settings), build_scheduler(space, settings)
-    metric, ranked_by = settings.objective.metric, settings.ranked_by
+    searcher, scheduler = build_searcher(space, context), build_scheduler(space, context)
+    metric, ranked_by = context.objective.metric, context.ranked_by
     workers = space.trials.max_concurrent or 1
     eval_interval = space.scheduler.eval_interval
     for key in ("eval_interval", "grace_period"):
@@ -195,7 +195,7 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
         clock, _, trial = heapq.heappop(events)
         row = trial.rows[trial.report_rows[trial.reported]]
         trial.best = max(trial.best, row["subset_rougeL"])
-        result = {metric: row["subset_rougeL"], ranked_by: trial.best, settings.time_attr: row["samples"]}
+        result = {metric: row["subset_rougeL"], ranked_by: trial.best, context.time_attr: row["samples"]}
         if table.has_loss:  # what the trainable adds for ASHA, from the same evaluations (rungs.py)
             seen = trial.rows[: trial.report_rows[trial.reported] + 1]
             evaluations = [r for i, r in enumerate(seen) if i in trial.report_rows]
@@ -208,7 +208,7 @@ def replay(table: CurveTable, space, target: float = 0.99) -> ReplayResult:
                 }
                 for r in evaluations
             ]
-            result |= rung_report(evaluations, row["samples"], space.scheduler, settings.objective)
+            result |= rung_report(evaluations, row["samples"], space.scheduler, context.objective)
         previous = trial.rows[trial.report_rows[trial.reported - 1]]["samples"] if trial.reported else 0
         samples += row["samples"] - previous
         trial.reported += 1

@@ -41,7 +41,7 @@ def main() -> None:
     storage = model_dir.parent / "ray_results"
     from tune_dialsum.checkpoints import best_checkpoint, find_checkpoints, find_record
     from tune_dialsum.choices import read_selection
-    from tune_dialsum.experiment_settings import experiment_settings
+    from tune_dialsum.experiment_context import experiment_context
     from tune_dialsum.space import parse_space
 
     rows = []
@@ -51,7 +51,7 @@ def main() -> None:
         space_dict = _common.search_space(data_dir, model_dir, storage, name, args)
         space_dict["selection"] = {"top_k": args.top_k}
         outcome, wall = _common.run(space_dict)
-        settings = experiment_settings(parse_space(space_dict))
+        context = experiment_context(parse_space(space_dict))
         records = find_checkpoints(outcome.experiment_dir)
         naive = best_checkpoint(records, "rougeL", "max")
         chosen = read_selection(outcome.experiment_dir)["chosen"]
@@ -63,7 +63,7 @@ def main() -> None:
             "max_subset": {
                 "subset": naive.scores["rougeL"],
                 "full_validation": full_of[(naive.trial_id, naive.step)],
-                "test": outcome.test["rougeL"] if naive.path == ours.path else _test_rouge_l(naive, settings),
+                "test": outcome.test["rougeL"] if naive.path == ours.path else _test_rouge_l(naive, context),
             },
             "rescored": {
                 "subset": ours.scores["rougeL"],

@@ -163,11 +163,11 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
 def test_scores(models: list[tuple[Path | str, dict | None]], space) -> list[dict]:
     """Each (model, decoding or None for its generation config)'s scores on every test row, by the one
     scoring function, with per-example ROUGE."""
-    from tune_dialsum.experiment_settings import experiment_settings
+    from tune_dialsum.experiment_context import experiment_context
     from tune_dialsum.scoring import score_model
 
-    settings = experiment_settings(space)
-    return [score_model(str(m), settings, "test", generation, per_example=True) for m, generation in models]
+    context = experiment_context(space)
+    return [score_model(str(m), context, "test", generation, per_example=True) for m, generation in models]
 
 
 def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:

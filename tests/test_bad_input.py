@@ -252,12 +252,12 @@ def test_security_yaml_tags_that_would_run_code_are_refused(tmp_path, capsys):
 def test_security_remote_code_is_off_unless_the_space_turns_it_on(tmp_path):
     import yaml
 
-    from tune_dialsum.experiment_settings import experiment_settings
+    from tune_dialsum.experiment_context import experiment_context
     from tune_dialsum.space import parse_space
 
     raw = yaml.safe_load(SPACE.format(data=BUNDLED_DATA))
-    assert experiment_settings(parse_space(raw)).trust_remote_code is False
-    assert experiment_settings(parse_space({**raw, "trust_remote_code": True})).trust_remote_code is True
+    assert experiment_context(parse_space(raw)).trust_remote_code is False
+    assert experiment_context(parse_space({**raw, "trust_remote_code": True})).trust_remote_code is True
 
 
 def test_security_names_cannot_steer_paths_outside_the_storage(tmp_path, capsys):

@@ -11,7 +11,7 @@ import pandas as pd
 from tests.conftest import BUNDLED_DATA
 from tune_dialsum import DialogueDataLoader, DialogueSummarizationTrainer
 from tune_dialsum.data import hold_out, training_splits
-from tune_dialsum.experiment_settings import ExperimentSettings
+from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.space_schema import DataSection, ObjectiveSection, ResourcesSection, SchedulerSection
 from tune_dialsum.trial_data import prepared_datasets, training_frames
 
@@ -25,8 +25,8 @@ def _no_validation_data(root, rows: int = 40):
     return root
 
 
-def _settings(data, **changes) -> ExperimentSettings:
-    base = ExperimentSettings(
+def _settings(data, **changes) -> ExperimentContext:
+    base = ExperimentContext(
         data=DataSection(path=str(data), validation_split=0.2),
         objective=ObjectiveSection(metric="rougeL", mode="max"),
         scheduler=SchedulerSection(budget_unit="steps", max_budget=10, eval_interval=5),

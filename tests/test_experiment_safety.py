@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO
 from tune_dialsum.errors import UsageError
-from tune_dialsum.experiment_settings import experiment_settings
+from tune_dialsum.experiment_context import experiment_context
 from tune_dialsum.lock import experiment_lock, lock_path
 from tune_dialsum.space import load_space
 from tune_dialsum.storage import ExperimentStore
@@ -25,7 +25,7 @@ def test_a_copied_experiment_runs_in_its_own_directory(tmp_path):
     space = load_space(REPO / "search_spaces" / "tiny.yaml")  # name: tiny-demo
     store = ExperimentStore(str(tmp_path / "copy-of-demo"))
     store.local.mkdir()
-    tuner = build_tuner(space, experiment_settings(space, store), store, 1, False, [])
+    tuner = build_tuner(space, experiment_context(space, store), store, 1, False, [])
     assert tuner._local_tuner.get_run_config().name == "copy-of-demo"
 
 
@@ -105,7 +105,7 @@ def test_tune_decoding_refuses_an_out_that_holds_another_models_study(tmp_path, 
     (out / "decoding_source.json").write_text(json.dumps({"model": str(tiny_models["bart"])}))
     space = decoding_space(None, str(REPO / "data"), str(tiny_models["t5"]))
     with pytest.raises(UsageError, match=r"holds the decoding study of .*bart.*, not of .*t5.*; pass that model"):
-        tune_model(str(tiny_models["t5"]), out, space, experiment_settings(space))
+        tune_model(str(tiny_models["t5"]), out, space, experiment_context(space))
 
 
 def test_decoding_holds_out_the_rows_the_model_was_trained_without(tmp_path):
@@ -113,15 +113,15 @@ def test_decoding_holds_out_the_rows_the_model_was_trained_without(tmp_path):
     from tune_dialsum.tune_decoding import _on_the_models_rows
 
     space = load_space(REPO / "search_spaces" / "tiny.yaml")  # seed 0
-    settings = experiment_settings(space)
+    context = experiment_context(space)
     (tmp_path / "tune_dialsum.json").write_text(json.dumps({"dialogue_format": "standard", "data_seed": 42}))
-    assert _on_the_models_rows(settings, tmp_path).seed == 42
+    assert _on_the_models_rows(context, tmp_path).seed == 42
     (tmp_path / "tuning.json").write_text(json.dumps({"data_seed": 7}))  # an export records its search's
-    assert _on_the_models_rows(settings, tmp_path).seed == 7
+    assert _on_the_models_rows(context, tmp_path).seed == 7
     (tmp_path / "tuning.json").write_text(json.dumps({"settings": {"seed": 5}}))  # an export from before data_seed
-    assert _on_the_models_rows(settings, tmp_path).seed == 5
+    assert _on_the_models_rows(context, tmp_path).seed == 5
     (tmp_path / "tuning.json").write_text(json.dumps({"data_seed": 0}))
-    assert _on_the_models_rows(settings, tmp_path) is settings
+    assert _on_the_models_rows(context, tmp_path) is context
 
 
 def test_a_read_only_dataset_gets_no_marker_written_into_it(tmp_path):

@@ -248,7 +248,7 @@ def test_an_interrupted_continuation_leaves_a_finished_runs_model_and_choices_as
     from tests.conftest import REPO
     from tune_dialsum import finish, outcome
     from tune_dialsum.choices import read_selection
-    from tune_dialsum.experiment_settings import experiment_settings
+    from tune_dialsum.experiment_context import experiment_context
     from tune_dialsum.space import load_space
     from tune_dialsum.storage import ExperimentStore
 
@@ -263,7 +263,7 @@ def test_an_interrupted_continuation_leaves_a_finished_runs_model_and_choices_as
 
     _record_trials(fake_experiment, "a", "b")
     store = ExperimentStore(str(fake_experiment))
-    result = finish.summarize([], space, experiment_settings(space, store), store)
+    result = finish.summarize([], space, experiment_context(space, store), store)
 
     assert (model / "tuning.json").read_text() == tuning_before  # neither replaced nor re-exported
     assert (result.best.trial_id, result.best.step) == ("b", 300)
@@ -277,13 +277,13 @@ def test_an_interrupted_continuation_leaves_a_finished_runs_model_and_choices_as
 def test_an_interrupted_first_run_exports_its_best_by_the_ranking_score(fake_experiment):
     from tests.conftest import REPO
     from tune_dialsum import finish
-    from tune_dialsum.experiment_settings import experiment_settings
+    from tune_dialsum.experiment_context import experiment_context
     from tune_dialsum.space import load_space
     from tune_dialsum.storage import ExperimentStore
 
     space = load_space(REPO / "search_spaces" / "tiny.yaml")
     _record_trials(fake_experiment, "a", "b")
     store = ExperimentStore(str(fake_experiment))
-    result = finish.summarize([], space, experiment_settings(space, store), store)
+    result = finish.summarize([], space, experiment_context(space, store), store)
     assert (result.best.trial_id, result.best.step) == ("a", 200) and not result.kept_earlier_export
     assert json.loads((fake_experiment / "best_model" / "tuning.json").read_text())["trial_id"] == "a"

@@ -16,7 +16,7 @@ import yaml
 from tests.conftest import REPO
 from tests.test_export import _fake_checkpoint
 from tune_dialsum import finish, outcome, scoring, selection
-from tune_dialsum.experiment_settings import experiment_settings
+from tune_dialsum.experiment_context import experiment_context
 from tune_dialsum.space import load_space, parse_space
 from tune_dialsum.storage import ExperimentStore
 
@@ -53,7 +53,7 @@ def test_a_failing_rescore_or_test_scoring_keeps_the_export_and_is_named(
     monkeypatch.setattr(selection, "rescore", _raise)
     monkeypatch.setattr(scoring, "score_on_test", _raise)
     store = ExperimentStore(str(experiment))
-    result = finish.summarize([], space, experiment_settings(space, store), store)
+    result = finish.summarize([], space, experiment_context(space, store), store)
     assert set(result.stage_failures) == {"re-scoring", "test scoring"}
     assert (result.best.trial_id, result.best.step) == ("a", 200)  # the best by the ranking score
     assert (experiment / "best_model" / "model.safetensors").is_file()
@@ -96,9 +96,9 @@ def test_a_decoding_stage_that_fails_cancels_what_it_queued(monkeypatch, tmp_pat
 
     monkeypatch.setattr(decoding, "task_slots", lambda resources, tasks, per: 2)  # room for two at once
     space = load_space(REPO / "search_spaces" / "tiny.yaml")
-    settings = experiment_settings(space)
+    context = experiment_context(space)
     study = decoding.DecodingStudy(
-        "d", tmp_path, {"a@1": ("m1", {}), "b@2": ("m2", {})}, space.decoding, settings, space.resources
+        "d", tmp_path, {"a@1": ("m1", {}), "b@2": ("m2", {})}, space.decoding, context, space.resources
     )
     with executor.installed(NodeLost()), pytest.raises(RuntimeError, match="the node died"):
         decoding.run_decoding_study(study)
@@ -131,7 +131,7 @@ def test_scoring_loads_a_model_with_the_spaces_trust_remote_code(monkeypatch, ti
 
     monkeypatch.setattr(models, "load_model_and_tokenizer", loading)
     space = load_space(REPO / "search_spaces" / "tiny.yaml")
-    settings = dataclasses.replace(experiment_settings(space), trust_remote_code=True)
+    settings = dataclasses.replace(experiment_context(space), trust_remote_code=True)
     scores = scoring.score_model(str(tiny_models["t5"]), settings, "validation", max_examples=2)
     assert asked == [True] and scores["examples"] == 2
 
@@ -158,7 +158,7 @@ def test_a_time_budget_ends_the_trials_and_still_chooses_and_exports(
     monkeypatch.setattr(selection, "rescore", rescore)
     monkeypatch.setattr(scoring, "score_on_test", lambda *args: None)
     store = ExperimentStore(str(experiment))
-    result = finish.summarize([], space, experiment_settings(space, store), store, out_of_time=True)
+    result = finish.summarize([], space, experiment_context(space, store), store, out_of_time=True)
     assert result.unfinished == 0 and {t.status for t in result.trials} == {"STOPPED"}
     assert rescored == [["a", "b"]]  # chosen on all of validation, as a search that ran to the end
     assert (experiment / "best_model" / "tuning.json").is_file()
@@ -198,7 +198,7 @@ def test_the_stages_after_the_trials_run_in_order_without_ray(tmp_path, tiny_mod
     monkeypatch.setattr(sys.modules["tune_dialsum.finish"], "record_scores", export.record_scores)
     inline = executor.Inline()
     with executor.installed(inline):
-        Finish(outcome, space, experiment_settings(space, store), store).run()
+        Finish(outcome, space, experiment_context(space, store), store).run()
 
     splits = [(args[2], args[4] if len(args) > 4 else None) for _, args, _ in inline.submitted]
     rescored, decoded, tested = splits[:2], splits[2:-2], splits[-2:] if outcome.test_training_decoding else splits[-1:]

@@ -38,7 +38,7 @@ LAYERS = [
         "space_checks",
         "space_parse",
         "space",
-        "experiment_settings",
+        "experiment_context",
         "rungs",
         "train",
         "inference",

@@ -11,7 +11,7 @@ import math
 import pytest
 
 from tests.conftest import BUNDLED_DATA, TINY
-from tune_dialsum.experiment_settings import experiment_settings
+from tune_dialsum.experiment_context import experiment_context
 from tune_dialsum.ray_compat import optuna_study, optuna_trials
 from tune_dialsum.space import load_space
 from tune_dialsum.tuner import build_searcher
@@ -20,8 +20,8 @@ from tune_dialsum.tuner import build_searcher
 @pytest.fixture
 def searcher():
     space = load_space(TINY, [f"data.path={BUNDLED_DATA}"])
-    settings = experiment_settings(space)
-    return build_searcher(space, settings), settings
+    context = experiment_context(space)
+    return build_searcher(space, context), context
 
 
 def _trial(searcher, trial_id: str):

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import BUNDLED_DATA, TINY
 from tune_dialsum import ray_compat
-from tune_dialsum.experiment_settings import experiment_settings
+from tune_dialsum.experiment_context import experiment_context
 from tune_dialsum.space import load_space
 from tune_dialsum.tuner import build_searcher
 
@@ -18,7 +18,7 @@ from tune_dialsum.tuner import build_searcher
 @pytest.fixture
 def searcher():
     space = load_space(TINY, [f"data.path={BUNDLED_DATA}"])
-    return build_searcher(space, experiment_settings(space))
+    return build_searcher(space, experiment_context(space))
 
 
 def test_optuna_search_keeps_each_tune_trials_optuna_trial_its_study_and_what_it_told(searcher):

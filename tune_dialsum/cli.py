@@ -376,7 +376,7 @@ def _cmd_tune_decoding(args) -> int:
 
     keep_on_loopback(args.address)  # before anything can import ray
     from tune_dialsum.decoding import format_result
-    from tune_dialsum.experiment_settings import experiment_settings
+    from tune_dialsum.experiment_context import experiment_context
     from tune_dialsum.space import decoding_space
     from tune_dialsum.tune_decoding import tune_model
 
@@ -384,7 +384,7 @@ def _cmd_tune_decoding(args) -> int:
         raise UsageError(f"--data {args.data}: no such directory; pass the directory with the validation split")
     space = decoding_space(args.space, args.data, args.model)
     out = Path(args.out) if args.out else _default_decoding_out(args.model)
-    result = tune_model(args.model, out, space, experiment_settings(space), address=args.address)
+    result = tune_model(args.model, out, space, experiment_context(space), address=args.address)
     print(format_result(result))
     print(f"Model with the chosen decoding: {out}")
     return 0

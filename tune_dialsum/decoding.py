@@ -31,7 +31,7 @@ from tune_dialsum.choices import BASELINE, read_decoding
 from tune_dialsum.cluster import task_slots
 from tune_dialsum.contract import DECODING_DB, DECODING_FILE
 from tune_dialsum.errors import one_line
-from tune_dialsum.experiment_settings import ExperimentSettings
+from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.export import format_settings
 from tune_dialsum.generation import generate_settings
 from tune_dialsum.scoring import score_model, scoring_tasks
@@ -47,7 +47,7 @@ CHECKPOINT_PARAM = "checkpoint"  # the study's parameter naming which checkpoint
 class DecodingTrial:
     number: int  # the Optuna trial's number; BASELINE for a checkpoint's training decoding
     checkpoint: str  # the label of the checkpoint (trial_id@step) or model that decoded
-    settings: dict  # the generate() settings, as passed
+    generation: dict  # the generate() keyword arguments, as passed (kept under "settings" in files)
     scores: dict = field(default_factory=dict)  # ROUGE, mean_words, mean_tokens, seconds_per_summary, examples
     error: str | None = None
     feasible: bool = False  # meets the constraints
@@ -58,6 +58,14 @@ class DecodingTrial:
     def baseline(self) -> bool:
         return self.number == BASELINE
 
+    def as_json(self) -> dict:
+        """The record as decoding.json, tuning.json and the study's database keep it."""
+        return {("settings" if key == "generation" else key): value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, record: dict) -> DecodingTrial:
+        return cls(**{("generation" if key == "settings" else key): value for key, value in record.items()})
+
 
 @dataclass
 class DecodingStudy:
@@ -67,20 +75,20 @@ class DecodingStudy:
     directory: Path  # where decoding.db and decoding.json are kept
     models: dict[str, tuple[str, dict]]  # label -> (location, the decoding it was scored with in training)
     space: DecodingSpace
-    settings: ExperimentSettings  # the data, and the objective
+    context: ExperimentContext  # the data, and the objective
     resources: ResourcesSection
     seed: int = 0
 
     @property
     def objective(self) -> str:
-        return "rougeL" if self.settings.objective.metric == "eval_loss" else self.settings.objective.metric
+        return "rougeL" if self.context.objective.metric == "eval_loss" else self.context.objective.metric
 
     @property
     def study_name(self) -> str:
         """The name and a digest of what makes trials comparable: the checkpoints, the searched ranges, the
         examples scored. Changed, it is another study (Optuna refuses a parameter's range changed mid-study)."""
         identity = [sorted(self.models), repr(sorted(self.space.search.items())), self.space.max_eval_samples]
-        identity += [self.settings.data.path, self.settings.data.validation_split, self.settings.seed]
+        identity += [self.context.data.path, self.context.data.validation_split, self.context.seed]
         return f"{self.name}-{hashlib.sha1(repr(identity).encode()).hexdigest()[:8]}"
 
 
@@ -111,14 +119,14 @@ class DecodingResult:
         """The stage as tuning.json and the model card record it: the choice, and the best trials beside
         the training decoding of the chosen checkpoint."""
         chosen = self.chosen
-        best = [{**asdict(r), "chosen": r is chosen} for r in self.best()]
+        best = [{**r.as_json(), "chosen": r is chosen} for r in self.best()]
         return {
             "study": self.study,
             "training_study": training_study,
             "objective": self.objective,
             "trial": None if chosen is None else chosen.number,
             "checkpoint": None if chosen is None else chosen.checkpoint,
-            "settings": None if chosen is None else chosen.settings,
+            "settings": None if chosen is None else chosen.generation,
             "scores": None if chosen is None else chosen.scores,
             "constraints": self.constraints,
             "length_unit": self.length_unit,
@@ -136,7 +144,9 @@ def run_decoding_study(study: DecodingStudy) -> DecodingResult:
     if earlier.get("study") != study.study_name:  # other checkpoints, settings or data: not comparable
         earlier = {}
     # a baseline that failed (the machine busy, say) is measured again: the choice is compared with it
-    baselines = [DecodingTrial(**r) for r in earlier.get("records", []) if r["number"] == BASELINE and not r["error"]]
+    baselines = [
+        DecodingTrial.from_json(r) for r in earlier.get("records", []) if r["number"] == BASELINE and not r["error"]
+    ]
     optuna_study = _open_study(study)
     _decode(
         study, optuna_study, baselines, lambda: _write(study, baselines + _study_records(optuna_study), clock, earlier)
@@ -173,11 +183,11 @@ def _decode(study: DecodingStudy, optuna_study, baselines: list[DecodingTrial], 
     space, labels = study.space, list(study.models)
     tasks = scoring_tasks(study.resources)
 
-    def submit(label: str, settings: dict):
+    def submit(label: str, generation: dict):
         location = study.models[label][0]
-        return tasks.submit(score_model, location, study.settings, "validation", settings, space.max_eval_samples)
+        return tasks.submit(score_model, location, study.context, "validation", generation, space.max_eval_samples)
 
-    pending = {}  # Ray reference -> (Optuna trial, or None for a baseline; label; settings)
+    pending = {}  # Ray reference -> (Optuna trial, or None for a baseline; label; generation)
     for label in labels:
         if not any(r.checkpoint == label for r in baselines):
             pending[submit(label, study.models[label][1])] = (None, label, study.models[label][1])
@@ -198,12 +208,12 @@ def _decode_until_done(study, optuna_study, baselines, written, tasks, submit, p
             # in a fixed order: Optuna refuses a categorical whose choices come in another order next time
             label = trial.suggest_categorical(CHECKPOINT_PARAM, sorted(labels)) if len(labels) > 1 else labels[0]
             sampled = {name: dist.suggest(trial, name) for name, dist in space.search.items()}
-            settings = generate_settings(study.models[label][1], sampled)
-            pending[submit(label, settings)] = (trial, label, settings)
+            generation = generate_settings(study.models[label][1], sampled)
+            pending[submit(label, generation)] = (trial, label, generation)
             remaining -= 1
         ready = tasks.first_done(list(pending))
-        trial, label, settings = pending.pop(ready)
-        record = DecodingTrial(BASELINE if trial is None else trial.number, label, settings)
+        trial, label, generation = pending.pop(ready)
+        record = DecodingTrial(BASELINE if trial is None else trial.number, label, generation)
         try:
             record.scores = tasks.result(ready)
         except Exception as err:  # one decoding that fails (memory, a setting generate() refuses) ends alone
@@ -219,7 +229,7 @@ def _decode_until_done(study, optuna_study, baselines, written, tasks, submit, p
 def _tell(optuna_study, trial, record: DecodingTrial, constraints: dict, objective: str) -> None:
     import optuna
 
-    trial.set_user_attr("record", asdict(record))
+    trial.set_user_attr("record", record.as_json())
     if record.error is not None:
         optuna_study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return
@@ -231,7 +241,7 @@ def _tell(optuna_study, trial, record: DecodingTrial, constraints: dict, objecti
 
 def _study_records(optuna_study) -> list[DecodingTrial]:
     trials = optuna_study.get_trials(deepcopy=False)
-    return [DecodingTrial(**t.user_attrs["record"]) for t in trials if "record" in t.user_attrs]
+    return [DecodingTrial.from_json(t.user_attrs["record"]) for t in trials if "record" in t.user_attrs]
 
 
 def _choose(study: DecodingStudy, records: list[DecodingTrial], clock: float, earlier: dict) -> DecodingResult:
@@ -286,7 +296,7 @@ def _write(study: DecodingStudy, records, clock: float, earlier: dict, chosen=No
         "examples": study.space.max_eval_samples,
         "wall_seconds": earlier.get("wall_seconds", 0.0) + time.perf_counter() - clock,
         "chosen": None if chosen is None else {"number": chosen.number, "checkpoint": chosen.checkpoint},
-        "records": [asdict(r) for r in records],
+        "records": [r.as_json() for r in records],
     }
     atomic_write_text(study.directory / DECODING_FILE, json.dumps(document, indent=2, default=str))
 
@@ -315,8 +325,8 @@ def format_result(result: DecodingResult) -> str:
     baseline = result.baseline_of(chosen.checkpoint)
     versus = f"\n  before tuning: {_describe(baseline, result)}" if baseline and baseline.error is None else ""
     where = f" on checkpoint {chosen.checkpoint}" if len({r.checkpoint for r in result.records}) > 1 else ""
-    settings = format_settings(chosen.settings)
-    return f"{head}\n  chosen, trial {chosen.number}{where} ({settings}): {_describe(chosen, result)}{versus}"
+    generation = format_settings(chosen.generation)
+    return f"{head}\n  chosen, trial {chosen.number}{where} ({generation}): {_describe(chosen, result)}{versus}"
 
 
 def _describe(record: DecodingTrial, result: DecodingResult) -> str:

@@ -2,7 +2,7 @@
 
 :func:`summarize` classifies the trials (outcome.py), then :class:`Finish` runs the stages in one
 straight sequence over one object holding what each needs: the outcome, the space, the
-experiment's settings and its store. Every stage after the choice is a bonus: one that fails is
+experiment's context (what every trial shares) and its store. Every stage after the choice is a bonus: one that fails is
 named in ``outcome.stage_failures``, and the search still exports the best it has.
 
 An interrupted search exports its best checkpoint by the subset score at once, and says so: the
@@ -28,7 +28,7 @@ from tune_dialsum.checkpoints import (
 )
 from tune_dialsum.contract import BEST_MODEL_DIR, DECODING_DB, DECODING_FILE, REFIT_DIR, TERMINATED, TUNING_FILE
 from tune_dialsum.errors import SearchError, one_line
-from tune_dialsum.experiment_settings import ExperimentSettings
+from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.export import MODEL_CARD, export_checkpoint, record_scores
 from tune_dialsum.outcome import SearchOutcome, classify
 from tune_dialsum.space import SearchSpace
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def summarize(
-    results, space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore, out_of_time: bool = False
+    results, space: SearchSpace, context: ExperimentContext, store: ExperimentStore, out_of_time: bool = False
 ) -> SearchOutcome:
     """Classify every trial (outcome.py), then choose, export and trim (:class:`Finish`).
 
@@ -46,15 +46,15 @@ def summarize(
     more trials) are read from their directories. ``out_of_time``: ``trials.time_budget_s`` ended the
     run, so trials it stopped have ended (as if stopped early) and those it never started never will.
     """
-    outcome = classify(results, space, settings, store, out_of_time)
-    return Finish(outcome, space, settings, store).run()
+    outcome = classify(results, space, context, store, out_of_time)
+    return Finish(outcome, space, context, store).run()
 
 
 @dataclass
 class Finish:
     outcome: SearchOutcome
     space: SearchSpace
-    settings: ExperimentSettings
+    context: ExperimentContext
     store: ExperimentStore
     records: list = field(default_factory=list)  # checkpoints.CheckpointRecord: every checkpoint kept
 
@@ -85,7 +85,7 @@ class Finish:
         chosen = best_checkpoint(self.records, space.metric, space.mode)
         # ROUGE is re-scored by decoding; a loss objective is not (the subset's loss is what ranks)
         # (a refit is compared with the chosen checkpoint on all of validation, so it needs the re-scoring)
-        subset = self.settings.data.max_eval_samples is not None or space.selection.refit
+        subset = self.context.data.max_eval_samples is not None or space.selection.refit
         rescoring = subset and self.finished and space.metric != "eval_loss"
         if rescoring:
             chosen = self._rescore()
@@ -108,7 +108,7 @@ class Finish:
         top = selection.top_by_subset(self.records, space.metric, space.mode, space.selection.top_k)
         try:
             locations = [store.where(r.path) for r in top]
-            outcome.candidates = selection.rescore(top, locations, self.settings, space.resources)
+            outcome.candidates = selection.rescore(top, locations, self.context, space.resources)
         except Exception as err:  # noqa: BLE001 (a model that cannot be scored must not cost the search its export)
             outcome.stage_failures["re-scoring"] = one_line(err)
             logger.warning("re-scoring failed (%s); exporting the best by the ranking score", one_line(err))
@@ -125,14 +125,14 @@ class Finish:
         at least as well, else ``chosen``. A refit that fails is a warning: the chosen checkpoint is exported."""
         from tune_dialsum.refit import refit
 
-        outcome, scheduler = self.outcome, self.settings.scheduler
+        outcome, scheduler = self.outcome, self.context.scheduler
         leader = next(c for c in outcome.candidates if c.record is chosen)
         if chosen.budget(scheduler.budget_unit) >= scheduler.max_budget:
             # the same settings, seed and data to the same budget: a refit would train this very model again
             outcome.refit_error = "the chosen checkpoint trained the full budget already"
             return chosen
         try:
-            outcome.refit = refit(leader, self.settings, self.space.resources, self.store)
+            outcome.refit = refit(leader, self.context, self.space.resources, self.store)
         except Exception as err:  # noqa: BLE001 (a refit that fails must not cost the search its export)
             outcome.refit_error = one_line(err)
             logger.warning("the refit failed (%s); exporting the chosen checkpoint", outcome.refit_error)
@@ -178,7 +178,7 @@ class Finish:
         if outcome.refit is not None:
             scored.append((outcome.refit.record, outcome.refit.full))
         outcome.full_validation = next((full for record, full in scored if record is chosen), None)
-        return chosen, outcome.decoding.chosen.settings
+        return chosen, outcome.decoding.chosen.generation
 
     def _decoding_study(self, ranked: list):
         """The decoding stage on the best checkpoints; its study and records are kept in the experiment."""
@@ -187,7 +187,7 @@ class Finish:
         space, store = self.space, self.store
         models = {label(r): (store.where(r.path), trial_decoding(r.snapshot.get("config", {}))) for r in ranked}
         study = DecodingStudy(
-            f"{space.name}-decoding", store.local, models, space.decoding, self.settings, space.resources, space.seed
+            f"{space.name}-decoding", store.local, models, space.decoding, self.context, space.resources, space.seed
         )
         try:
             return run_decoding_study(study)
@@ -233,7 +233,7 @@ class Finish:
             trained_with = trial_decoding(outcome.best.snapshot.get("config", {}))
             models.append((self.store.where(outcome.best.path), trained_with))
         try:
-            scores = scoring.score_on_test(models, self.settings, self.space.resources)
+            scores = scoring.score_on_test(models, self.context, self.space.resources)
         except Exception as err:  # noqa: BLE001 (the export is written already: it stays)
             outcome.stage_failures["test scoring"] = one_line(err)
             return

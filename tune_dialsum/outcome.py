@@ -27,7 +27,7 @@ from tune_dialsum.contract import (
     trial_state,
 )
 from tune_dialsum.errors import one_line
-from tune_dialsum.experiment_settings import ExperimentSettings
+from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.export import fidelity
 from tune_dialsum.ray_compat import recorded_trial_ids
 from tune_dialsum.space import SearchSpace
@@ -91,7 +91,7 @@ class SearchOutcome:
 
 
 def classify(
-    results, space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore, out_of_time: bool = False
+    results, space: SearchSpace, context: ExperimentContext, store: ExperimentStore, out_of_time: bool = False
 ) -> SearchOutcome:
     """Every trial of the experiment, classified; trial directories it has no record of set aside.
 
@@ -105,21 +105,21 @@ def classify(
         experiment_dir,
         space.metric,
         space.mode,
-        settings.scheduler.max_budget,
-        settings.scheduler.budget_unit,
+        context.scheduler.max_budget,
+        context.scheduler.budget_unit,
         rung_signal=rung_signal(space),
     )
     for result in results:
         rows = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
         error = one_line(result.error) if result.error is not None else None
         last = result.metrics or {}
-        outcome.trials.append(_classify(last.get("trial_id", "?"), rows, last, result.config, error, space, settings))
+        outcome.trials.append(_classify(last.get("trial_id", "?"), rows, last, result.config, error, space, context))
     ran_now = {t.trial_id for t in outcome.trials}
     recorded = recorded_trial_ids(experiment_dir)
     for trial_dir in sorted(experiment_dir.glob(f"{TRIAL_DIR_PREFIX}*")):
         trial_id = trial_dir.name.removeprefix(TRIAL_DIR_PREFIX)
         if trial_id not in ran_now and trial_id in recorded:
-            outcome.trials.append(_classify_from_disk(trial_dir, trial_id, space, settings))
+            outcome.trials.append(_classify_from_disk(trial_dir, trial_id, space, context))
     set_aside_orphans(store, {t.trial_id for t in outcome.trials} | recorded)
     not_started = max(0, space.trials.num_samples - len(outcome.trials))
     if out_of_time:
@@ -137,9 +137,9 @@ def classify(
     return outcome
 
 
-def _classify(trial_id: str, rows: list[dict], last: dict, config: dict, error: str | None, space, settings):
-    used = float(last.get(settings.time_attr, 0) or 0)
-    status = trial_state(used, settings.scheduler.max_budget, bool(last.get("done")), error is not None)
+def _classify(trial_id: str, rows: list[dict], last: dict, config: dict, error: str | None, space, context):
+    used = float(last.get(context.time_attr, 0) or 0)
+    status = trial_state(used, context.scheduler.max_budget, bool(last.get("done")), error is not None)
     if status in (RUNNING, PENDING):  # the search is over: --resume continues it
         status = UNFINISHED
     if status != ERROR:
@@ -148,7 +148,7 @@ def _classify(trial_id: str, rows: list[dict], last: dict, config: dict, error: 
     return TrialSummary(trial_id, status, used, None if math.isnan(best_score) else best_score, config, error)
 
 
-def _classify_from_disk(trial_dir: Path, trial_id: str, space, settings) -> TrialSummary:
+def _classify_from_disk(trial_dir: Path, trial_id: str, space, context) -> TrialSummary:
     from tune_dialsum.analysis import read_reports
 
     params = trial_dir / PARAMS_FILE
@@ -156,7 +156,7 @@ def _classify_from_disk(trial_dir: Path, trial_id: str, space, settings) -> Tria
     error_file = trial_dir / ERROR_FILE
     error = one_line(RuntimeError(error_file.read_text())) if error_file.is_file() else None
     rows = read_reports(trial_dir)
-    return _classify(trial_id, rows, rows[-1] if rows else {}, config, error, space, settings)
+    return _classify(trial_id, rows, rows[-1] if rows else {}, config, error, space, context)
 
 
 def set_aside_orphans(store: ExperimentStore, known_ids: set[str]) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from tune_dialsum import executor, locations
 from tune_dialsum.checkpoints import CheckpointRecord, read_checkpoint, trial_decoding
 from tune_dialsum.contract import REFIT_DIR, score_key
-from tune_dialsum.experiment_settings import ExperimentSettings
+from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.metrics import Difference, paired_difference
 from tune_dialsum.scoring import score_model, scoring_tasks
 from tune_dialsum.selection import Candidate
@@ -57,7 +57,7 @@ class Refit:
         }
 
 
-def train_anew(config: dict, settings: ExperimentSettings, target: str, experiment: str) -> None:
+def train_anew(config: dict, context: ExperimentContext, target: str, experiment: str) -> None:
     """Train ``config`` from scratch to the full budget and store its last checkpoint at ``target``.
 
     Runs as a Ray task with a trial's resources: the trainer reports each evaluation as a trial
@@ -67,7 +67,7 @@ def train_anew(config: dict, settings: ExperimentSettings, target: str, experime
     saved: list[str] = []
     trial = {"trial_id": REFIT_TRIAL_ID, "trial_name": REFIT_TRIAL_ID, "experiment": experiment}
     try:
-        train_one(config, settings, scratch, TrialRun(trial, publish=lambda _report, path: saved.append(path)))
+        train_one(config, context, scratch, TrialRun(trial, publish=lambda _report, path: saved.append(path)))
         if locations.is_uri(target):
             locations.upload(Path(saved[-1]), target)
         else:  # a path every node reaches (the search checked it)
@@ -77,7 +77,7 @@ def train_anew(config: dict, settings: ExperimentSettings, target: str, experime
         release_memory()
 
 
-def refit(chosen: Candidate, settings: ExperimentSettings, resources: ResourcesSection, store) -> Refit:
+def refit(chosen: Candidate, context: ExperimentContext, resources: ResourcesSection, store) -> Refit:
     """Train ``chosen``'s settings anew, score it on all of validation, decide whether it is exported."""
     import time
 
@@ -87,7 +87,7 @@ def refit(chosen: Candidate, settings: ExperimentSettings, resources: ResourcesS
     shutil.rmtree(local, ignore_errors=True)
     training = executor.tasks(resources.cpus_per_trial, resources.gpus_per_trial, max_retries=0)
     experiment = chosen.record.snapshot.get("experiment", REFIT_TRIAL_ID)
-    training.result(training.submit(train_anew, config, settings, store.where(local), experiment))
+    training.result(training.submit(train_anew, config, context, store.where(local), experiment))
     store.fetch(local)
     record = read_checkpoint(local)
     if record is None:
@@ -95,9 +95,9 @@ def refit(chosen: Candidate, settings: ExperimentSettings, resources: ResourcesS
     scoring = scoring_tasks(resources)  # decoded where the candidates were, with a trial's resources
     decoding = trial_decoding(config)
     full = scoring.result(
-        scoring.submit(score_model, store.where(local), settings, "validation", decoding, per_example=True)
+        scoring.submit(score_model, store.where(local), context, "validation", decoding, per_example=True)
     )
-    judged = judge(record, full, chosen, settings.objective.metric, settings.objective.mode)
+    judged = judge(record, full, chosen, context.objective.metric, context.objective.mode)
     judged.seconds = time.perf_counter() - clock
     return judged
 

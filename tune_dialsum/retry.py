@@ -13,7 +13,7 @@ import logging
 from tune_dialsum import locations
 from tune_dialsum.contract import NOT_RETRYABLE_FILE, TRIAL_DIR_PREFIX
 from tune_dialsum.errors import ModelNotFoundError, TuneDialsumError, one_line
-from tune_dialsum.experiment_settings import ExperimentSettings
+from tune_dialsum.experiment_context import ExperimentContext
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +43,10 @@ def is_retryable(error: BaseException) -> bool:
     return not (isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
 
 
-def not_retryable_marker(settings: ExperimentSettings, trial_id: str) -> str | None:
-    if settings.experiment_location is None:
+def not_retryable_marker(context: ExperimentContext, trial_id: str) -> str | None:
+    if context.experiment_location is None:
         return None
-    return locations.join(settings.experiment_location, f"{TRIAL_DIR_PREFIX}{trial_id}", NOT_RETRYABLE_FILE)
+    return locations.join(context.experiment_location, f"{TRIAL_DIR_PREFIX}{trial_id}", NOT_RETRYABLE_FILE)
 
 
 def record_not_retryable(marker: str, error: Exception) -> None:

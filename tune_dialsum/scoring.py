@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from tune_dialsum import executor
-from tune_dialsum.experiment_settings import ExperimentSettings
+from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.locations import download, is_uri
 from tune_dialsum.space_schema import ResourcesSection
 from tune_dialsum.trial_data import load_splits, training_frames
@@ -20,7 +20,7 @@ from tune_dialsum.trial_data import load_splits, training_frames
 
 def score_model(
     model_location: str,
-    settings: ExperimentSettings,
+    context: ExperimentContext,
     split: str,
     generation: dict | None = None,
     max_examples: int | None = None,
@@ -42,13 +42,13 @@ def score_model(
     from tune_dialsum.metrics import is_degenerate, rouge_per_example, with_intervals
 
     if split == "validation":
-        subset = dataclasses.replace(settings.data, max_eval_samples=max_examples)
-        _, frame = training_frames(dataclasses.replace(settings, data=subset))
+        subset = dataclasses.replace(context.data, max_eval_samples=max_examples)
+        _, frame = training_frames(dataclasses.replace(context, data=subset))
     else:
-        frame = load_splits(settings)[split]
+        frame = load_splits(context)[split]
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = download(model_location, Path(scratch)) if is_uri(model_location) else model_location
-        summarizer = DialogueSummarizer(model_dir, trust_remote_code=settings.trust_remote_code)
+        summarizer = DialogueSummarizer(model_dir, trust_remote_code=context.trust_remote_code)
         clock = time.perf_counter()
         predictions = summarizer.summarize(list(frame["dialogue"]), **(generation or {}))
         seconds = time.perf_counter() - clock
@@ -77,12 +77,12 @@ def scoring_tasks(resources: ResourcesSection):
 
 
 def score_on_test(
-    models: list[tuple[str, dict | None]], settings: ExperimentSettings, resources: ResourcesSection
+    models: list[tuple[str, dict | None]], context: ExperimentContext, resources: ResourcesSection
 ) -> list | None:
     """Each (model location, decoding or None for its generation config)'s scores on the test split, in
     parallel; None where the data has no test split."""
-    if load_splits(settings).get("test") is None:
+    if load_splits(context).get("test") is None:
         return None
     tasks = scoring_tasks(resources)
-    handles = [tasks.submit(score_model, location, settings, "test", decoding) for location, decoding in models]
+    handles = [tasks.submit(score_model, location, context, "test", decoding) for location, decoding in models]
     return [tasks.result(handle) for handle in handles]

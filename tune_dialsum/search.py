@@ -26,7 +26,7 @@ from tune_dialsum.contract import (
 )
 from tune_dialsum.data_parallel import release_placement_groups
 from tune_dialsum.errors import UsageError
-from tune_dialsum.experiment_settings import ExperimentSettings, experiment_settings
+from tune_dialsum.experiment_context import ExperimentContext, experiment_context
 from tune_dialsum.finish import summarize
 from tune_dialsum.lock import experiment_lock
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
@@ -45,17 +45,17 @@ from tune_dialsum.tuner import (
 logger = logging.getLogger(__name__)
 
 
-def preflight(space: SearchSpace, settings: ExperimentSettings) -> None:
+def preflight(space: SearchSpace, context: ExperimentContext) -> None:
     """Everything that can fail before a trial starts: the data, every model."""
     from tune_dialsum.data import DialogueDataLoader
 
     DialogueDataLoader(
-        settings.data.path, settings.data.dialogue_column, settings.data.summary_column, settings.data.id_column
+        context.data.path, context.data.dialogue_column, context.data.summary_column, context.data.id_column
     ).load_splits()
     for model in space.models:
         check_model_available(model)
         if model.startswith(TINY_PREFIX):
-            resolve_model_path(model, settings.data.path)  # built once here, not in every trial at once
+            resolve_model_path(model, context.data.path)  # built once here, not in every trial at once
 
 
 def resume_search(
@@ -124,13 +124,13 @@ def run_search(space: SearchSpace, resume: bool = False, address: str | None = N
 
 def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str | None) -> SearchOutcome:
 
-    settings = experiment_settings(space, store)
+    context = experiment_context(space, store)
     # Tune gives a reused worker's trial 2 s to end before the next one starts there; ending one frees
     # its scratch and memory (workers of a local Ray inherit this)
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     clock = time.perf_counter()
     store.check_writable()
-    preflight(space, settings)
+    preflight(space, context)
     if space.tracking:  # before Ray starts and anything is written: a refusal leaves no experiment behind
         from tune_dialsum.tracking import require_mlflow, tracking_uri
 
@@ -138,11 +138,11 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
         tracking_uri(space.tracking.uri, store.local, store.remote)
     logger.info("preflight took %.1fs", time.perf_counter() - clock)
     with experiment_lock(store.local):  # after the checks: a refusal leaves nothing behind
-        return _run_locked(space, settings, store, resume, address, clock)
+        return _run_locked(space, context, store, resume, address, clock)
 
 
 def _run_locked(
-    space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore, resume: bool, address, clock: float
+    space: SearchSpace, context: ExperimentContext, store: ExperimentStore, resume: bool, address, clock: float
 ) -> SearchOutcome:
     from ray import tune
 
@@ -152,11 +152,11 @@ def _run_locked(
         check_resources(space)
         at_once = trials_at_once(space)  # what the cluster has room for, said in the summary
         store.local.mkdir(parents=True, exist_ok=True)
-        check_shared_paths(written={"storage_path": store.location}, read={"data.path": settings.data.path})
+        check_shared_paths(written={"storage_path": store.location}, read={"data.path": context.data.path})
         atomic_write_text(store.local / SPACE_SNAPSHOT, yaml.safe_dump({**space.raw, "name": space.name}))
         store.push(store.local / SPACE_SNAPSHOT)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table shows every trial's state and score
-        tracked = _open_tracking(space, settings, store)
+        tracked = _open_tracking(space, context, store)
         results = []
         if resume:  # the user asks for failed trials to be tried again: errors not retried before are, now
             for marker in store.local.glob(f"{TRIAL_DIR_PREFIX}*/{NOT_RETRYABLE_FILE}"):
@@ -164,7 +164,7 @@ def _run_locked(
         fits = []  # how long each Tuner.fit ran: one that ran the whole time budget was ended by it
         if resume and tune.Tuner.can_restore(store.location):
             tuner = tune.Tuner.restore(
-                store.location, trainable=trainable(space, settings), resume_unfinished=True, resume_errored=True
+                store.location, trainable=trainable(space, context), resume_unfinished=True, resume_errored=True
             )
             results = _timed_fit(tuner, fits)
             store.pull(checkpoint_files=())  # for a URI: the trial directories the restored run wrote
@@ -172,9 +172,9 @@ def _run_locked(
         interrupted = any(r.error is None and not (r.metrics or {}).get("done") for r in results)
         if more > 0 and not interrupted:
             # a new search, or more trials for a finished one: Optuna's study holds every earlier trial
-            callbacks = [_trial_runs(tracked, settings)] if tracked else []
+            callbacks = [_trial_runs(tracked, context)] if tracked else []
             callbacks += [_study_push(store)] if store.remote else []
-            results += _timed_fit(build_tuner(space, settings, store, more, resume, callbacks), fits)
+            results += _timed_fit(build_tuner(space, context, store, more, resume, callbacks), fits)
         store.push_study(store.local / OPTUNA_DB)
         if data_parallel(space):  # what trials stopped between reports still hold, and what they staged
             release_placement_groups()
@@ -184,7 +184,7 @@ def _run_locked(
         # (a Ctrl-C ends a run before its budget)
         budget = space.trials.time_budget_s
         out_of_time = budget is not None and any(seconds >= budget - 1 for seconds in fits)
-        outcome = summarize(results, space, settings, store, out_of_time=out_of_time)
+        outcome = summarize(results, space, context, store, out_of_time=out_of_time)
         outcome.at_once = at_once
         outcome.workers_per_trial = space.resources.workers_per_trial
         outcome.scratch_bytes = session_scratch_bytes() if started_ray else None
@@ -199,15 +199,15 @@ def _run_locked(
     return outcome
 
 
-def _open_tracking(space: SearchSpace, settings: ExperimentSettings, store: ExperimentStore):
+def _open_tracking(space: SearchSpace, context: ExperimentContext, store: ExperimentStore):
     """The search's MLflow parent run (a resumed search's own), or None where the space tracks nothing."""
     if space.tracking is None:
         return None
     from tune_dialsum.contract import TRACKING_FILE
     from tune_dialsum.tracking import open_search_run
 
-    params = {"objective": f"{space.metric} ({space.mode})", "budget_unit": settings.scheduler.budget_unit}
-    params |= {"max_budget": settings.scheduler.max_budget, "num_samples": space.trials.num_samples}
+    params = {"objective": f"{space.metric} ({space.mode})", "budget_unit": context.scheduler.budget_unit}
+    params |= {"max_budget": context.scheduler.max_budget, "num_samples": space.trials.num_samples}
     params |= {"scheduler": space.scheduler.type, "sampler": space.trials.sampler, "seed": space.seed}
     params |= {f"fixed.{key}": value for key, value in space.fixed.items()}
     params |= {f"search.{key}": f"{dist.kind} {list(dist.args)}" for key, dist in space.search.items()}
@@ -244,13 +244,13 @@ def _study_push(store: ExperimentStore):
     return StudyPush()
 
 
-def _trial_runs(tracked, settings: ExperimentSettings):
+def _trial_runs(tracked, context: ExperimentContext):
     from tune_dialsum.contract import REPORTED_SCORES
     from tune_dialsum.tracking import trial_runs_callback
 
     scores = tuple(key for key in REPORTED_SCORES if key != "loss")
-    scores += ("eval_loss", settings.ranked_by, "train_loss", "time_total_s")
-    return trial_runs_callback(tracked, settings.time_attr, settings.scheduler.max_budget, scores)
+    scores += ("eval_loss", context.ranked_by, "train_loss", "time_total_s")
+    return trial_runs_callback(tracked, context.time_attr, context.scheduler.max_budget, scores)
 
 
 def _close_tracking(tracked, outcome: SearchOutcome) -> None:

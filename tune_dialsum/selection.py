@@ -31,7 +31,7 @@ from pathlib import Path
 from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.checkpoints import CheckpointRecord, trial_decoding
 from tune_dialsum.contract import SELECTION_FILE, score_key
-from tune_dialsum.experiment_settings import ExperimentSettings
+from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.metrics import Difference, paired_difference
 from tune_dialsum.scoring import score_model, scoring_tasks
 from tune_dialsum.space_schema import ResourcesSection
@@ -76,7 +76,7 @@ def top_by_subset(records: list[CheckpointRecord], metric: str, mode: str, k: in
 
 
 def rescore(
-    candidates: list[CheckpointRecord], locations: list[str], settings: ExperimentSettings, resources: ResourcesSection
+    candidates: list[CheckpointRecord], locations: list[str], context: ExperimentContext, resources: ResourcesSection
 ) -> list[Candidate]:
     """Each candidate's scores on the whole validation split, decoded as its trial was scored; in parallel."""
     tasks = scoring_tasks(resources)
@@ -84,14 +84,14 @@ def rescore(
         tasks.submit(
             score_model,
             location,
-            settings,
+            context,
             "validation",
             trial_decoding(record.snapshot.get("config", {})),
             per_example=True,
         )
         for record, location in zip(candidates, locations, strict=True)
     ]
-    key = score_key(settings.objective.metric)
+    key = score_key(context.objective.metric)
     scored = []
     for record, full in zip(candidates, [tasks.result(h) for h in handles], strict=True):
         each = full.pop("per_example")

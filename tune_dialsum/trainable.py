@@ -3,7 +3,7 @@
 The trial only *reports*: after every evaluation it hands Tune the scores and
 the checkpoint just saved, and Tune's scheduler decides whether it goes on.
 It knows nothing of Optuna or of how the search is set up beyond the
-:class:`ExperimentSettings` it is given.
+:class:`ExperimentContext` it is given.
 """
 
 from __future__ import annotations
@@ -26,13 +26,16 @@ from tune_dialsum.contract import (
     TRAINER_STATE_FILE,
     TRIAL_CONFIG_FILE,
 )
-from tune_dialsum.experiment_settings import NODE_LOCAL, ExperimentSettings  # noqa: F401 (tuner.pkl files name it here)
+from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.retry import NotRetryable, TrialDiverged, is_retryable, not_retryable_marker, record_not_retryable
 from tune_dialsum.rungs import best_score, rung_report
 from tune_dialsum.space_schema import TrialSettings
 from tune_dialsum.train import DialogueSummarizationTrainer
 from tune_dialsum.trial_data import prepared_datasets
 from tune_dialsum.worker_memory import memory_in_use, release_memory, resident_memory_mb
+
+# The name (and module) that tuner.pkl files of experiments started before the rename hold.
+ExperimentSettings = ExperimentContext
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ class TrialRun:
 
 def _report_to_tune_callback(
     trial_config: dict,
-    settings: ExperimentSettings,
+    context: ExperimentContext,
     recipe: dict,
     samples_per_step: int,
     rss_at_start: float,
@@ -86,7 +89,7 @@ def _report_to_tune_callback(
                 snapshot = {
                     **run.trial,
                     "config": trial_config,
-                    "settings": asdict(settings),
+                    "settings": asdict(context),
                     "recipe": recipe,
                     "samples_per_step": samples_per_step,
                     "world_size": args.world_size,
@@ -98,7 +101,7 @@ def _report_to_tune_callback(
             report = {
                 **self.scores,
                 "eval_loss": self.scores.get("loss"),
-                settings.ranked_by: best_score(state.log_history, settings.objective.metric, settings.objective.mode),
+                context.ranked_by: best_score(state.log_history, context.objective.metric, context.objective.mode),
                 "step": state.global_step,
                 "epoch": state.epoch,
                 "samples": state.global_step * samples_per_step,
@@ -118,7 +121,7 @@ def _report_to_tune_callback(
                         "batches_per_epoch": self.batches_per_epoch,
                     }
                 )
-            report |= rung_report(state.log_history, report[settings.time_attr], settings.scheduler, settings.objective)
+            report |= rung_report(state.log_history, report[context.time_attr], context.scheduler, context.objective)
             report.pop("loss", None)
             self.scores = None
             run.publish(report, str(checkpoint_dir))
@@ -173,7 +176,7 @@ def _restore_checkpoint(checkpoint, output_dir: Path) -> str | None:
     return str(target)
 
 
-def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
+def train_dialsum(config: dict, context: ExperimentContext) -> None:
     """Ray Tune function trainable; ``config`` holds one trial's settings (see space.SETTINGS).
 
     Whatever way the trial ends (finished, stopped by the scheduler, failed), its scratch directory is
@@ -184,7 +187,7 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
 
     context = tune.get_context()
     trial_id = context.get_trial_id()
-    marker = not_retryable_marker(settings, trial_id)
+    marker = not_retryable_marker(context, trial_id)
     earlier = locations.read_text(marker) if marker else None
     if earlier:
         raise NotRetryable(f"{json.loads(earlier)['error']} (not retried: another attempt would fail the same way)")
@@ -197,11 +200,11 @@ def train_dialsum(config: dict, settings: ExperimentSettings) -> None:
     # reused worker runs several trials, each in its own working directory of Ray's session.
     output_dir = Path.cwd() / f"hf-{trial_id}"
     try:
-        if settings.resources.workers_per_trial > 1:
-            _train_data_parallel(config, settings, trial, output_dir)
+        if context.resources.workers_per_trial > 1:
+            _train_data_parallel(config, context, trial, output_dir)
         else:
             run = TrialRun(trial, publish=_report_to_tune, resume_from=tune.get_checkpoint())
-            train_one(config, settings, output_dir, run)
+            train_one(config, context, output_dir, run)
     except BaseException as err:  # SystemExit too: that is how Tune ends a trial its scheduler stopped
         if marker and isinstance(err, Exception) and not is_retryable(err):
             record_not_retryable(marker, err)
@@ -220,7 +223,7 @@ def _report_to_tune(report: dict, checkpoint_dir: str) -> None:
     tune.report(report, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
 
-def _train_data_parallel(config: dict, settings: ExperimentSettings, trial: dict, output_dir: Path) -> None:
+def _train_data_parallel(config: dict, context: ExperimentContext, trial: dict, output_dir: Path) -> None:
     """This trial's training on ``settings.resources.workers_per_trial`` Ray Train workers, reported by rank 0.
 
     Every worker trains with this trial's ``config`` (sampled once, by this driver's searcher) and
@@ -231,11 +234,11 @@ def _train_data_parallel(config: dict, settings: ExperimentSettings, trial: dict
     from tune_dialsum.contract import TRAIN_RUNS_DIR
     from tune_dialsum.data_parallel import Workers, new_run_name, run_data_parallel
 
-    process = functools.partial(_train_worker, config, settings, trial, output_dir, tune.get_checkpoint())
+    process = functools.partial(_train_worker, config, context, trial, output_dir, tune.get_checkpoint())
     workers = Workers(
-        settings.resources.workers_per_trial, settings.resources.cpus_per_worker, settings.resources.gpus_per_worker
+        context.resources.workers_per_trial, context.resources.cpus_per_worker, context.resources.gpus_per_worker
     )
-    staging = locations.join(settings.experiment_location or str(output_dir), TRAIN_RUNS_DIR)
+    staging = locations.join(context.experiment_location or str(output_dir), TRAIN_RUNS_DIR)
     run_name = new_run_name(trial["trial_id"])
     try:
         run_data_parallel(process, workers, run_name, staging, is_retryable)
@@ -253,7 +256,7 @@ def _train_worker(config, settings, trial, output_dir: Path, resume_from, rank: 
         release_memory()
 
 
-def train_one(config: dict, settings: ExperimentSettings, output_dir: Path, run: TrialRun) -> None:
+def train_one(config: dict, context: ExperimentContext, output_dir: Path, run: TrialRun) -> None:
     """One training run of ``config`` to the scheduler's budget, reporting through ``run`` (a trial, or a refit)."""
     import datasets
     import transformers
@@ -265,27 +268,27 @@ def train_one(config: dict, settings: ExperimentSettings, output_dir: Path, run:
     trainer = DialogueSummarizationTrainer.for_settings(
         asked,
         str(output_dir),
-        trust_remote_code=settings.trust_remote_code,
+        trust_remote_code=context.trust_remote_code,
         tensorboard=False,  # Tune logs every report to TensorBoard in the trial directory already
-        data_dir=settings.data.path,
+        data_dir=context.data.path,
     )
-    dataset_dict = prepared_datasets(trainer, settings)
-    unit = settings.scheduler.budget_unit
-    interval = settings.scheduler.eval_interval
+    dataset_dict = prepared_datasets(trainer, context)
+    unit = context.scheduler.budget_unit
+    interval = context.scheduler.eval_interval
     strategy = {"steps": "steps", "epochs": "epoch", "samples": "no"}[unit]  # samples: EvaluateEverySamples
     trained_with = asked.for_family(trainer.family)
     if unit == "epochs":  # the scheduler's budget bounds the run, not the setting
-        trained_with = dataclasses.replace(trained_with, num_train_epochs=float(settings.scheduler.max_budget))
+        trained_with = dataclasses.replace(trained_with, num_train_epochs=float(context.scheduler.max_budget))
     training_args = trainer.training_arguments(
         trained_with,
-        max_steps=settings.scheduler.max_budget if unit == "steps" else -1,
+        max_steps=context.scheduler.max_budget if unit == "steps" else -1,
         eval_steps=interval,  # read in steps mode only
         save_steps=interval,
         eval_strategy=strategy,
         save_strategy=strategy,
         logging_steps=max(1, interval // 4) if unit == "steps" else 50,
         save_total_limit=1,  # Tune keeps the checkpoints that matter; the trainer's copy is scratch
-        seed=settings.seed,
+        seed=context.seed,
         **_distributed_arguments(),
     )
     # train_batch_size: per device x the GPUs one process drives (torch's DataParallel); world_size: processes
@@ -294,9 +297,9 @@ def train_one(config: dict, settings: ExperimentSettings, output_dir: Path, run:
     )
     # recorded: every value the trial trained with, the family's defaults included
     recorded = {**config, **asdict(trained_with)}
-    callbacks = [_report_to_tune_callback(recorded, settings, trainer.recipe, samples_per_step, rss_at_start, run)]
+    callbacks = [_report_to_tune_callback(recorded, context, trainer.recipe, samples_per_step, rss_at_start, run)]
     if unit == "samples":
-        training_args.max_steps = math.ceil(settings.scheduler.max_budget / samples_per_step)
+        training_args.max_steps = math.ceil(context.scheduler.max_budget / samples_per_step)
         training_args.logging_steps = max(1, interval // samples_per_step // 4)
         callbacks.append(_evaluate_every_samples(interval, samples_per_step))
     trainer.train(

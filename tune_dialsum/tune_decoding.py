@@ -18,14 +18,14 @@ from tune_dialsum.choices import BASELINE, read_decoding
 from tune_dialsum.contract import DECODING_DB, DECODING_FILE, DECODING_SOURCE_FILE, RECIPE_FILE, TUNING_FILE
 from tune_dialsum.decoding import DecodingResult, DecodingStudy, run_decoding_study
 from tune_dialsum.errors import UsageError
-from tune_dialsum.experiment_settings import ExperimentSettings
+from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.space import DECODING_SETTINGS, SearchSpace
 
 logger = logging.getLogger(__name__)
 
 
 def tune_model(
-    model: str, out: Path, space: SearchSpace, settings: ExperimentSettings, address: str | None = None
+    model: str, out: Path, space: SearchSpace, context: ExperimentContext, address: str | None = None
 ) -> DecodingResult:
     """``tune-decoding``: the decoding study on any seq2seq model (a directory, a hub name, ``tiny:FAMILY``).
 
@@ -49,9 +49,9 @@ def tune_model(
         )
     if not (out / "config.json").is_file():
         with atomic_directory(out) as staging:  # an interrupted copy leaves no half model behind
-            _copy_model(model, staging, settings)
+            _copy_model(model, staging, context)
             atomic_write_text(staging / DECODING_SOURCE_FILE, json.dumps({"model": source}))
-    settings = _on_the_models_rows(settings, out)
+    context = _on_the_models_rows(context, out)
     earlier = read_decoding(out) or {}
     baseline = next((r["settings"] for r in earlier.get("records", []) if r["number"] == BASELINE), None)
     study = DecodingStudy(
@@ -59,7 +59,7 @@ def tune_model(
         out,
         {"model": (str(out), baseline or _model_decoding(out))},
         space.decoding,
-        settings,
+        context,
         space.resources,
         space.seed,
     )
@@ -71,15 +71,15 @@ def tune_model(
             import ray
 
             ray.shutdown()
-    set_generation_config(out, result.chosen.settings if result.chosen else study.models["model"][1])
+    set_generation_config(out, result.chosen.generation if result.chosen else study.models["model"][1])
     if (out / TUNING_FILE).is_file():  # an export: its record and card gain the decoding stage
         _set_aside_earlier_scores(out)
         record_scores(out, decoding=result.as_record(None))
     return result
 
 
-def _on_the_models_rows(settings: ExperimentSettings, model_dir: Path) -> ExperimentSettings:
-    """``settings`` with the seed the model's held-out rows were drawn with, where it records one.
+def _on_the_models_rows(context: ExperimentContext, model_dir: Path) -> ExperimentContext:
+    """``context`` with the seed the model's held-out rows were drawn with, where it records one.
 
     Where the data has no validation split, rows are held out of train by a seeded draw: decoding
     chosen with another seed would be chosen on rows the model trained on.
@@ -92,10 +92,10 @@ def _on_the_models_rows(settings: ExperimentSettings, model_dir: Path) -> Experi
             document = json.loads((model_dir / name).read_text())
             # an export from before data_seed was recorded: its search's settings hold the seed
             recorded = document.get("data_seed", (document.get("settings") or {}).get("seed"))
-    if recorded is None or recorded == settings.seed:
-        return settings
-    logger.info("held-out rows drawn with the model's seed %s (the space says %s)", recorded, settings.seed)
-    return dataclasses.replace(settings, seed=int(recorded))
+    if recorded is None or recorded == context.seed:
+        return context
+    logger.info("held-out rows drawn with the model's seed %s (the space says %s)", recorded, context.seed)
+    return dataclasses.replace(context, seed=int(recorded))
 
 
 def _set_aside_earlier_scores(model_dir: Path) -> None:
@@ -107,7 +107,7 @@ def _set_aside_earlier_scores(model_dir: Path) -> None:
         atomic_write_text(model_dir / TUNING_FILE, json.dumps(tuning, indent=2, default=str))
 
 
-def _copy_model(model: str, out: Path, settings: ExperimentSettings) -> None:
+def _copy_model(model: str, out: Path, context: ExperimentContext) -> None:
     """The model's files in ``out``: copied from a directory, else loaded (hub, tiny) and saved."""
     from tune_dialsum.checkpoints import TRAINING_ONLY
     from tune_dialsum.models import load_model_and_tokenizer
@@ -117,7 +117,7 @@ def _copy_model(model: str, out: Path, settings: ExperimentSettings) -> None:
             raise UsageError(f"{model}: not a model directory (no config.json); pass an export or a model name")
         shutil.copytree(model, out, ignore=shutil.ignore_patterns(*TRAINING_ONLY, "rng_state*"), dirs_exist_ok=True)
         return
-    loaded, tokenizer = load_model_and_tokenizer(model, settings.trust_remote_code, settings.data.path)
+    loaded, tokenizer = load_model_and_tokenizer(model, context.trust_remote_code, context.data.path)
     loaded.save_pretrained(out)
     tokenizer.save_pretrained(out)
 

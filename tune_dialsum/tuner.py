@@ -10,7 +10,7 @@ from __future__ import annotations
 from tune_dialsum.cluster import trials_at_once
 from tune_dialsum.contract import OPTUNA_DB, TRIAL_DIR_PREFIX
 from tune_dialsum.data_parallel import DRIVER_RESOURCES
-from tune_dialsum.experiment_settings import ExperimentSettings
+from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.optuna_search import make_sampler, pruned_aware_optuna_search
 from tune_dialsum.rungs import scheduler_target
 from tune_dialsum.space import SearchSpace
@@ -22,21 +22,21 @@ def _trial_name(trial) -> str:
     return f"{TRIAL_DIR_PREFIX}{trial.trial_id}"
 
 
-def trainable(space: SearchSpace, settings: ExperimentSettings):
+def trainable(space: SearchSpace, context: ExperimentContext):
     from ray import tune
 
     if data_parallel(space):  # the trial only drives its workers, which Ray Train places itself
         resources = DRIVER_RESOURCES
     else:
         resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
-    return tune.with_resources(tune.with_parameters(train_dialsum, settings=settings), resources)
+    return tune.with_resources(tune.with_parameters(train_dialsum, context=context), resources)
 
 
 def data_parallel(space: SearchSpace) -> bool:
     return space.resources.workers_per_trial > 1
 
 
-def build_searcher(space: SearchSpace, settings: ExperimentSettings, storage=None, seed_offset: int = 0):
+def build_searcher(space: SearchSpace, context: ExperimentContext, storage=None, seed_offset: int = 0):
     """Optuna (TPE or random) behind Ray's OptunaSearch, ranking trials on the best score so far.
 
     ``storage``: the Optuna storage (None: in memory); ``seed_offset``: the trials already in the
@@ -44,29 +44,29 @@ def build_searcher(space: SearchSpace, settings: ExperimentSettings, storage=Non
     """
     return pruned_aware_optuna_search(
         space=space.define_by_run,
-        metric=settings.ranked_by,  # the best so far: a trial is exported at its best checkpoint
+        metric=context.ranked_by,  # the best so far: a trial is exported at its best checkpoint
         mode=space.mode,
         sampler=make_sampler(space, seed_offset=seed_offset),
         storage=storage,
         study_name=space.name,
-        time_attr=settings.time_attr,
-        full_budget=settings.scheduler.max_budget,
+        time_attr=context.time_attr,
+        full_budget=context.scheduler.max_budget,
     )
 
 
-def build_scheduler(space: SearchSpace, settings: ExperimentSettings):
+def build_scheduler(space: SearchSpace, context: ExperimentContext):
     """ASHA in the space's budget unit on the signal ``scheduler.rung_metric`` names (rungs.py); or FIFO
     (every trial to the full budget)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if space.scheduler.type != "asha":
         return FIFOScheduler()
-    metric, mode = scheduler_target(space.scheduler, settings.objective, settings.ranked_by)
+    metric, mode = scheduler_target(space.scheduler, context.objective, context.ranked_by)
     return ASHAScheduler(
-        time_attr=settings.time_attr,
+        time_attr=context.time_attr,
         metric=metric,
         mode=mode,
-        max_t=settings.scheduler.max_budget,
+        max_t=context.scheduler.max_budget,
         grace_period=space.scheduler.grace_period,
         reduction_factor=space.scheduler.reduction_factor,
     )
@@ -74,7 +74,7 @@ def build_scheduler(space: SearchSpace, settings: ExperimentSettings):
 
 def build_tuner(
     space: SearchSpace,
-    settings: ExperimentSettings,
+    context: ExperimentContext,
     store: ExperimentStore,
     num_samples: int,
     continuing: bool,
@@ -87,26 +87,26 @@ def build_tuner(
     study = optuna.storages.RDBStorage(f"sqlite:///{store.local / OPTUNA_DB}")
     # a continued search draws anew: the same seed would repeat the first run's first configurations
     earlier = len(optuna.load_study(study_name=space.name, storage=study).trials) if continuing else 0
-    searcher = build_searcher(space, settings, storage=study, seed_offset=earlier)
-    scheduler = build_scheduler(space, settings)
+    searcher = build_searcher(space, context, storage=study, seed_offset=earlier)
+    scheduler = build_scheduler(space, context)
     reporter = tune.CLIReporter(
         metric_columns={
             key: key
             for key in (
-                settings.time_attr,
+                context.time_attr,
                 space.metric,
-                settings.ranked_by,
-                scheduler_target(space.scheduler, settings.objective, settings.ranked_by)[0],
+                context.ranked_by,
+                scheduler_target(space.scheduler, context.objective, context.ranked_by)[0],
             )
         },
         parameter_columns=space.searched_settings[:6],
-        metric=settings.ranked_by,
+        metric=context.ranked_by,
         mode=space.mode,
         max_report_frequency=20,
         sort_by_metric=True,
     )
     return tune.Tuner(
-        trainable(space, settings),
+        trainable(space, context),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,

@@ -1,7 +1,8 @@
 """What every trial of one experiment shares: the space's sections minus what is sampled.
 
 Kept apart from the trainable so that the stages after the trials (selection, decoding, refit)
-read the settings without importing the trainer.
+read it without importing the trainer. Its name is not "settings": that word is a trial's
+(``TrialSettings``, the space's ``fixed`` and ``search`` keys).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from tune_dialsum.contract import TIME_ATTRS, TOKENIZED_CACHE
 from tune_dialsum.space import SearchSpace
 from tune_dialsum.space_schema import DataSection, ObjectiveSection, ResourcesSection, SchedulerSection
 
-# ExperimentSettings.cache_dir for experiments kept at a URI: each node caches under its own tune_dialsum cache.
+# ExperimentContext.cache_dir for experiments kept at a URI: each node caches under its own tune_dialsum cache.
 NODE_LOCAL = "node-local"
 
 
 @dataclass(frozen=True)
-class ExperimentSettings:
+class ExperimentContext:
     """What every trial of one experiment shares: the space's sections minus what is sampled."""
 
     data: DataSection  # its path resolved, so that every node reads the same directory
@@ -49,13 +50,13 @@ class ExperimentSettings:
         return f"best_{self.objective.metric}"
 
 
-def experiment_settings(space: SearchSpace, store=None) -> ExperimentSettings:
+def experiment_context(space: SearchSpace, store=None) -> ExperimentContext:
     """What every trial shares; tokenized data is cached in the experiment (``store``: storage.ExperimentStore),
     or per node where that is a URI."""
     cache_dir = None
     if store is not None:
         cache_dir = NODE_LOCAL if store.remote else str(store.local / TOKENIZED_CACHE)
-    return ExperimentSettings(
+    return ExperimentContext(
         data=dataclasses.replace(space.data, path=str(Path(space.data.path).expanduser().resolve())),
         objective=space.objective,
         scheduler=space.scheduler,
