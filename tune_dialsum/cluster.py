@@ -140,8 +140,9 @@ def check_shared_paths(written: dict[str, str], read: dict[str, str]) -> None:
                 )
 
 
-def check_resources(space: SearchSpace) -> None:
-    """Refuse a trial the cluster can never run: more than it has in all, or workers its nodes cannot hold."""
+def check_resources(space: SearchSpace) -> int:
+    """Refuse a trial the cluster can never run (more than it has in all, or workers its nodes cannot hold);
+    returns how many trials it runs at once (``trials.max_concurrent`` caps it)."""
     import ray
 
     available = ray.cluster_resources()
@@ -164,6 +165,7 @@ def check_resources(space: SearchSpace) -> None:
             f"{getattr(resources, f'{kind}_per_worker'):g} {kind[:-1].upper()} and a trial asks for {workers}; give each "
             f"worker less and raise resources.workers_per_trial, or add nodes"
         )
+    return trials_at_once(space)
 
 
 def worker_slots(resources: ResourcesSection) -> int:

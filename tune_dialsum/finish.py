@@ -115,6 +115,7 @@ class Finish:
             return top[0]
         best = selection.choose(outcome.candidates, space.metric, space.mode)
         outcome.full_validation = best.full
+        outcome.chosen_within_noise = selection.within_noise(outcome.candidates)
         store.push(
             selection.write_selection(outcome.experiment_dir, best, outcome.candidates, space.metric, space.mode)
         )
@@ -203,7 +204,7 @@ class Finish:
         if rescored:
             scores["full_validation"] = outcome.full_validation
             scores["selection"] = [c.as_dict(space.metric) for c in outcome.candidates]
-            scores["selection_within_noise"] = selection.within_noise(outcome.candidates)
+            scores["selection_within_noise"] = outcome.chosen_within_noise
         if outcome.refit is not None:
             leader = next(c for c in outcome.candidates if c.record.path == outcome.refit_of)
             scores["refit"] = outcome.refit.as_dict(space.metric, leader)

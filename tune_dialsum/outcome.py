@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tune_dialsum import selection
 from tune_dialsum.checkpoints import (
     CHECKPOINT_METADATA,
 )
@@ -63,6 +62,7 @@ class SearchOutcome:
     test_training_decoding: dict | None = None  # the same, decoded as trials were scored (where decoding was tuned)
     decoding: object | None = None  # decoding.DecodingResult: the decoding stage, where the space has one
     candidates: list = field(default_factory=list)  # selection.Candidate: the checkpoints re-scored
+    chosen_within_noise: bool = False  # the best re-scored beat another by less than their paired interval
     refit: object | None = None  # refit.Refit: the chosen settings trained anew (selection.refit)
     refit_error: str | None = None  # why the refit asked for did not happen
     unfinished: int = 0  # trials left pending or running: the search was interrupted or ran out of time
@@ -252,7 +252,7 @@ def format_summary(outcome: SearchOutcome) -> str:
                 f"Validation, all {full['examples']} examples (used to choose among the top {len(outcome.candidates)} "
                 f"by the ranking score: {ranked}): {_scores(full)}",
             ]
-            if selection.within_noise(outcome.candidates):
+            if outcome.chosen_within_noise:
                 lines.append(
                     f"Chosen within noise: the best {outcome.metric} on validation beats another candidate by less "
                     "than its paired 95% interval, so the lower eval_loss (where the losses share a scale), then the later checkpoint, decided."

@@ -15,7 +15,7 @@ import time
 import yaml
 
 from tune_dialsum.atomic import atomic_write_text
-from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray, trials_at_once
+from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray
 from tune_dialsum.contract import (
     BEST_MODEL_DIR,
     NOT_RETRYABLE_FILE,
@@ -38,7 +38,6 @@ from tune_dialsum.storage import ExperimentStore
 from tune_dialsum.tuner import (
     _trial_name,  # noqa: F401 (tuner.pkl files of older experiments name it here)
     build_tuner,
-    data_parallel,
     trainable,
 )
 
@@ -149,8 +148,7 @@ def _run_locked(
     started_ray = start_ray(address)
     logger.info("ray ready after %.1fs", time.perf_counter() - clock)
     try:
-        check_resources(space)
-        at_once = trials_at_once(space)  # what the cluster has room for, said in the summary
+        at_once = check_resources(space)  # what the cluster has room for, said in the summary
         store.local.mkdir(parents=True, exist_ok=True)
         check_shared_paths(written={"storage_path": store.location}, read={"data.path": context.data.path})
         atomic_write_text(store.local / SPACE_SNAPSHOT, yaml.safe_dump({**space.raw, "name": space.name}))
@@ -174,9 +172,9 @@ def _run_locked(
             # a new search, or more trials for a finished one: Optuna's study holds every earlier trial
             callbacks = [_trial_runs(tracked, context)] if tracked else []
             callbacks += [_study_push(store)] if store.remote else []
-            results += _timed_fit(build_tuner(space, context, store, more, resume, callbacks), fits)
+            results += _timed_fit(build_tuner(space, context, store, more, resume, callbacks, at_once), fits)
         store.push_study(store.local / OPTUNA_DB)
-        if data_parallel(space):  # what trials stopped between reports still hold, and what they staged
+        if space.resources.data_parallel:  # what trials stopped between reports still hold, and what they staged
             release_placement_groups()
         store.delete(store.local / TRAIN_RUNS_DIR)  # what data-parallel trials stopped mid-report left staged
         logger.info("trials done after %.1fs", time.perf_counter() - clock)

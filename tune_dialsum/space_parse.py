@@ -64,7 +64,7 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
             "eval_loss set it to false, or optimise a ROUGE score",
         )
     resources = _parse_resources(check, _values(check, raw, "resources"), source)
-    if selection.refit and resources.workers_per_trial > 1:
+    if selection.refit and resources.data_parallel:
         check.fail(
             "selection.refit",
             "a refit trains in one process, so it cannot repeat a data-parallel trial (workers_per_trial "

@@ -156,6 +156,11 @@ class ResourcesSection:
     cpus_per_worker: float | None = key(None, "CPUs per worker; none: cpus_per_trial / workers_per_trial", float)
     gpus_per_worker: float | None = key(None, "GPUs per worker, whole above 1; none: the trial's share", float)
 
+    @property
+    def data_parallel(self) -> bool:
+        """Each trial trains over several workers (Ray Train) rather than in one process."""
+        return self.workers_per_trial > 1
+
 
 @dataclass(frozen=True)
 class CheckpointsSection:

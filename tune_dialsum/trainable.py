@@ -185,22 +185,22 @@ def train_dialsum(config: dict, context: ExperimentContext) -> None:
     """
     from ray import tune
 
-    context = tune.get_context()
-    trial_id = context.get_trial_id()
+    tune_context = tune.get_context()
+    trial_id = tune_context.get_trial_id()
     marker = not_retryable_marker(context, trial_id)
     earlier = locations.read_text(marker) if marker else None
     if earlier:
         raise NotRetryable(f"{json.loads(earlier)['error']} (not retried: another attempt would fail the same way)")
     trial = {
         "trial_id": trial_id,
-        "trial_name": context.get_trial_name(),
-        "experiment": context.get_experiment_name(),
+        "trial_name": tune_context.get_trial_name(),
+        "experiment": tune_context.get_experiment_name(),
     }
     # The trainer's own checkpoints are scratch: Tune copies what it keeps into the experiment. A
     # reused worker runs several trials, each in its own working directory of Ray's session.
     output_dir = Path.cwd() / f"hf-{trial_id}"
     try:
-        if context.resources.workers_per_trial > 1:
+        if context.resources.data_parallel:
             _train_data_parallel(config, context, trial, output_dir)
         else:
             run = TrialRun(trial, publish=_report_to_tune, resume_from=tune.get_checkpoint())

@@ -7,7 +7,6 @@ Tuner, and search.py runs it.
 
 from __future__ import annotations
 
-from tune_dialsum.cluster import trials_at_once
 from tune_dialsum.contract import OPTUNA_DB, TRIAL_DIR_PREFIX
 from tune_dialsum.data_parallel import DRIVER_RESOURCES
 from tune_dialsum.experiment_context import ExperimentContext
@@ -25,15 +24,11 @@ def _trial_name(trial) -> str:
 def trainable(space: SearchSpace, context: ExperimentContext):
     from ray import tune
 
-    if data_parallel(space):  # the trial only drives its workers, which Ray Train places itself
+    if space.resources.data_parallel:  # the trial only drives its workers, which Ray Train places itself
         resources = DRIVER_RESOURCES
     else:
         resources = {"cpu": space.resources.cpus_per_trial, "gpu": space.resources.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(train_dialsum, context=context), resources)
-
-
-def data_parallel(space: SearchSpace) -> bool:
-    return space.resources.workers_per_trial > 1
 
 
 def build_searcher(space: SearchSpace, context: ExperimentContext, storage=None, seed_offset: int = 0):
@@ -79,7 +74,10 @@ def build_tuner(
     num_samples: int,
     continuing: bool,
     callbacks: list,
+    at_once: int | None = None,
 ):
+    """The Tuner of one run of ``num_samples`` trials; ``at_once``: how many the cluster holds at once
+    (cluster.check_resources), which caps a data-parallel search."""
     import optuna
     from ray import tune
 
@@ -112,13 +110,13 @@ def build_tuner(
             scheduler=scheduler,
             num_samples=num_samples,
             # Tune does not see a data-parallel trial's workers: it would start trials their workers cannot join
-            max_concurrent_trials=trials_at_once(space) if data_parallel(space) else space.trials.max_concurrent,
+            max_concurrent_trials=at_once if space.resources.data_parallel else space.trials.max_concurrent,
             time_budget_s=space.trials.time_budget_s,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
             # A worker that already imported torch and transformers and read the data runs the next trial;
             # not a data-parallel driver: Tune would keep a stopped one's training running to reuse it.
-            reuse_actors=not data_parallel(space),
+            reuse_actors=not space.resources.data_parallel,
         ),
         run_config=tune.RunConfig(
             name=store.name,  # the directory being run: a copied or renamed experiment keeps its space's old name
