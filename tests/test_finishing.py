@@ -211,3 +211,21 @@ def test_the_stages_after_the_trials_run_in_order_without_ray(tmp_path, tiny_mod
     assert len(exports) == 1 and {"full_validation", "selection", "decoding"} <= set(exports[0]["scores"])
     assert [set(r) for r in recorded] == [{"test", "test_training_decoding"}]
     assert not list(root.rglob("optimizer.pt"))  # both trials ended: neither trains again
+
+
+def test_a_run_is_interrupted_only_by_a_trial_that_neither_ended_nor_failed():
+    """A resumed trial that trained its whole budget has ended though Ray left ``done`` unset (seen in
+    the faults lifecycle: --resume --num-samples then added no trial and exited as interrupted)."""
+    from types import SimpleNamespace
+
+    from tune_dialsum.search import interrupted
+
+    sets = ["scheduler.type=fifo", "scheduler.budget_unit=steps", "scheduler.max_budget=100"]
+    context = experiment_context(load_space(REPO / "search_spaces" / "tiny.yaml", sets))
+
+    def result(step: int, done: bool = False, error: Exception | None = None):
+        return SimpleNamespace(metrics={"step": step, "done": done}, error=error)
+
+    assert not interrupted([result(100), result(100, done=True)], context)
+    assert not interrupted([result(50, done=True), result(50, error=RuntimeError("out of memory"))], context)
+    assert interrupted([result(100), result(50)], context)

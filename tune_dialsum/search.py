@@ -20,9 +20,12 @@ from tune_dialsum.contract import (
     BEST_MODEL_DIR,
     NOT_RETRYABLE_FILE,
     OPTUNA_DB,
+    PENDING,
+    RUNNING,
     SPACE_SNAPSHOT,
     TRAIN_RUNS_DIR,
     TRIAL_DIR_PREFIX,
+    trial_state,
 )
 from tune_dialsum.data_parallel import release_placement_groups
 from tune_dialsum.errors import UsageError
@@ -167,8 +170,7 @@ def _run_locked(
             results = _timed_fit(tuner, fits)
             store.pull(checkpoint_files=())  # for a URI: the trial directories the restored run wrote
         more = space.trials.num_samples - (len(recorded_trial_ids(store.local)) if resume else 0)
-        interrupted = any(r.error is None and not (r.metrics or {}).get("done") for r in results)
-        if more > 0 and not interrupted:
+        if more > 0 and not interrupted(results, context):
             # a new search, or more trials for a finished one: Optuna's study holds every earlier trial
             callbacks = [_trial_runs(tracked, context)] if tracked else []
             callbacks += [_study_push(store)] if store.remote else []
@@ -195,6 +197,21 @@ def _run_locked(
 
             ray.shutdown()
     return outcome
+
+
+def interrupted(results, context: ExperimentContext) -> bool:
+    """Whether a run left a trial that neither ended nor failed (a Ctrl-C): then it adds no trial.
+
+    By the rule the summary uses (contract.trial_state): a resumed trial that trained its whole budget
+    has ended even where Ray left its last result without ``done``.
+    """
+    for result in results:
+        metrics = result.metrics or {}
+        used = float(metrics.get(context.time_attr, 0) or 0)
+        state = trial_state(used, context.scheduler.max_budget, bool(metrics.get("done")), result.error is not None)
+        if state in (RUNNING, PENDING):
+            return True
+    return False
 
 
 def _open_tracking(space: SearchSpace, context: ExperimentContext, store: ExperimentStore):
