@@ -20,6 +20,10 @@ from tests.helpers.mlflow_runs import assert_tracked
 
 pytestmark = pytest.mark.slow
 FAULTS = Path(__file__).resolve().parent / "faults"
+# The formats the faults lifecycle's faults hit: the seeded start of its search draws turns, standard
+# and compact once each, and TPE then favours turns, so a fault on either of these two fires in few
+# trials (each failure costs a worker process and Ray's retry another).
+OOM, ONCE = "standard", "compact"
 
 
 def _search(storage: Path, name: str, *sets: str, env: dict | None = None, timeout: int = 600):
@@ -67,7 +71,7 @@ def test_a_search_with_faults_survives_a_kill_and_its_resumes_recover_and_grow_i
     markers.mkdir()
     faults = {
         "PYTHONPATH": f"{FAULTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "TUNE_DIALSUM_TEST_FAULTS": "oom@75:turns,once@75:compact",
+        "TUNE_DIALSUM_TEST_FAULTS": f"oom@75:{OOM},once@75:{ONCE}",
         "TUNE_DIALSUM_TEST_FAULT_MARKERS": str(markers),
     }
     sets = ["trials.num_samples=6", "scheduler.type=fifo", "scheduler.budget_unit=steps"]
@@ -113,35 +117,35 @@ def test_a_search_with_faults_survives_a_kill_and_its_resumes_recover_and_grow_i
         assert _same_reports(after[name], rows), name  # finished trials are kept as they were
     configs = {d.name: json.loads((d / "params.json").read_text()) for d in experiment.glob("trial_*")}
     formats = [c["dialogue_format"] for c in configs.values()]
-    assert "turns" in formats and "compact" in formats, formats
+    assert OOM in formats and ONCE in formats, formats
     for name, config in configs.items():
         steps = [row["step"] for row in after[name]]
-        if config["dialogue_format"] == "turns":  # out of memory: failed at once, not trained into again
+        if config["dialogue_format"] == OOM:  # out of memory: failed at once, not trained into again
             error = (experiment / name / "error.txt").read_text()
             retried_before = name in failed_before_resume
             assert steps == [50] and ("simulated by the test" if retried_before else "not retried") in error
             assert f"Failed trial {name.removeprefix('trial_')}: " in completed.stdout
             # a failed trial keeps the optimizer state --resume continues it from
             assert list((experiment / name).glob("checkpoint_*/optimizer.pt"))
-        else:  # standard trials never fail; compact ones fail once and resume from the step-50 checkpoint
+        else:  # turns trials never fail; compact ones fail once and resume from the step-50 checkpoint
             assert steps == [50, 100], (name, config["dialogue_format"], steps)
             assert not list((experiment / name).glob("checkpoint_*/optimizer.pt"))  # finished: weights only
     # Ray retries every failed trial once; the retry of an out-of-memory trial ends before training, so
     # during the resume the fault fired once per such trial (it fired twice per trial before). The
     # transient one fired once per trial in all, the kill notwithstanding.
     fired = [p.name.split("-")[1:3] for p in markers.glob("fired-*") if p.name not in fired_before_resume]
-    assert fired.count(["oom", "turns"]) == formats.count("turns")
+    assert fired.count(["oom", OOM]) == formats.count(OOM)
     fired = [p.name.split("-")[1:3] for p in markers.glob("fired-*")]
-    assert fired.count(["once", "compact"]) == formats.count("compact")
+    assert fired.count(["once", ONCE]) == formats.count(ONCE)
     assert "out of memory (simulated by the test)" in completed.stdout
     study = optuna.load_study(study_name="faults", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert all(t.state.is_finished() for t in study.trials)
     ran = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
-    assert len(ran) == 6 - formats.count("turns")  # the history of every trial that ran is whole
+    assert len(ran) == 6 - formats.count(OOM)  # the history of every trial that ran is whole
     # A trial Optuna handed out after the last saved state, if any, is closed and labelled, not left RUNNING.
     not_ran = [t for t in study.trials if t not in ran]
-    assert all(t.user_attrs.get("abandoned") or t.params["dialogue_format"] == "turns" for t in not_ran)
-    finished = {name.removeprefix("trial_") for name, c in configs.items() if c["dialogue_format"] != "turns"}
+    assert all(t.user_attrs.get("abandoned") or t.params["dialogue_format"] == OOM for t in not_ran)
+    finished = {name.removeprefix("trial_") for name, c in configs.items() if c["dialogue_format"] != OOM}
     record = assert_tracked(experiment, finished, interval=50, analyze=False) if tracked else None
 
     # A finished search does not take another budget; with the cause gone (more memory, say), --resume
@@ -159,7 +163,7 @@ def test_a_search_with_faults_survives_a_kill_and_its_resumes_recover_and_grow_i
     study = optuna.load_study(study_name="faults", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert len([t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]) == 7
     recovered = [t for t in study.trials if "resumed_after_failure" in t.user_attrs]
-    assert len(recovered) == formats.count("turns")
+    assert len(recovered) == formats.count(OOM)
     for trial in recovered:
         failed = study.trials[trial.user_attrs["resumed_after_failure"]]
         assert failed.state == optuna.trial.TrialState.FAIL and failed.params == trial.params
