@@ -20,9 +20,9 @@ from tests.helpers.mlflow_runs import assert_tracked
 
 pytestmark = pytest.mark.slow
 FAULTS = Path(__file__).resolve().parent / "faults"
-# The formats the faults lifecycle's faults hit: the seeded start of its search draws turns, standard
-# and compact once each, and TPE then favours turns, so a fault on either of these two fires in few
-# trials (each failure costs a worker process and Ray's retry another).
+# The formats the faults lifecycle's faults hit. Its search samples at random (seeded, so the same six
+# every run: turns four times, standard and compact once each), so that each fault fires in one trial
+# whatever order the trials end in: each failure costs a worker process, and Ray's retry another.
 OOM, ONCE = "standard", "compact"
 
 
@@ -74,7 +74,7 @@ def test_a_search_with_faults_survives_a_kill_and_its_resumes_recover_and_grow_i
         "TUNE_DIALSUM_TEST_FAULTS": f"oom@75:{OOM},once@75:{ONCE}",
         "TUNE_DIALSUM_TEST_FAULT_MARKERS": str(markers),
     }
-    sets = ["trials.num_samples=6", "scheduler.type=fifo", "scheduler.budget_unit=steps"]
+    sets = ["trials.num_samples=6", "trials.sampler=random", "scheduler.type=fifo", "scheduler.budget_unit=steps"]
     sets += ["scheduler.max_budget=100", "scheduler.grace_period=50", "scheduler.eval_interval=50"]
     sets += ["search.model={choice: ['tiny:t5']}", "selection.top_k=1"]
     sets += ["decoding.constraints={max_mean_length: 0.01}"]  # no decoding writes that short
@@ -150,7 +150,7 @@ def test_a_search_with_faults_survives_a_kill_and_its_resumes_recover_and_grow_i
 
     # A finished search does not take another budget; with the cause gone (more memory, say), --resume
     # tries the failed trials again, each in the Optuna study with its new outcome beside its FAIL
-    # record, and continues with one more trial: TPE learns from every earlier one (one study).
+    # record, and continues with one more trial: the sampler sees every earlier one (one study).
     refused = run_cli(*resume, "--set", "scheduler.max_budget=600")
     assert refused.returncode == 2 and "--set scheduler.max_budget=600 cannot apply" in refused.stderr
     more = run_cli(*resume, "--num-samples", "7")
