@@ -1,10 +1,14 @@
 """summarize and evaluate: the trained format and prefix are applied, figures match compute_rouge."""
 
+import io
 import json
+import sys
+from types import SimpleNamespace
 
 import pytest
 
 from tests.conftest import BUNDLED_DATA, run_cli
+from tune_dialsum.cli import main
 from tune_dialsum.contract import RECIPE_FILE
 from tune_dialsum.inference import DialogueSummarizer, read_dialogues
 from tune_dialsum.metrics import compute_rouge
@@ -13,6 +17,16 @@ DIALOGUES = [
     "Anna: Can I borrow your bike?\nTom: Sure, I will bring it Friday.",
     "#Person1#: I lost my keys.\n#Person2#: I found keys at the gym.",
 ]
+
+
+def _cli(capsys, monkeypatch, *argv: str, input: str | None = None) -> SimpleNamespace:
+    """The command in this process, as ``run_cli`` gives it back: what is tested is the command's logic; one
+    test (stdin text) runs ``python -m tune_dialsum summarize`` as a real process."""
+    if input is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(input))
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
 
 
 @pytest.fixture
@@ -60,11 +74,13 @@ def test_a_length_in_new_tokens_decodes_without_a_warning_per_batch(t5_model_dir
     assert summarizer.model.generation_config.max_length is not None  # given back after the call
 
 
-def test_summarize_command_reads_jsonl_and_writes_jsonl(t5_model_dir, tmp_path):
+def test_summarize_command_reads_jsonl_and_writes_jsonl(t5_model_dir, tmp_path, capsys, monkeypatch):
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"id": f"d{i}", "dialogue": d}) + "\n" for i, d in enumerate(DIALOGUES)))
     out = tmp_path / "out.jsonl"
-    completed = run_cli("summarize", "--model", str(t5_model_dir), "--input", str(source), "--output", str(out))
+    completed = _cli(
+        capsys, monkeypatch, "summarize", "--model", str(t5_model_dir), "--input", str(source), "--output", str(out)
+    )
     assert completed.returncode == 0, completed.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["d0", "d1"] and all(isinstance(r["summary"], str) for r in rows)
@@ -76,7 +92,9 @@ def test_summarize_command_reads_stdin_text(t5_model_dir):
     assert len(completed.stdout.splitlines()) == 2
 
 
-def test_summarize_decodes_with_the_models_generation_config_unless_a_flag_overrides_it(t5_model_dir, tmp_path):
+def test_summarize_decodes_with_the_models_generation_config_unless_a_flag_overrides_it(
+    t5_model_dir, tmp_path, capsys, monkeypatch
+):
     from tune_dialsum.export import set_generation_config
 
     set_generation_config(t5_model_dir, {"num_beams": 2, "max_new_tokens": 3})  # as a tuned export holds
@@ -85,8 +103,10 @@ def test_summarize_decodes_with_the_models_generation_config_unless_a_flag_overr
     tuned = summarizer.summarize(DIALOGUES)
     assert tuned == summarizer.summarize(DIALOGUES, num_beams=2, max_new_tokens=3)
     assert tuned != summarizer.summarize(DIALOGUES, num_beams=1, max_new_tokens=12)
-    default = run_cli("summarize", "--model", str(t5_model_dir), input=DIALOGUES[0])
-    flagged = run_cli("summarize", "--model", str(t5_model_dir), "--max-new-tokens", "12", input=DIALOGUES[0])
+    default = _cli(capsys, monkeypatch, "summarize", "--model", str(t5_model_dir), input=DIALOGUES[0])
+    flagged = _cli(
+        capsys, monkeypatch, "summarize", "--model", str(t5_model_dir), "--max-new-tokens", "12", input=DIALOGUES[0]
+    )
     assert default.returncode == flagged.returncode == 0, default.stderr + flagged.stderr
     assert default.stdout.strip() == tuned[0]
     assert flagged.stdout.strip() == summarizer.summarize(DIALOGUES[:1], max_new_tokens=12)[0]
@@ -97,9 +117,11 @@ def test_plain_text_input_splits_on_blank_lines(tmp_path):
     assert [r["dialogue"] for r in records] == ["A: hi\nB: yo", "A: bye"]
 
 
-def test_evaluate_figures_equal_compute_rouge_on_its_predictions(t5_model_dir, tmp_path):
+def test_evaluate_figures_equal_compute_rouge_on_its_predictions(t5_model_dir, tmp_path, capsys, monkeypatch):
     predictions = tmp_path / "predictions.jsonl"
-    completed = run_cli(
+    completed = _cli(
+        capsys,
+        monkeypatch,
         "evaluate",
         "--model",
         str(t5_model_dir),
@@ -120,8 +142,8 @@ def test_evaluate_figures_equal_compute_rouge_on_its_predictions(t5_model_dir, t
         assert f"{key:10s} {value:.4f}" in completed.stdout
 
 
-def test_summarize_refuses_a_directory_that_is_not_a_model(tmp_path):
-    completed = run_cli("summarize", "--model", str(tmp_path), input="A: hi")
+def test_summarize_refuses_a_directory_that_is_not_a_model(tmp_path, capsys, monkeypatch):
+    completed = _cli(capsys, monkeypatch, "summarize", "--model", str(tmp_path), input="A: hi")
     assert completed.returncode == 2 and "not a model directory" in completed.stderr
 
 
