@@ -42,7 +42,7 @@ def test_tracking_without_mlflow_is_a_one_line_error_naming_the_extra(tmp_path, 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "tune_dialsum[tracking]" in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
+    assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "untracked").exists()  # refused before anything is written
 
 

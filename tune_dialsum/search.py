@@ -132,12 +132,12 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     clock = time.perf_counter()
     store.check_writable()
-    preflight(space, context)
-    if space.tracking:  # before Ray starts and anything is written: a refusal leaves no experiment behind
+    if space.tracking:  # before models are built and anything is written: a refusal leaves nothing behind
         from tune_dialsum.tracking import require_mlflow, tracking_uri
 
         require_mlflow()
         tracking_uri(space.tracking.uri, store.local, store.remote)
+    preflight(space, context)
     logger.info("preflight took %.1fs", time.perf_counter() - clock)
     with experiment_lock(store.local):  # after the checks: a refusal leaves nothing behind
         return _run_locked(space, context, store, resume, address, clock)
