@@ -1,7 +1,7 @@
 # Two commands on a fresh clone, with nothing but Python 3.10+:
 #   make demo   sets up .venv and runs the offline demo search (tiny models, bundled data)
 #   make test   sets up .venv and runs the lint and the test suite (what CI runs)
-#   make check  the inner loop: the lint and every test that starts no real search (a few minutes)
+#   make check  the inner loop: the lint and every test that starts no real search (under 2 minutes)
 # Each creates .venv when it is absent and installs only what is missing or changed.
 
 PYTHON ?= python3
