@@ -224,6 +224,11 @@ def test_cli_cases(tmp_path, capsys, experiment_without_checkpoints, tiny_models
             2,
             "must be greater than 0 but got '0'",
         ),
+        (
+            ["train", "--model", "tiny:t5", "--max-train-samples", "0", "--output-dir", "x"],
+            2,
+            "must be at least 1 but got 0",
+        ),
         (["dashboard", str(tmp_path / "missing")], 2, "no Optuna study here"),
         (["dashboard", str(tmp_path), "--port", "70000"], 2, "must be 0 (free ports) or 1-65534"),
         (["dashboard", str(experiment_without_checkpoints), "--port", str(taken.getsockname()[1])], 2, "--port N"),

@@ -69,8 +69,9 @@ FLAG_ALIASES = {
 }
 
 
-def _add_field_flag(parser: argparse.ArgumentParser, field, default, checked: bool = False, required: bool = False):
-    """``--name-with-dashes`` for a schema field, with its help; ``checked``: values pass the space's own check."""
+def _add_field_flag(parser: argparse.ArgumentParser, field, default, value_type=None, required: bool = False):
+    """``--name-with-dashes`` for a schema field, with its help; ``value_type`` (default: the field's type)
+    parses and checks a value."""
     from tune_dialsum.space_schema import REQUIRED
 
     flags = ["--" + field.name.replace("_", "-")] + ([FLAG_ALIASES[field.name]] if field.name in FLAG_ALIASES else [])
@@ -78,9 +79,8 @@ def _add_field_flag(parser: argparse.ArgumentParser, field, default, checked: bo
     if field.metadata["kind"] is bool:
         parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default, help=help)
         return
-    value_type = _setting(field.name) if checked else field.metadata["kind"]
     presence = {"required": True} if required else {"default": default}
-    parser.add_argument(*flags, type=value_type, help=help, **presence)
+    parser.add_argument(*flags, type=value_type or field.metadata["kind"], help=help, **presence)
 
 
 def _setting(name: str):
@@ -152,12 +152,13 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
     for field in dataclasses.fields(TrialSettings):
         default = GUIDE_DEFAULTS.get(field.name, field.default)
-        _add_field_flag(parser, field, default=default, checked=True, required=field.name == "model")
+        _add_field_flag(parser, field, default, value_type=_setting(field.name), required=field.name == "model")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--data", default="data", help="directory with train/validation/test files")
-    for field in dataclasses.fields(DataSection):
-        if field.name in ("validation_split", "max_train_samples", "max_eval_samples"):
-            _add_field_flag(parser, field, default=field.default)
+    data = {field.name: field for field in dataclasses.fields(DataSection)}
+    _add_field_flag(parser, data["validation_split"], data["validation_split"].default)
+    for name in ("max_train_samples", "max_eval_samples"):  # a count: at least 1, as in a space
+        _add_field_flag(parser, data[name], data[name].default, value_type=_positive_int)
     parser.add_argument(
         "--max-steps", type=int, default=-1, help="stop after this many steps (overrides --num-train-epochs)"
     )
