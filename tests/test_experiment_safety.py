@@ -25,7 +25,7 @@ def test_a_copied_experiment_runs_in_its_own_directory(tmp_path):
     space = load_space(REPO / "search_spaces" / "tiny.yaml")  # name: tiny-demo
     store = ExperimentStore(str(tmp_path / "copy-of-demo"))
     store.local.mkdir()
-    tuner = build_tuner(space, experiment_context(space, store), store, 1, False, [])
+    tuner = build_tuner(space, experiment_context(space, store), store, 1, False, [], at_once=1)
     assert tuner._local_tuner.get_run_config().name == "copy-of-demo"
 
 

@@ -60,12 +60,16 @@ def test_the_summary_names_the_budget_in_its_own_unit():
 def test_a_trial_that_ran_its_whole_budget_is_finished_even_without_a_done_mark():
     from types import SimpleNamespace
 
+    from tests.conftest import TINY
+    from tune_dialsum.experiment_context import experiment_context
     from tune_dialsum.outcome import _classify
+    from tune_dialsum.space import load_space
 
     space = SimpleNamespace(metric="rougeL", mode="max")
-    settings = SimpleNamespace(time_attr="step", scheduler=SimpleNamespace(max_budget=300))
+    sets = ["scheduler.type=fifo", "scheduler.budget_unit=steps", "scheduler.max_budget=300"]
+    context = experiment_context(load_space(TINY, sets))
     rows = [{"step": 100, "rougeL": 0.2}, {"step": 300, "rougeL": 0.3}]  # FIFO: the last report is not marked
-    assert _classify("t", rows, rows[-1], {}, None, space, settings).status == "TERMINATED"
-    assert _classify("t", rows[:1], rows[0], {}, None, space, settings).status == "UNFINISHED"
-    assert _classify("t", rows[:1], {**rows[0], "done": True}, {}, None, space, settings).status == "STOPPED"
-    assert _classify("t", rows[:1], rows[0], {}, "boom", space, settings).status == "ERROR"
+    assert _classify("t", rows, rows[-1], {}, None, space, context).status == "TERMINATED"
+    assert _classify("t", rows[:1], rows[0], {}, None, space, context).status == "UNFINISHED"
+    assert _classify("t", rows[:1], {**rows[0], "done": True}, {}, None, space, context).status == "STOPPED"
+    assert _classify("t", rows[:1], rows[0], {}, "boom", space, context).status == "ERROR"

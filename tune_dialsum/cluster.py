@@ -194,7 +194,7 @@ def task_slots(resources: ResourcesSection, wanted: int, per: str = "trial") -> 
         per_task = getattr(resources, f"{resource.lower()}s_per_{per}")
         if per_task:
             room.append(int(available.get(resource, 0) // per_task))
-    if per == "trial" and resources.workers_per_trial > 1:
+    if per == "trial" and resources.data_parallel:
         room.append(worker_slots(resources) // resources.workers_per_trial)
     return max(1, min(room))
 

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from tune_dialsum.contract import TIME_ATTRS, TOKENIZED_CACHE
+from tune_dialsum.contract import TIME_ATTRS, TOKENIZED_CACHE, trial_state
 from tune_dialsum.space import SearchSpace
 from tune_dialsum.space_schema import DataSection, ObjectiveSection, ResourcesSection, SchedulerSection
 
@@ -39,6 +39,15 @@ class ExperimentContext:
     def time_attr(self) -> str:
         """The result key that measures a trial's training budget."""
         return TIME_ATTRS[self.scheduler.budget_unit]
+
+    def budget_used(self, report: dict) -> float:
+        """How much of its budget a trial had trained at ``report``."""
+        return float(report.get(self.time_attr, 0) or 0)
+
+    def state_of(self, last: dict, failed: bool) -> str:
+        """A trial's state from its last report (contract.trial_state): the rule the summary and ``--resume``
+        share, so that a trial that trained its whole budget has ended whether or not Ray marked it done."""
+        return trial_state(self.budget_used(last), self.scheduler.max_budget, bool(last.get("done")), failed)
 
     @property
     def ranked_by(self) -> str:

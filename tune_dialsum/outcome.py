@@ -23,7 +23,6 @@ from tune_dialsum.contract import (
     UNFINISHED,
     best,
     score_key,
-    trial_state,
 )
 from tune_dialsum.errors import one_line
 from tune_dialsum.experiment_context import ExperimentContext
@@ -138,8 +137,8 @@ def classify(
 
 
 def _classify(trial_id: str, rows: list[dict], last: dict, config: dict, error: str | None, space, context):
-    used = float(last.get(context.time_attr, 0) or 0)
-    status = trial_state(used, context.scheduler.max_budget, bool(last.get("done")), error is not None)
+    used = context.budget_used(last)
+    status = context.state_of(last, error is not None)
     if status in (RUNNING, PENDING):  # the search is over: --resume continues it
         status = UNFINISHED
     if status != ERROR:

@@ -25,7 +25,6 @@ from tune_dialsum.contract import (
     SPACE_SNAPSHOT,
     TRAIN_RUNS_DIR,
     TRIAL_DIR_PREFIX,
-    trial_state,
 )
 from tune_dialsum.data_parallel import release_placement_groups
 from tune_dialsum.errors import UsageError
@@ -202,16 +201,10 @@ def _run_locked(
 def interrupted(results, context: ExperimentContext) -> bool:
     """Whether a run left a trial that neither ended nor failed (a Ctrl-C): then it adds no trial.
 
-    By the rule the summary uses (contract.trial_state): a resumed trial that trained its whole budget
+    By the summary's rule (ExperimentContext.state_of): a resumed trial that trained its whole budget
     has ended even where Ray left its last result without ``done``.
     """
-    for result in results:
-        metrics = result.metrics or {}
-        used = float(metrics.get(context.time_attr, 0) or 0)
-        state = trial_state(used, context.scheduler.max_budget, bool(metrics.get("done")), result.error is not None)
-        if state in (RUNNING, PENDING):
-            return True
-    return False
+    return any(context.state_of(r.metrics or {}, r.error is not None) in (RUNNING, PENDING) for r in results)
 
 
 def _open_tracking(space: SearchSpace, context: ExperimentContext, store: ExperimentStore):

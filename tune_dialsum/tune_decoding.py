@@ -14,9 +14,9 @@ from pathlib import Path
 
 from tune_dialsum import executor
 from tune_dialsum.atomic import atomic_directory, atomic_write_text
-from tune_dialsum.choices import BASELINE, read_decoding
+from tune_dialsum.choices import read_decoding
 from tune_dialsum.contract import DECODING_DB, DECODING_FILE, DECODING_SOURCE_FILE, RECIPE_FILE, TUNING_FILE
-from tune_dialsum.decoding import DecodingResult, DecodingStudy, run_decoding_study
+from tune_dialsum.decoding import DecodingResult, DecodingStudy, DecodingTrial, run_decoding_study
 from tune_dialsum.errors import UsageError
 from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.space import DECODING_SETTINGS, SearchSpace
@@ -53,7 +53,8 @@ def tune_model(
             atomic_write_text(staging / DECODING_SOURCE_FILE, json.dumps({"model": source}))
     context = _on_the_models_rows(context, out)
     earlier = read_decoding(out) or {}
-    baseline = next((r["settings"] for r in earlier.get("records", []) if r["number"] == BASELINE), None)
+    records = (DecodingTrial.from_json(r) for r in earlier.get("records", []))
+    baseline = next((r.generation for r in records if r.baseline), None)
     study = DecodingStudy(
         f"{space.name}-decoding",
         out,

@@ -74,7 +74,7 @@ def build_tuner(
     num_samples: int,
     continuing: bool,
     callbacks: list,
-    at_once: int | None = None,
+    at_once: int,
 ):
     """The Tuner of one run of ``num_samples`` trials; ``at_once``: how many the cluster holds at once
     (cluster.check_resources), which caps a data-parallel search."""
