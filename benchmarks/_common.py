@@ -26,6 +26,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--train-size", type=int, default=2000, help="DialogSum train rows to use")
     p.add_argument("--eval-size", type=int, default=64, help="validation rows scored at each evaluation")
+    p.add_argument("--validation-size", type=int, default=None, help="DialogSum validation rows to keep (default: all)")
+    p.add_argument("--test-size", type=int, default=None, help="DialogSum test rows to keep (default: all)")
     p.add_argument("--family", default="t5", choices=["bart", "t5", "pegasus"])
     p.add_argument(
         "--bed",
@@ -72,8 +74,8 @@ def dialogsum_subset(args) -> tuple[Path, Path]:
         splits = DialogueDataLoader(source).load_splits()
         data_dir.mkdir(parents=True, exist_ok=True)
         splits["train"].head(args.train_size).to_json(data_dir / "train.jsonl", orient="records", lines=True)
-        splits["validation"].to_json(data_dir / "validation.jsonl", orient="records", lines=True)
-        splits["test"].to_json(data_dir / "test.jsonl", orient="records", lines=True)
+        for split, rows in (("validation", args.validation_size), ("test", args.test_size)):
+            splits[split].head(rows).to_json(data_dir / f"{split}.jsonl", orient="records", lines=True)
     return data_dir, bench_model(args, workdir, data_dir)
 
 
@@ -188,13 +190,16 @@ def comparison_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def over_seeds(args, one_seed) -> list:
-    """``one_seed(args, data_dir, model_dir, storage)`` for each seed in turn, on one data subset and model."""
+def over_seeds(args, one_seed, after_each=None) -> list:
+    """``one_seed(args, data_dir, model_dir, storage)`` for each seed in turn, on one data subset and model;
+    ``after_each(runs)`` after every seed (to write what is measured so far: a long run may be cut off)."""
     data_dir, model_dir = bed(args)
     storage = model_dir.parent / "ray_results"
     first, runs = args.seed, []
     for seed in range(first, first + args.seeds):
         args.seed = seed
         runs.append(one_seed(args, data_dir, model_dir, storage))
+        if after_each is not None:
+            after_each(runs)
     print(f"machine: {machine()}")
     return runs

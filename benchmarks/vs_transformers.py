@@ -219,6 +219,10 @@ def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
         "theirs_interval": theirs_test["intervals"]["rougeL"],
         "difference": versus.as_list(),
         "test_examples": ours_test["examples"],
+        "degenerate": {"ours": ours_test["degenerate"], "theirs": theirs_test["degenerate"]},
+        # what each side delivered: our chosen checkpoint's settings and step, the peer's best_run
+        "ours_chosen": {**_searched(outcome.best.snapshot.get("config", {}), parsed), "step": outcome.best.step},
+        "theirs_chosen": hf_timing["hyperparameters"],
         "refit": None,
     }
     if chosen_dir is not None:
@@ -254,6 +258,11 @@ def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
     return {"ratio": theirs_t / ours_t, "ours_best": ours[-1][1], "theirs_best": theirs[-1][1], **row}
 
 
+def _searched(config: dict, space) -> dict:
+    """The settings of ``config`` that the space searches."""
+    return {name: value for name, value in config.items() if name in space.search}
+
+
 def _interval(scores: dict) -> str:
     low, high = scores["intervals"]["rougeL"]
     return f"[{low:.4f}, {high:.4f}]"
@@ -270,9 +279,12 @@ def main() -> None:
     p.add_argument("--rung-metric", default=None, help="ours with this scheduler.rung_metric (default: the space's)")
     p.add_argument("--json", type=Path, default=None, help="write every seed's row here")
     args = p.parse_args()
-    runs = _common.over_seeds(args, one_seed)
-    if args.json:
-        args.json.write_text(json.dumps(runs, indent=1, default=str))
+
+    def write(runs):
+        if args.json:
+            args.json.write_text(json.dumps(runs, indent=1, default=str))
+
+    runs = _common.over_seeds(args, one_seed, after_each=write)
     wins = sum(r["ours_test"] >= r["theirs_test"] for r in runs)
     time_ratio = [r["ours_model_s"] / r["theirs_model_s"] for r in runs]
     print(

@@ -20,6 +20,7 @@ LAYERS = [
         "atomic",
         "uris",
         "space_schema",
+        "adapters",
         "lock",
         "generation",
         "executor",

@@ -30,7 +30,11 @@ def test_every_space_file_loads_validates_and_samples(path):
         assert set(config) <= set(SETTINGS)
         assert "model" in config and config.get("learning_rate", 1) > 0
         family_ranges = space.per_family.get(family_of(config["model"]).name, {})
-        for name, distribution in {**space.search, **family_ranges}.items():
+        adapter_ranges = space.per_adapter.get(config.get("adapter", "none"), {})
+        for name, distribution in {**space.search, **family_ranges, **adapter_ranges}.items():
+            if name.startswith("lora_") and config.get("adapter") != "lora":
+                assert name not in config  # LoRA's settings only in a LoRA trial
+                continue
             if distribution.kind == "choice":
                 assert config[name] in distribution.args
             else:

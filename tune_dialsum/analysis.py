@@ -195,9 +195,11 @@ class Experiment:
             return []
         best = board.iloc[0]
         family_ranges = self.space.per_family.get(family_of(str(best.get("model") or self.space.models[0])).name, {})
+        adapter = best.get("adapter") if isinstance(best.get("adapter"), str) else self.space.adapters[0]
+        adapter_ranges = self.space.per_adapter.get(adapter, {})
         messages = []
         for name in self.space.searched_settings:
-            distribution = family_ranges.get(name) or self.space.search.get(name)
+            distribution = adapter_ranges.get(name) or family_ranges.get(name) or self.space.search.get(name)
             if distribution is None or distribution.bounds is None or best.get(name) is None:
                 continue
             low, high = distribution.bounds

@@ -305,6 +305,11 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", default=None, help="score to choose by (default: the experiment's objective)")
     parser.add_argument("--trial", default=None, help="export this trial's best checkpoint instead")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument(
+        "--adapter-only",
+        action="store_true",
+        help="a LoRA trial's adapter alone, its base model named (default: merged into a plain model)",
+    )
 
 
 @_command("export", "export the best checkpoint of an experiment as a model directory", _export_arguments)
@@ -312,7 +317,9 @@ def _cmd_export(args) -> int:
     from tune_dialsum.contract import score_key
     from tune_dialsum.export import export_experiment
 
-    record, out, metric = export_experiment(args.experiment_dir, args.out, args.metric, args.trial, args.force)
+    record, out, metric = export_experiment(
+        args.experiment_dir, args.out, args.metric, args.trial, args.force, adapter_only=args.adapter_only
+    )
     print(
         f"exported trial {record.trial_id} at step {record.step} "
         f"({metric}={record.scores.get(score_key(metric), float('nan')):.4f}) to {out}"

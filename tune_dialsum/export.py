@@ -11,6 +11,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from tune_dialsum import adapters
 from tune_dialsum.atomic import atomic_directory, atomic_write_text
 from tune_dialsum.checkpoints import (
     TRAINING_ONLY,
@@ -91,6 +92,22 @@ def _workers(tuning: dict) -> str:
     return f" ({world} data-parallel workers, exported from rank 0)" if world > 1 else ""
 
 
+def _adapter_section(adapter: dict, trainable: int | None) -> str:
+    """What a LoRA-trained model is: merged into a plain model, or the adapter alone on its base model."""
+    trained = f", {trainable:,} trained weights" if trainable else ""
+    how = (
+        f"LoRA (rank {adapter['r']}, alpha {adapter['alpha']:g}, on {', '.join(adapter['target_modules'] or [])}"
+        f"{trained}) on `{adapter['base_model']}`"
+    )
+    if adapter["merged"]:
+        return f"## Adapter\n\nTrained with {how}, merged into the base model: a plain model, loaded without peft."
+    return (
+        f"## Adapter\n\nTrained with {how}. This directory holds the adapter alone: "
+        "`AutoModelForSeq2SeqLM.from_pretrained(DIR)` loads the base model with it where peft is installed "
+        '(`pip install "tune_dialsum[peft]"`).'
+    )
+
+
 def _model_card(tuning: dict) -> str:
     settings = "\n".join(f"| {k} | {v} |" for k, v in sorted(tuning["config"].items()) if v is not None)
     test, full = tuning.get("test"), tuning.get("full_validation")
@@ -124,6 +141,8 @@ def _model_card(tuning: dict) -> str:
         f"## Validation scores during the search, used for ranking ({tuning['fidelity']})\n\n"
         + _score_table(tuning["scores"])
     )
+    if tuning.get("adapter"):
+        sections.insert(0, _adapter_section(tuning["adapter"], tuning.get("trainable_parameters")))
     body = "\n\n".join(sections)
     return f"""# {tuning["experiment"]}: best model
 
@@ -175,8 +194,12 @@ def export_checkpoint(
     source: str | None = None,
     generation: dict | None = None,
     scores: dict | None = None,
+    adapter_only: bool = False,
 ) -> Path:
     """Write ``record``'s model as a self-contained directory at ``out_dir``, atomically.
+
+    A LoRA checkpoint is merged into its base model (a plain model, loaded without peft), or with
+    ``adapter_only`` written as the adapter alone, its base model named in ``adapter_config.json``.
 
     ``source`` is where the checkpoint is kept, when ``record.path`` is a local copy of it;
     ``generation`` the decoding to write into its generation config (default: the one its trial
@@ -206,14 +229,28 @@ def export_checkpoint(
             "gradient_accumulation_steps", config.get("gradient_accumulation_steps")
         ),
         "fidelity": fidelity(record.snapshot),
+        "trainable_parameters": record.snapshot.get("trainable_parameters"),
+        "total_parameters": record.snapshot.get("total_parameters"),
         "checkpoint": source or str(record.path),
         "versions": _library_versions(),
     }
     tuning.update({name: value for name, value in (scores or {}).items() if value is not None})
+    if adapter_only and not adapters.is_adapter(record.path):
+        raise UsageError(
+            f"trial {record.trial_id} trained every weight (adapter: {config.get('adapter', 'none')}): it has no "
+            "adapter to export alone; export without --adapter-only"
+        )
     with atomic_directory(out_dir) as staging:
         for item in record.path.iterdir():
             if item.is_file() and item.name not in TRAINING_ONLY and not item.name.startswith("rng_state"):
                 shutil.copy2(item, staging / item.name)
+        if adapters.is_adapter(staging):
+            trust = bool(record.snapshot.get("settings", {}).get("trust_remote_code"))
+            if adapter_only:
+                tuning["adapter"] = adapters.read_description(staging)
+                adapters.keep_base_generation_config(staging)
+            else:
+                tuning["adapter"] = adapters.merge_in_place(staging, trust)
         set_generation_config(staging, generation or trial_decoding(config))
         (staging / TUNING_FILE).write_text(json.dumps(tuning, indent=2, default=str))
         (staging / MODEL_CARD).write_text(_model_card(tuning))
@@ -242,7 +279,12 @@ def set_generation_config(model_dir: Path, settings: dict) -> None:
 
 
 def export_experiment(
-    experiment_dir: str, out: str, metric: str | None = None, trial: str | None = None, force: bool = False
+    experiment_dir: str,
+    out: str,
+    metric: str | None = None,
+    trial: str | None = None,
+    force: bool = False,
+    adapter_only: bool = False,
 ) -> tuple[CheckpointRecord, str, str]:
     """Export the checkpoint an experiment chose to ``out`` (a directory or a URI): (record, out, metric).
 
@@ -269,7 +311,13 @@ def export_experiment(
         record, generation = find_record(records, trial_id, int(step)) or record, decoded[1]
     record = record or best_checkpoint(records, metric, mode, trial_id=trial)
     experiment.store.fetch(record.path)  # the mirror of a URI holds no weights until now
-    written = dict(metric=metric, mode=mode, source=experiment.store.where(record.path), generation=generation)
+    written = dict(
+        metric=metric,
+        mode=mode,
+        source=experiment.store.where(record.path),
+        generation=generation,
+        adapter_only=adapter_only,
+    )
     if not is_uri(out):
         return record, str(export_checkpoint(record, out, force=force, **written)), metric
     if reachable(out) is None:  # written here, then uploaded

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tune_dialsum.adapters import is_adapter
 from tune_dialsum.contract import RECIPE_FILE
 from tune_dialsum.data.cleaning import clean_text
 from tune_dialsum.data.formats import format_dialogue
@@ -41,7 +42,7 @@ class DialogueSummarizer:
         from tune_dialsum.models import load_model_and_tokenizer
 
         self.model_dir = Path(model_dir)
-        if not (self.model_dir / "config.json").is_file():
+        if not (self.model_dir / "config.json").is_file() and not is_adapter(self.model_dir):
             raise UsageError(
                 f"{self.model_dir}: not a model directory (no config.json); pass best_model or final_model"
             )

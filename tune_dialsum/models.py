@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from tune_dialsum import adapters
 from tune_dialsum.atomic import atomic_directory
 from tune_dialsum.errors import ModelNotFoundError, UsageError
 
@@ -91,9 +92,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def family_of(name_or_path: str) -> ModelFamily:
-    """The family of a model: from a local config.json, else from the name."""
+    """The family of a model: from a local config.json (an adapter's: its base model's), else from the name."""
     if name_or_path.startswith(TINY_PREFIX):
         return _family_by_name(name_or_path[len(TINY_PREFIX) :])
+    if adapters.is_adapter(Path(name_or_path).expanduser()):
+        return family_of(adapters.base_model(Path(name_or_path).expanduser()))
     config_file = Path(name_or_path).expanduser() / "config.json"
     if config_file.is_file():
         model_type = json.loads(config_file.read_text()).get("model_type", "")
@@ -135,6 +138,9 @@ def check_model_available(name: str) -> None:
         return
     path = Path(name).expanduser()
     if path.exists():
+        if adapters.is_adapter(path):  # a LoRA checkpoint or export: its base model must be there too
+            check_model_available(adapters.base_model(path))
+            return
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(
                 f"model {name!r}: {path} has no config.json; pass a directory saved with save_pretrained"
@@ -170,6 +176,8 @@ def load_model_and_tokenizer(name: str, trust_remote_code: bool = False, data_di
     offline = not Path(path).expanduser().exists() and not hub_reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=offline)
+        if adapters.is_adapter(path):  # the base model, the adapter attached (its tokenizer is saved beside it)
+            return adapters.load_with_adapter(path, trust_remote_code), tokenizer
         model = AutoModelForSeq2SeqLM.from_pretrained(
             path, trust_remote_code=trust_remote_code, local_files_only=offline
         )

@@ -277,6 +277,10 @@ def format_summary(outcome: SearchOutcome) -> str:
             )
         config = best.snapshot.get("config", {})
         lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(config.items()) if v is not None))
+        trainable, total = best.snapshot.get("trainable_parameters"), best.snapshot.get("total_parameters")
+        if trainable and total:
+            how = "LoRA adapters, merged into the export" if config.get("adapter") == "lora" else "every weight"
+            lines.append(f"Trained weights: {trainable:,} of {total:,} ({trainable / total:.1%}; {how}).")
         if outcome.decoding is not None:
             from tune_dialsum.decoding import format_result
 

@@ -14,6 +14,7 @@ import time
 
 import yaml
 
+from tune_dialsum.adapters import peft_missing
 from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray
 from tune_dialsum.contract import (
@@ -136,6 +137,8 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
 
         require_mlflow()
         tracking_uri(space.tracking.uri, store.local, store.remote)
+    if "lora" in space.adapters and peft_missing():  # the optional extra: refused before any model is built
+        raise UsageError(f"{space.source}: {peft_missing()}")
     preflight(space, context)
     logger.info("preflight took %.1fs", time.perf_counter() - clock)
     with experiment_lock(store.local):  # after the checks: a refusal leaves nothing behind

@@ -11,6 +11,7 @@ is a field in space_schema.py, and ``python -m tune_dialsum space-keys`` prints 
     fixed: {SETTING: value}       # held fixed for every trial
     search: {SETTING: DISTRIBUTION}
     per_family: {bart|t5|pegasus: {SETTING: DISTRIBUTION}}   # overrides once the model is known
+    per_adapter: {none|lora: {SETTING: DISTRIBUTION}}        # overrides once the adapter is known
 
 ``budget_unit: samples`` counts training examples seen (steps x batch x accumulation x workers),
 so trials with different batch sizes are compared after equal work; evaluations and ASHA's rungs

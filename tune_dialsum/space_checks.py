@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+from tune_dialsum.adapters import ADAPTERS, target_module_names
 from tune_dialsum.data.formats import DIALOGUE_FORMATS
 from tune_dialsum.errors import SpaceError
 from tune_dialsum.models import FAMILIES
@@ -78,13 +79,17 @@ class Checker:
                 self.fail(key, f"unknown precision {value!r}; use one of {', '.join(MIXED_PRECISION)}")
             if name == "dialogue_format" and value not in DIALOGUE_FORMATS:
                 self.fail(key, f"unknown dialogue format {value!r}; use one of {', '.join(DIALOGUE_FORMATS)}")
+            if name == "adapter" and value not in ADAPTERS:
+                self.fail(key, f"unknown adapter {value!r}; use one of {', '.join(ADAPTERS)}")
+            if name == "lora_target_modules" and not target_module_names(value):
+                self.fail(key, f"expected module names such as q_proj,v_proj (or all-linear) but got {value!r}")
             if name == "model" and value.startswith("tiny:") and value[5:] not in FAMILIES:
                 self.fail(key, f"unknown model family {value[5:]!r} in {value!r}; use tiny:{'|tiny:'.join(FAMILIES)}")
             return value
         if name == "length_penalty":  # an exponent on the length: negative favours short summaries
             return self.number(key, value, kind)
         number = self.number(key, value, kind, minimum=0, strict=name in POSITIVE_SETTINGS)
-        if name in ("warmup_ratio", "label_smoothing") and number >= 1:
+        if name in ("warmup_ratio", "label_smoothing", "lora_dropout") and number >= 1:
             self.fail(key, f"{name} is a fraction: it must be below 1 but got {value!r}")
         return number
 

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from tune_dialsum.adapters import LORA_SETTINGS
 from tune_dialsum.models import family_of
 from tune_dialsum.space_schema import (
     SECTIONS,
@@ -84,6 +85,7 @@ class SearchSpace:
     fixed: dict[str, Any]
     search: dict[str, Distribution]
     per_family: dict[str, dict[str, Distribution]]
+    per_adapter: dict[str, dict[str, Distribution]]
     scheduler: SchedulerSection  # grace_period and eval_interval filled in
     trials: TrialsSection  # startup_trials filled in
     resources: ResourcesSection  # both the trial's totals and one worker's share filled in
@@ -96,6 +98,10 @@ class SearchSpace:
     tracking: TrackingSection | None = None  # None: no experiment tracker
     raw: dict = field(default_factory=dict, repr=False)
 
+    def __setstate__(self, state: dict) -> None:
+        # the space an experiment started before per_adapter was pickled with (its searcher's state)
+        self.__dict__.update({"per_adapter": {}, **state})
+
     @property
     def metric(self) -> str:
         return self.objective.metric
@@ -106,27 +112,49 @@ class SearchSpace:
 
     # -- sampling -------------------------------------------------------------------
     def define_by_run(self, trial) -> dict[str, Any]:
-        """Optuna define-by-run: sample one trial's settings, family-specific ranges included.
+        """Optuna define-by-run: sample one trial's settings, family- and adapter-specific ranges included.
 
-        A family's ranges are sampled under their own names (``learning_rate@t5``)
-        because their bounds differ; the returned dict maps them back to the setting.
+        A family's (an adapter's) ranges are sampled under their own names (``learning_rate@t5``,
+        ``lora_r@lora``) because their bounds differ; the returned dict maps them back to the setting.
+        The LoRA settings are sampled, and kept, only where the adapter is LoRA.
         """
         config = dict(self.fixed)
-        if "model" in self.search:
-            config["model"] = self.search["model"].suggest(trial, "model")
+        for name in ("model", "adapter"):  # they decide which ranges apply
+            if name in self.search:
+                config[name] = self.search[name].suggest(trial, name)
         family = family_of(config["model"]).name
+        adapter = config.get("adapter", "none")
         family_ranges = self.per_family.get(family, {})
-        for name, distribution in self.search.items():
-            if name != "model" and name not in family_ranges:
-                config[name] = distribution.suggest(trial, name)
-        for name, distribution in family_ranges.items():
-            config[name] = distribution.suggest(trial, f"{name}@{family}")
+        adapter_ranges = self.per_adapter.get(adapter, {})
+        ranges = [
+            *(
+                (n, d, n)
+                for n, d in self.search.items()
+                if n not in ("model", "adapter", *family_ranges, *adapter_ranges)
+            ),
+            *((n, d, f"{n}@{family}") for n, d in family_ranges.items() if n not in adapter_ranges),
+            *((n, d, f"{n}@{adapter}") for n, d in adapter_ranges.items()),
+        ]
+        for name, distribution, label in ranges:
+            if name in LORA_SETTINGS and adapter != "lora":
+                continue
+            config[name] = distribution.suggest(trial, label)
+        if adapter != "lora":
+            config = {name: value for name, value in config.items() if name not in LORA_SETTINGS}
         return config
 
     @property
     def searched_settings(self) -> list[str]:
-        names = [*self.search, *(n for family in self.per_family.values() for n in family)]
+        blocks = [*self.per_family.values(), *self.per_adapter.values()]
+        names = [*self.search, *(n for block in blocks for n in block)]
         return list(dict.fromkeys(names))
+
+    @property
+    def adapters(self) -> list[str]:
+        """The adapters a trial may train with (``none``: every weight)."""
+        if "adapter" in self.search:
+            return list(self.search["adapter"].args)
+        return [self.fixed.get("adapter", "none")]
 
     @property
     def models(self) -> list[str]:

@@ -10,8 +10,9 @@ import copy
 import logging
 from dataclasses import fields
 
+from tune_dialsum.adapters import ADAPTERS, LINEAR_MODULES, LORA_SETTINGS, unknown_target_modules
 from tune_dialsum.contract import BUDGET_UNITS, OBJECTIVES, RUNG_METRICS, default_mode
-from tune_dialsum.models import FAMILIES
+from tune_dialsum.models import FAMILIES, family_of
 from tune_dialsum.space_checks import Checker, refuse_decoding_settings, warn_about_searched
 from tune_dialsum.space_model import (
     DECODING_SETTINGS,
@@ -42,8 +43,8 @@ from tune_dialsum.uris import credentials_problem
 logger = logging.getLogger(__name__)
 
 
-def _searched(search: dict, per_family: dict) -> set[str]:
-    return set(search) | {name for block in per_family.values() for name in block}
+def _searched(search: dict, *per: dict) -> set[str]:
+    return set(search) | {name for blocks in per for block in blocks.values() for name in block}
 
 
 def parse_space(raw: dict, source: str = "<space>", default_name: str = "search", training: bool = True) -> SearchSpace:
@@ -53,8 +54,10 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
         if key not in TOP_LEVEL_KEYS:
             check.fail(key, f"unknown key; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
     fixed, search, per_family = _parse_settings(check, raw, training)
+    per_adapter = _parse_per_adapter(check, raw)
+    _check_lora_settings(check, raw, fixed, search, per_family, per_adapter)
     scheduler = _parse_scheduler(check, raw)
-    warn_about_searched(source, scheduler, _searched(search, per_family))
+    warn_about_searched(source, scheduler, _searched(search, per_family, per_adapter))
     objective = _parse_objective(check, raw)
     selection = _parse_selection(check, raw)
     if selection.refit and objective.metric == "eval_loss":
@@ -78,6 +81,7 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
         fixed=fixed,
         search=search,
         per_family=per_family,
+        per_adapter=per_adapter,
         scheduler=scheduler,
         trials=_parse_trials(check, raw),
         resources=resources,
@@ -198,6 +202,53 @@ def _parse_settings(check: Checker, raw: dict, training: bool) -> tuple[dict, di
                 "has no effect: the scheduler sets every trial's budget (scheduler.max_budget); remove it from the search",
             )
     return fixed, search, per_family
+
+
+def _parse_per_adapter(check: Checker, raw: dict) -> dict:
+    """``per_adapter``: ranges sampled once a trial's adapter is (a LoRA trial's learning rate, its rank)."""
+    per_adapter = {}
+    for adapter, settings in check.section(raw, "per_adapter", set(ADAPTERS)).items():
+        where = f"per_adapter.{adapter}"
+        block = check.section({where: settings}, where, set(SETTINGS) - {"adapter", "model"})
+        per_adapter[adapter] = {n: check.distribution(f"{where}.{n}", n, s) for n, s in block.items()}
+        for name in per_adapter[adapter]:
+            if name in LORA_SETTINGS and adapter != "lora":
+                check.fail(f"{where}.{name}", "only LoRA trials use it; move it under per_adapter.lora")
+    return per_adapter
+
+
+def _check_lora_settings(check: Checker, raw: dict, fixed: dict, search: dict, per_family: dict, per_adapter: dict):
+    """LoRA's settings only where a trial can be LoRA, and target modules that the models have."""
+    adapters = set(search["adapter"].args) if "adapter" in search else {fixed["adapter"]}
+    user_fixed = raw.get("fixed") or {}
+    blocks = [("fixed", user_fixed), ("search", search)]
+    blocks += [(f"per_family.{family}", block) for family, block in per_family.items()]
+    blocks += [(f"per_adapter.{adapter}", block) for adapter, block in per_adapter.items()]
+    for where, block in blocks:
+        for name in LORA_SETTINGS:
+            if name in block and "lora" not in adapters:
+                check.fail(
+                    f"{where}.{name}",
+                    "has no effect without adapter: lora; set fixed.adapter: lora (or search adapter: "
+                    "{choice: [none, lora]}), or remove it",
+                )
+    models = search["model"].args if "model" in search else (fixed["model"],)
+    families = {family_of(str(model)).name for model in models}
+    for where, block in blocks:
+        value = block.get("lora_target_modules")
+        if value is None:
+            continue
+        values = value.args if hasattr(value, "args") else (value,)
+        for_families = [where.split(".")[1]] if where.startswith("per_family.") else sorted(families)
+        for family in for_families:
+            for one in values:
+                unknown = unknown_target_modules(one, family)
+                if unknown:
+                    check.fail(
+                        f"{where}.lora_target_modules",
+                        f"{', '.join(unknown)}: not a linear layer of {family} models; use names among "
+                        f"{', '.join(LINEAR_MODULES[family])}, or all-linear",
+                    )
 
 
 def _parse_scheduler(check: Checker, raw: dict) -> SchedulerSection:

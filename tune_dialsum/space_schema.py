@@ -5,7 +5,7 @@ runs with, and the reference ``python -m tune_dialsum space-keys`` prints (the R
 checked against it). Imports nothing heavy: the trainer, the search and the CLI all read it.
 
 :class:`TrialSettings` is the record one trial trains with: its field names are the names a
-space uses under ``fixed``, ``search`` and ``per_family``, and train.py maps it once onto
+space uses under ``fixed``, ``search``, ``per_family`` and ``per_adapter``, and train.py maps it once onto
 transformers' ``Seq2SeqTrainingArguments``.
 """
 
@@ -61,6 +61,18 @@ class TrialSettings:
     lr_scheduler_type: str = key("linear", "transformers' learning-rate schedule", str)
     gradient_checkpointing: bool = key(False, "recompute activations: less memory, more time", bool)
     mixed_precision: str = key("auto", "auto (bf16 or fp16 on CUDA, none on CPU), bf16, fp16 or no", str)
+    adapter: str = key("none", "none (every weight trains) or lora (low-rank adapters; needs tune_dialsum[peft])", str)
+    lora_r: int = key(8, "LoRA's rank (adapter: lora)", int, positive=True)
+    lora_alpha: float = key(
+        16.0, "LoRA's scale: updates are multiplied by alpha / r (adapter: lora)", float, positive=True
+    )
+    lora_dropout: float = key(0.05, "dropout on LoRA's input, below 1 (adapter: lora)", float)
+    lora_target_modules: str | None = key(
+        None,
+        "layers LoRA wraps, comma-separated (q_proj,v_proj), or all-linear; none: the family's query and value "
+        "projections (adapter: lora)",
+        str,
+    )
 
     @classmethod
     def from_config(cls, config: dict) -> TrialSettings:
@@ -245,6 +257,7 @@ SETTINGS_SECTIONS = {
     "fixed": "SETTING: value, the same for every trial",
     "search": "SETTING: DISTRIBUTION, sampled by Optuna",
     "per_family": "FAMILY (bart, t5, pegasus): {SETTING: DISTRIBUTION}, once the model is sampled",
+    "per_adapter": "ADAPTER (none, lora): {SETTING: DISTRIBUTION}, once the adapter is sampled (LoRA wants higher rates)",
 }
 
 

@@ -170,7 +170,17 @@ class DialogueSummarizationTrainer:
     def for_settings(cls, settings: TrialSettings, output_dir: str, **options) -> DialogueSummarizationTrainer:
         """The trainer of a settings record: its model, dialogue format and lengths."""
         inputs = {key: getattr(settings, key) for key in ("max_input_length", "max_target_length", "dialogue_format")}
-        return cls(model_name=settings.model, output_dir=output_dir, **inputs, **options)
+        trainer = cls(model_name=settings.model, output_dir=output_dir, **inputs, **options)
+        if settings.adapter == "lora":
+            trainer.add_lora(settings)
+        return trainer
+
+    def add_lora(self, settings: TrialSettings) -> None:
+        """Train LoRA adapters (``settings``' lora_* values) instead of every weight: checkpoints then hold the
+        adapter alone, and name the base model it attaches to."""
+        from tune_dialsum.adapters import with_lora
+
+        self.model = with_lora(self.model, settings, self.family.name)
 
     # -- data -----------------------------------------------------------------------
     def tokenize(self, frame: pd.DataFrame, dialogue_col: str = "dialogue", summary_col: str = "summary"):

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tune_dialsum import locations
+from tune_dialsum.adapters import parameter_counts, without_unused
 from tune_dialsum.contract import (
     REPORTED_SCORES,
     TRAINER_STATE_FILE,
@@ -56,6 +57,7 @@ def _report_to_tune_callback(
     samples_per_step: int,
     rss_at_start: float,
     run: TrialRun,
+    parameters: dict[str, int],
 ):
     import ray
     from transformers import TrainerCallback
@@ -95,6 +97,7 @@ def _report_to_tune_callback(
                     "world_size": args.world_size,
                     "per_device_train_batch_size": args.per_device_train_batch_size,
                     "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                    **parameters,
                 }
                 (checkpoint_dir / TRIAL_CONFIG_FILE).write_text(json.dumps(snapshot, indent=2, default=str))
             train_losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
@@ -111,6 +114,7 @@ def _report_to_tune_callback(
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "rss_at_start_mb": round(rss_at_start, 1),  # what earlier trials on this worker left behind
                 **memory_in_use(),
+                **parameters,  # how many weights train, of how many (a LoRA trial: a small share)
             }
             if args.world_size > 1:  # what every worker trained with, seen from rank 0
                 report["workers"] = _gather_from_workers(
@@ -295,9 +299,12 @@ def train_one(config: dict, context: ExperimentContext, output_dir: Path, run: T
     samples_per_step = (
         training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
     )
-    # recorded: every value the trial trained with, the family's defaults included
-    recorded = {**config, **asdict(trained_with)}
-    callbacks = [_report_to_tune_callback(recorded, context, trainer.recipe, samples_per_step, rss_at_start, run)]
+    # recorded: every value the trial trained with, the family's defaults included (LoRA's only in a LoRA trial)
+    recorded = without_unused({**config, **asdict(trained_with)})
+    parameters = parameter_counts(trainer.model)
+    callbacks = [
+        _report_to_tune_callback(recorded, context, trainer.recipe, samples_per_step, rss_at_start, run, parameters)
+    ]
     if unit == "samples":
         training_args.max_steps = math.ceil(context.scheduler.max_budget / samples_per_step)
         training_args.logging_steps = max(1, interval // samples_per_step // 4)
