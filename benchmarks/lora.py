@@ -100,6 +100,7 @@ def one_run(job: dict) -> dict:
     return {
         **counts,
         "best_rougeL": best["eval_rougeL"],
+        "degenerate_at_best": bool(best.get("eval_degenerate")),
         "best_at_examples": best["step"] * per_step,
         "examples_per_s": examples / clock.seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -128,6 +129,7 @@ def main() -> None:
     p.add_argument("--lr-full", type=float, default=2e-3)
     p.add_argument("--lr-lora", type=float, default=1e-2)
     p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--dialogue-format", default="standard", choices=["standard", "turns", "compact"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--json", type=Path, default=None, help="write every run here (after each run)")
@@ -141,6 +143,7 @@ def main() -> None:
         "max_input_length": 192 if bundled else 256,
         "max_target_length": 48 if bundled else 64,
         "batch_size": args.batch_size,
+        "dialogue_format": args.dialogue_format,
         "warmup_steps": 20,
         "weight_decay": 0.01,
         "generation_num_beams": 1,
