@@ -192,6 +192,7 @@ def test_a_search_over_the_adapter_and_its_rank_exports_plain_models(tmp_path):
         "per_adapter={lora: {learning_rate: {loguniform: [3.0e-3, 1.0e-2]}}}",
         "scheduler.max_budget=320",
         "scheduler.eval_interval=160",
+        "decoding=null",  # re-scoring and test scoring load the LoRA checkpoints already
     ]
     completed = run_process(tiny_search_command(tmp_path, "lora", *sets), timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
