@@ -73,3 +73,36 @@ def test_a_trial_that_ran_its_whole_budget_is_finished_even_without_a_done_mark(
     assert _classify("t", rows[:1], rows[0], {}, None, space, context).status == "UNFINISHED"
     assert _classify("t", rows[:1], {**rows[0], "done": True}, {}, None, space, context).status == "STOPPED"
     assert _classify("t", rows[:1], rows[0], {}, "boom", space, context).status == "ERROR"
+
+
+def test_a_trial_resumed_from_a_checkpoint_at_its_whole_budget_trains_and_reports_nothing(tiny_models, tmp_path):
+    """The driver died after a trial's last report and before Tune saved it: --resume restarts the trial from
+    that checkpoint, and it must end at once (transformers would train one more step and report it again)."""
+    import json
+
+    from ray import tune
+
+    from tests.conftest import TINY, mechanics_data
+    from tune_dialsum.data import DialogueDataLoader
+    from tune_dialsum.experiment_context import experiment_context
+    from tune_dialsum.space import load_space
+    from tune_dialsum.space_schema import TrialSettings
+    from tune_dialsum.train import DialogueSummarizationTrainer
+    from tune_dialsum.trainable import TrialRun, train_one
+
+    config = {"model": str(tiny_models["bart"]), "batch_size": 8, "max_input_length": 64, "max_target_length": 16}
+    settings = TrialSettings.from_config(config)
+    trainer = DialogueSummarizationTrainer.for_settings(settings, str(tmp_path / "first"), tensorboard=False)
+    splits = DialogueDataLoader(mechanics_data()).load_splits()
+    data = trainer.load_and_prepare_data(splits["train"].head(48), val_df=splits["validation"].head(8))
+    arguments = trainer.training_arguments(settings, max_steps=6, save_steps=6, eval_strategy="no", seed=0)
+    trainer.train(data, training_args=arguments, save_final_model=False)
+    checkpoint = tmp_path / "first" / "checkpoint-6"
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 6
+
+    sets = [f"data.path={mechanics_data()}", "scheduler.budget_unit=steps", "scheduler.max_budget=6"]
+    context = experiment_context(load_space(TINY, sets))
+    published = []
+    run = TrialRun({"trial_id": "t"}, publish=lambda *a: published.append(a), resume_from=tune.Checkpoint(checkpoint))
+    train_one(config, context, tmp_path / "scratch", run)
+    assert published == []

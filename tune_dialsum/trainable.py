@@ -169,6 +169,12 @@ def _evaluate_every_samples(interval: int, samples_per_step: int):
     return EvaluateEverySamples()
 
 
+def _trained(checkpoint_dir: str, unit: str, samples_per_step: int) -> float:
+    """How far a checkpoint had trained, in the scheduler's budget unit."""
+    state = json.loads((Path(checkpoint_dir) / TRAINER_STATE_FILE).read_text())
+    return {"steps": state["global_step"], "samples": state["global_step"] * samples_per_step}.get(unit, state["epoch"])
+
+
 def _restore_checkpoint(checkpoint, output_dir: Path) -> str | None:
     """Copy the Tune checkpoint a trial resumes from next to the trainer; None on a fresh start."""
     if checkpoint is None:
@@ -309,10 +315,16 @@ def train_one(config: dict, context: ExperimentContext, output_dir: Path, run: T
         training_args.max_steps = math.ceil(context.scheduler.max_budget / samples_per_step)
         training_args.logging_steps = max(1, interval // samples_per_step // 4)
         callbacks.append(_evaluate_every_samples(interval, samples_per_step))
+    resume_from = _restore_checkpoint(run.resume_from, output_dir)
+    if resume_from and _trained(resume_from, unit, samples_per_step) >= context.scheduler.max_budget:
+        # It reported its last evaluation, then the driver died before Tune saved that: resumed, it has
+        # nothing left to train (transformers would train one more step and report it again)
+        logger.info("trial %s had trained its whole budget before the search stopped", run.trial["trial_id"])
+        return
     trainer.train(
         train_dataset=dataset_dict,
         training_args=training_args,
-        resume_from_checkpoint=_restore_checkpoint(run.resume_from, output_dir),
+        resume_from_checkpoint=resume_from,
         callbacks=callbacks,
         save_final_model=False,  # the checkpoints Tune persisted are the results; nothing else is read
     )
