@@ -253,6 +253,45 @@ def tiny_search(tmp_path_factory):
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+# Ten short trials, one logical GPU each of two, full fine-tuning and LoRA ones mixed: no decoding stage, no test split.
+SHARED_GPU_SETS = [
+    "trials.num_samples=10",
+    "resources.gpus_per_trial=1",
+    "scheduler.type=fifo",
+    "scheduler.budget_unit=steps",
+    "scheduler.max_budget=60",
+    "scheduler.eval_interval=60",
+    "scheduler.grace_period=60",
+    "search={learning_rate: {loguniform: [1.0e-3, 3.0e-3]}, adapter: {choice: [none, lora]}, lora_r: {choice: [2, 4]}}",
+    "per_family={}",
+    "fixed.model=tiny:bart",
+    "fixed.batch_size=8",
+    "fixed.max_target_length=32",
+    "selection.top_k=1",
+]
+
+
+@pytest.fixture(scope="session")
+def shared_gpu_search(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One search on 2 logical GPUs (Ray told it has them; trials train on the CPU), for the tests of GPU
+    scheduling, of reused workers' memory and of LoRA trials. Returns (its process, with the summary on
+    stdout; the experiment directory)."""
+    storage = tmp_path_factory.mktemp("shared_gpu")
+    sets = [*mechanics_sets(), *training_only_sets(), *SHARED_GPU_SETS, "name=shared", f"storage_path={storage}"]
+    code = f"""
+import os, ray
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+from tune_dialsum.space import load_space
+from tune_dialsum.outcome import format_summary
+from tune_dialsum.search import run_search
+print(format_summary(run_search(load_space({str(TINY)!r}, {sets!r}))))
+"""
+    completed = run_process([sys.executable, "-c", code], timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed, storage / "shared"
+
+
 def short_ray_tmpdir() -> Path:
     """A new directory for RAY_TMPDIR with a short path: Ray's socket paths under it must fit in
     the 107 bytes of a Unix socket address, which a pytest temporary directory can overrun."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import REPO, run_process, tiny_search_command, trial_results
+from tests.conftest import REPO, tiny_search_command, trial_results
 from tune_dialsum.errors import SpaceError, UsageError
 from tune_dialsum.space import load_space, parse_space
 
@@ -41,7 +41,7 @@ def test_lora_settings_are_sampled_for_lora_trials_only_with_the_adapters_ranges
         else:
             low, high = space.search["learning_rate"].bounds
             assert low <= config["learning_rate"] <= high
-            assert not {"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"} & set(config)
+            assert all(config[name] is None for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"))
     assert seen == {"none", "lora"}
 
 
@@ -177,26 +177,12 @@ def test_a_lora_search_without_peft_is_refused_in_one_line_naming_the_extra(tmp_
 
 
 @pytest.mark.slow
-def test_a_search_over_the_adapter_and_its_rank_exports_plain_models(tmp_path):
-    """Full fine-tuning and LoRA trials in one search (seed 3 samples both), on the mechanics data."""
+def test_a_search_over_the_adapter_and_its_rank_exports_plain_models(shared_gpu_search, tmp_path):
+    """Full fine-tuning and LoRA trials in one search (conftest.SHARED_GPU_SETS: adapter and lora_r searched)."""
     from tune_dialsum.checkpoints import find_checkpoints
     from tune_dialsum.cli import main
 
-    sets = [
-        "seed=3",
-        "trials.num_samples=3",
-        "search.model={choice: ['tiny:bart']}",
-        "per_family={}",
-        "search.adapter={choice: [none, lora]}",
-        "search.lora_r={choice: [2, 4]}",
-        "per_adapter={lora: {learning_rate: {loguniform: [3.0e-3, 1.0e-2]}}}",
-        "scheduler.max_budget=320",
-        "scheduler.eval_interval=160",
-        "decoding=null",  # re-scoring and test scoring load the LoRA checkpoints already
-    ]
-    completed = run_process(tiny_search_command(tmp_path, "lora", *sets), timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    experiment = tmp_path / "lora"
+    completed, experiment = shared_gpu_search
     reports = {trial: rows[-1] for trial, rows in trial_results(experiment).items()}
     records = find_checkpoints(experiment)
     adapters = {r.trial_id: r.snapshot["config"]["adapter"] for r in records}

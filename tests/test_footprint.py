@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from tests.conftest import LISTENING_FILE, demo_root, private_network_unavailable, run_process, trial_results
+from tests.conftest import LISTENING_FILE, demo_root, private_network_unavailable, trial_results
 
 pytestmark = pytest.mark.slow
 LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
@@ -39,44 +38,17 @@ def test_no_trial_scratch_or_optimizer_state_outlives_the_search(tiny_search):
     assert "MiB left in Ray's session directory)" in completed.stdout
 
 
-# Ten identical short trials, one logical GPU each of two: no decoding stage, no test split.
-SHARED_GPU_SETS = [
-    "trials.num_samples=10",
-    "resources.gpus_per_trial=1",
-    "scheduler.type=fifo",
-    "scheduler.budget_unit=steps",
-    "scheduler.max_budget=60",
-    "scheduler.eval_interval=60",
-    "scheduler.grace_period=60",
-    "search={learning_rate: {loguniform: [1.0e-3, 3.0e-3]}}",
-    "per_family={}",
-    "fixed.model=tiny:bart",
-    "fixed.batch_size=8",
-    "fixed.max_target_length=32",
-    "selection.top_k=1",
-]
 # Measured on 2 CPU cores (RELIABILITY.md): without releasing a trial's model, optimizer and trainer,
 # a reused worker grew by tens of MiB per trial of this size; with it, it stays within this bound.
 RSS_BOUND_MB = 40
 
 
-def test_trials_get_one_logical_gpu_each_and_a_reused_worker_gives_back_each_trials_memory(tmp_path):
+def test_trials_get_one_logical_gpu_each_and_a_reused_worker_gives_back_each_trials_memory(shared_gpu_search):
     """With 2 logical GPUs and 1 GPU per trial, 2 trials run at once, each on its own device; each GPU's
-    worker runs trial after trial, and the memory each trial starts with stays flat after the second."""
-    from tests.conftest import TINY, mechanics_sets, training_only_sets
-
-    sets = [*mechanics_sets(), *training_only_sets(), *SHARED_GPU_SETS, "name=shared", f"storage_path={tmp_path}"]
-    code = f"""
-import os, ray
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-from tune_dialsum.space import load_space
-from tune_dialsum.search import run_search
-run_search(load_space({str(TINY)!r}, {sets!r}))
-"""
-    completed = run_process([sys.executable, "-c", code], timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    results = trial_results(tmp_path / "shared")
+    worker runs trial after trial (full fine-tuning and LoRA ones mixed), and the memory each trial starts
+    with stays flat after the second."""
+    _, experiment = shared_gpu_search
+    results = trial_results(experiment)
     assert len(results) == 10
     devices = [rows[0]["devices"] for rows in results.values()]
     assert sorted(set(devices)) == ["0", "1"]  # each trial saw exactly one of the two GPUs

@@ -116,7 +116,7 @@ class SearchSpace:
 
         A family's (an adapter's) ranges are sampled under their own names (``learning_rate@t5``,
         ``lora_r@lora``) because their bounds differ; the returned dict maps them back to the setting.
-        The LoRA settings are sampled, and kept, only where the adapter is LoRA.
+        The LoRA settings are sampled only where the adapter is LoRA (None elsewhere).
         """
         config = dict(self.fixed)
         for name in ("model", "adapter"):  # they decide which ranges apply
@@ -139,8 +139,8 @@ class SearchSpace:
             if name in LORA_SETTINGS and adapter != "lora":
                 continue
             config[name] = distribution.suggest(trial, label)
-        if adapter != "lora":
-            config = {name: value for name, value in config.items() if name not in LORA_SETTINGS}
+        if adapter != "lora":  # present but empty: Ray's reporters expect every trial to have every column
+            config |= dict.fromkeys(LORA_SETTINGS)
         return config
 
     @property
