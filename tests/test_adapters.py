@@ -75,6 +75,29 @@ def test_lora_settings_are_sampled_for_lora_trials_only_with_the_adapters_ranges
             "only LoRA trials use it",
         ),
         (_with(fixed={"adapter": "lora", "lora_dropout": 1.0}), "fixed.lora_dropout", "must be below 1"),
+        (
+            {**BASE, "per_family": {"bart": {"adapter": {"choice": ["lora"]}}}},
+            "per_family.bart.adapter",
+            "it decides which ranges apply; search it under 'search'",
+        ),
+        (
+            {
+                **_with(search={"adapter": {"choice": ["none", "lora"]}}),
+                "per_adapter": {"lora": {"num_beams": {"choice": [4]}}},
+            },
+            "per_adapter.lora.num_beams",
+            "a decoding setting: put it under decoding.search",
+        ),
+        (
+            {**_with(fixed={"adapter": "lora"}), "per_adapter": {"lora": {"num_train_epochs": {"choice": [2.0]}}}},
+            "per_adapter.lora.num_train_epochs",
+            "has no effect: the scheduler sets every trial's budget",
+        ),
+        (
+            _with(fixed={"adapter": "lora", "model": "acme/dialogue-seq2seq"}),
+            "fixed.lora_target_modules",
+            "LoRA has no default layers for generic models",
+        ),
     ],
 )
 def test_bad_adapter_settings_are_one_line_naming_the_key(raw, key, says):
@@ -160,6 +183,10 @@ def test_a_lora_checkpoint_holds_the_adapter_and_exports_as_a_plain_model_that_w
     assert not torch.allclose(logits[0], logits[1], atol=1e-3)  # the adapter trained: it changes the model
     assert torch.allclose(logits[1], logits[2], atol=1e-4)  # and the merge keeps what it does
 
+    from tune_dialsum.train import DialogueSummarizationTrainer
+
+    with pytest.raises(UsageError, match="is a LoRA adapter, not a model to train from"):
+        DialogueSummarizationTrainer(str(lora_checkpoint))
     with pytest.raises(UsageError, match="trained every weight .* export without --adapter-only"):
         export_checkpoint(_record(full, full_checkpoint), tmp_path / "none", "rougeL", "max", adapter_only=True)
 

@@ -84,7 +84,8 @@ def with_lora(model, settings, family: str):
     try:
         return get_peft_model(model, config)
     except ValueError as err:  # peft: "Target modules {...} not found in the base model"
-        raise UsageError(f"lora_target_modules {targets!r}: {str(err).splitlines()[0]}") from None
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"lora_target_modules {targets!r}: {first}") from None
 
 
 def parameter_counts(model) -> dict[str, int]:
@@ -135,7 +136,7 @@ def merge_in_place(directory: Path, trust_remote_code: bool = False) -> dict:
     return describe(config, merged=True)
 
 
-def keep_base_generation_config(directory: Path) -> None:
+def keep_base_generation_config(directory: Path, trust_remote_code: bool = False) -> None:
     """Give an adapter directory its base model's generation config (start token, lengths), for an export's
     decoding to be written into: the adapter's own would replace the base model's whole."""
     from transformers import AutoConfig, GenerationConfig
@@ -146,7 +147,9 @@ def keep_base_generation_config(directory: Path) -> None:
     try:
         generation = GenerationConfig.from_pretrained(base)
     except OSError:  # a base saved without one: the defaults its config implies
-        generation = GenerationConfig.from_model_config(AutoConfig.from_pretrained(base))
+        generation = GenerationConfig.from_model_config(
+            AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+        )
     generation.save_pretrained(str(directory))
 
 

@@ -24,6 +24,7 @@ from tune_dialsum.checkpoints import (
 from tune_dialsum.contract import ROUGE_KEYS, TUNING_FILE
 from tune_dialsum.errors import UsageError
 from tune_dialsum.generation import apply_to_config
+from tune_dialsum.models import check_model_available
 
 MODEL_CARD = "README.md"
 
@@ -246,9 +247,10 @@ def export_checkpoint(
                 shutil.copy2(item, staging / item.name)
         if adapters.is_adapter(staging):
             trust = bool(record.snapshot.get("settings", {}).get("trust_remote_code"))
+            check_model_available(adapters.base_model(staging))  # the merge (and its config) loads the base
             if adapter_only:
                 tuning["adapter"] = adapters.read_description(staging)
-                adapters.keep_base_generation_config(staging)
+                adapters.keep_base_generation_config(staging, trust)
             else:
                 tuning["adapter"] = adapters.merge_in_place(staging, trust)
         set_generation_config(staging, generation or trial_decoding(config))

@@ -11,10 +11,11 @@ import dataclasses
 import logging
 import os
 import time
+from pathlib import Path
 
 import yaml
 
-from tune_dialsum.adapters import peft_missing
+from tune_dialsum.adapters import is_adapter, peft_missing
 from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray
 from tune_dialsum.contract import (
@@ -56,6 +57,11 @@ def preflight(space: SearchSpace, context: ExperimentContext) -> None:
     ).load_splits()
     for model in space.models:
         check_model_available(model)
+        if is_adapter(Path(model).expanduser()):  # trials would train nothing it keeps: refused before any starts
+            raise UsageError(
+                f"{space.source}: model {model!r} is a LoRA adapter, not a model to train from: export the experiment "
+                "without --adapter-only (merged into its base) and search from that"
+            )
         if model.startswith(TINY_PREFIX):
             resolve_model_path(model, context.data.path)  # built once here, not in every trial at once
 

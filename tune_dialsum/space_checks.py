@@ -162,9 +162,10 @@ def warn_about_searched(source: str, scheduler: SchedulerSection, searched: set[
 
 def refuse_decoding_settings(check: Checker, raw: dict) -> None:
     """generate() settings belong to the decoding stage: searched in training, each value costs a retraining."""
-    per_family = raw.get("per_family") if isinstance(raw.get("per_family"), dict) else {}
     blocks = [("fixed", raw.get("fixed")), ("search", raw.get("search"))]
-    blocks += [(f"per_family.{family}", block) for family, block in per_family.items()]
+    for section in ("per_family", "per_adapter"):
+        per = raw.get(section) if isinstance(raw.get(section), dict) else {}
+        blocks += [(f"{section}.{name}", block) for name, block in per.items()]
     for where, block in blocks:
         for name in block if isinstance(block, dict) else ():
             if name in DECODING_SETTINGS:

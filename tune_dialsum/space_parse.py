@@ -10,7 +10,13 @@ import copy
 import logging
 from dataclasses import fields
 
-from tune_dialsum.adapters import ADAPTERS, LINEAR_MODULES, LORA_SETTINGS, unknown_target_modules
+from tune_dialsum.adapters import (
+    ADAPTERS,
+    DEFAULT_TARGET_MODULES,
+    LINEAR_MODULES,
+    LORA_SETTINGS,
+    unknown_target_modules,
+)
 from tune_dialsum.contract import BUDGET_UNITS, OBJECTIVES, RUNG_METRICS, default_mode
 from tune_dialsum.models import FAMILIES, family_of
 from tune_dialsum.space_checks import Checker, refuse_decoding_settings, warn_about_searched
@@ -55,6 +61,12 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
             check.fail(key, f"unknown key; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
     fixed, search, per_family = _parse_settings(check, raw, training)
     per_adapter = _parse_per_adapter(check, raw)
+    for adapter, block in per_adapter.items():
+        if "num_train_epochs" in block:
+            check.fail(
+                f"per_adapter.{adapter}.num_train_epochs",
+                "has no effect: the scheduler sets every trial's budget (scheduler.max_budget); remove it",
+            )
     _check_lora_settings(check, raw, fixed, search, per_family, per_adapter)
     scheduler = _parse_scheduler(check, raw)
     warn_about_searched(source, scheduler, _searched(search, per_family, per_adapter))
@@ -191,8 +203,9 @@ def _parse_settings(check: Checker, raw: dict, training: bool) -> tuple[dict, di
     for family, settings in check.section(raw, "per_family", set(FAMILIES)).items():
         block = check.section({family: settings}, family, set(SETTINGS))
         per_family[family] = {n: check.distribution(f"per_family.{family}.{n}", n, s) for n, s in block.items()}
-        if "model" in per_family[family]:
-            check.fail(f"per_family.{family}.model", "the model decides the family; search it under 'search'")
+        for decided in ("model", "adapter"):  # they decide which per_family (per_adapter) ranges apply
+            if decided in per_family[family]:
+                check.fail(f"per_family.{family}.{decided}", "it decides which ranges apply; search it under 'search'")
     if "model" not in search and "model" not in fixed:
         check.fail("search", "no model: set fixed.model or search model: {choice: [...]}")
     for where, block in (("search", search), *((f"per_family.{f}", b) for f, b in per_family.items())):
@@ -234,6 +247,14 @@ def _check_lora_settings(check: Checker, raw: dict, fixed: dict, search: dict, p
                 )
     models = search["model"].args if "model" in search else (fixed["model"],)
     families = {family_of(str(model)).name for model in models}
+    targets_given = any("lora_target_modules" in block for _, block in blocks)
+    unknown = sorted(f for f in families if f not in DEFAULT_TARGET_MODULES)
+    if "lora" in adapters and unknown and not targets_given:
+        check.fail(
+            "fixed.lora_target_modules",
+            f"missing: LoRA has no default layers for {', '.join(unknown)} models; name them (e.g. q_proj,v_proj) "
+            "or use all-linear",
+        )
     for where, block in blocks:
         value = block.get("lora_target_modules")
         if value is None:

@@ -274,6 +274,8 @@ def train_one(config: dict, context: ExperimentContext, output_dir: Path, run: T
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     rss_at_start = resident_memory_mb()
+    # before the model is built: a LoRA adapter's initial weights are drawn then, before the Trainer seeds
+    transformers.set_seed(context.seed)
     asked = TrialSettings.from_config(config)
     trainer = DialogueSummarizationTrainer.for_settings(
         asked,

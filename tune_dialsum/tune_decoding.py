@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from tune_dialsum import executor
+from tune_dialsum.adapters import is_adapter
 from tune_dialsum.atomic import atomic_directory, atomic_write_text
 from tune_dialsum.choices import read_decoding
 from tune_dialsum.contract import DECODING_DB, DECODING_FILE, DECODING_SOURCE_FILE, RECIPE_FILE, TUNING_FILE
@@ -114,6 +115,10 @@ def _copy_model(model: str, out: Path, context: ExperimentContext) -> None:
     from tune_dialsum.models import load_model_and_tokenizer
 
     if Path(model).is_dir():
+        if is_adapter(Path(model)):
+            raise UsageError(
+                f"{model}: a LoRA adapter; tune the decoding of the merged export (export without --adapter-only)"
+            )
         if not (Path(model) / "config.json").is_file():
             raise UsageError(f"{model}: not a model directory (no config.json); pass an export or a model name")
         shutil.copytree(model, out, ignore=shutil.ignore_patterns(*TRAINING_ONLY, "rng_state*"), dirs_exist_ok=True)
