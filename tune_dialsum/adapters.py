@@ -103,6 +103,16 @@ def is_adapter(directory: str | Path) -> bool:
     return (directory / ADAPTER_CONFIG_FILE).is_file() and not (directory / "config.json").is_file()
 
 
+def refuse_training_from(model: str) -> None:
+    """Fail in one line where ``model`` is an adapter directory: trained from, its checkpoints would hold the
+    untouched adapter alone."""
+    if is_adapter(Path(model).expanduser()):
+        raise UsageError(
+            f"model {model!r} is a LoRA adapter, not a model to train from: export the experiment without "
+            "--adapter-only (the adapter merged into its base) and train from that"
+        )
+
+
 def base_model(directory: str | Path) -> str:
     """The base model an adapter directory was trained on (a hub name or a path)."""
     return json.loads((Path(directory) / ADAPTER_CONFIG_FILE).read_text())["base_model_name_or_path"]

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tune_dialsum.contract import REPORTED_SCORES, TRAINER_STATE_FILE, TRIAL_CONFIG_FILE, score_key
+from tune_dialsum.contract import REPORTED_SCORES, TRAINER_STATE_FILE, TRIAL_CONFIG_FILE, budget_trained, score_key
 from tune_dialsum.errors import ExportError, UsageError
 
 # Training state that a model directory does not need.
@@ -42,11 +42,8 @@ class CheckpointRecord:
 
     def budget(self, unit: str) -> float:
         """How far the trial had trained at this checkpoint, in the search's budget unit."""
-        if unit == "epochs":
-            return round(self.epoch, 2)
-        if unit == "samples":
-            return self.step * int(self.snapshot.get("samples_per_step") or 1)
-        return self.step
+        trained = budget_trained(unit, self.step, self.epoch, int(self.snapshot.get("samples_per_step") or 1))
+        return round(trained, 2) if unit == "epochs" else trained
 
 
 def read_checkpoint(path: Path) -> CheckpointRecord | None:

@@ -47,6 +47,12 @@ BUDGET_UNITS = ("samples", "steps", "epochs")
 # The result key that measures a trial's training budget, per budget unit.
 TIME_ATTRS = {"steps": "step", "epochs": "epoch", "samples": "samples"}
 
+
+def budget_trained(unit: str, step: int, epoch: float, samples_per_step: int) -> float:
+    """How far a trial had trained at a step, in a budget unit: steps, examples seen or epochs."""
+    return {"steps": step, "samples": step * samples_per_step}.get(unit, epoch)
+
+
 # -- trial states, as the summary, the analysis and the tracking runs name them ------------------
 TERMINATED = "TERMINATED"  # trained to the full budget
 STOPPED = "STOPPED"  # stopped early by the scheduler

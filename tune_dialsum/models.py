@@ -95,9 +95,10 @@ def family_of(name_or_path: str) -> ModelFamily:
     """The family of a model: from a local config.json (an adapter's: its base model's), else from the name."""
     if name_or_path.startswith(TINY_PREFIX):
         return _family_by_name(name_or_path[len(TINY_PREFIX) :])
-    if adapters.is_adapter(Path(name_or_path).expanduser()):
-        return family_of(adapters.base_model(Path(name_or_path).expanduser()))
-    config_file = Path(name_or_path).expanduser() / "config.json"
+    path = Path(name_or_path).expanduser()
+    if adapters.is_adapter(path):
+        return family_of(adapters.base_model(path))
+    config_file = path / "config.json"
     if config_file.is_file():
         model_type = json.loads(config_file.read_text()).get("model_type", "")
         return FAMILIES.get(_MODEL_TYPES.get(model_type, ""), GENERIC)

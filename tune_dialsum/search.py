@@ -11,11 +11,10 @@ import dataclasses
 import logging
 import os
 import time
-from pathlib import Path
 
 import yaml
 
-from tune_dialsum.adapters import is_adapter, peft_missing
+from tune_dialsum.adapters import peft_missing, refuse_training_from
 from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.cluster import check_resources, check_shared_paths, keep_on_loopback, start_ray
 from tune_dialsum.contract import (
@@ -57,11 +56,7 @@ def preflight(space: SearchSpace, context: ExperimentContext) -> None:
     ).load_splits()
     for model in space.models:
         check_model_available(model)
-        if is_adapter(Path(model).expanduser()):  # trials would train nothing it keeps: refused before any starts
-            raise UsageError(
-                f"{space.source}: model {model!r} is a LoRA adapter, not a model to train from: export the experiment "
-                "without --adapter-only (merged into its base) and search from that"
-            )
+        refuse_training_from(model)  # before any trial starts, not in every one
         if model.startswith(TINY_PREFIX):
             resolve_model_path(model, context.data.path)  # built once here, not in every trial at once
 
@@ -143,8 +138,9 @@ def _run(space: SearchSpace, store: ExperimentStore, resume: bool, address: str 
 
         require_mlflow()
         tracking_uri(space.tracking.uri, store.local, store.remote)
-    if "lora" in space.adapters and peft_missing():  # the optional extra: refused before any model is built
-        raise UsageError(f"{space.source}: {peft_missing()}")
+    missing = peft_missing() if "lora" in space.adapters else None
+    if missing:  # the optional extra: refused before any model is built
+        raise UsageError(f"{space.source}: {missing}")
     preflight(space, context)
     logger.info("preflight took %.1fs", time.perf_counter() - clock)
     with experiment_lock(store.local):  # after the checks: a refusal leaves nothing behind

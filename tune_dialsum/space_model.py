@@ -152,15 +152,20 @@ class SearchSpace:
     @property
     def adapters(self) -> list[str]:
         """The adapters a trial may train with (``none``: every weight)."""
-        if "adapter" in self.search:
-            return list(self.search["adapter"].args)
-        return [self.fixed.get("adapter", "none")]
+        return adapters_of(self.search, self.fixed)
 
     @property
     def models(self) -> list[str]:
         if "model" in self.search:
             return list(self.search["model"].args)
         return [self.fixed["model"]]
+
+
+def adapters_of(search: dict[str, Distribution], fixed: dict[str, Any]) -> list[str]:
+    """The adapters a space's trials may train with: the searched choices, else the fixed one."""
+    if "adapter" in search:
+        return list(search["adapter"].args)
+    return [fixed.get("adapter", "none")]
 
 
 def default_startup_trials(num_samples: int) -> int:

@@ -28,6 +28,7 @@ from tune_dialsum.space_model import (
     TOP_LEVEL_KEYS,
     TRACKING_BACKENDS,
     SearchSpace,
+    adapters_of,
     default_startup_trials,
 )
 from tune_dialsum.space_schema import (
@@ -59,14 +60,7 @@ def parse_space(raw: dict, source: str = "<space>", default_name: str = "search"
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             check.fail(key, f"unknown key; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
-    fixed, search, per_family = _parse_settings(check, raw, training)
-    per_adapter = _parse_per_adapter(check, raw)
-    for adapter, block in per_adapter.items():
-        if "num_train_epochs" in block:
-            check.fail(
-                f"per_adapter.{adapter}.num_train_epochs",
-                "has no effect: the scheduler sets every trial's budget (scheduler.max_budget); remove it",
-            )
+    fixed, search, per_family, per_adapter = _parse_settings(check, raw, training)
     _check_lora_settings(check, raw, fixed, search, per_family, per_adapter)
     scheduler = _parse_scheduler(check, raw)
     warn_about_searched(source, scheduler, _searched(search, per_family, per_adapter))
@@ -187,8 +181,8 @@ def _parse_objective(check: Checker, raw: dict) -> ObjectiveSection:
     return ObjectiveSection(metric=metric, mode=mode)
 
 
-def _parse_settings(check: Checker, raw: dict, training: bool) -> tuple[dict, dict, dict]:
-    """``fixed`` (with the defaults), ``search`` and ``per_family``: what a trial trains with."""
+def _parse_settings(check: Checker, raw: dict, training: bool) -> tuple[dict, dict, dict, dict]:
+    """``fixed`` (with the defaults), ``search``, ``per_family`` and ``per_adapter``: what a trial trains with."""
     refuse_decoding_settings(check, raw)
     fixed = {**DEFAULT_SETTINGS}
     for name, value in check.section(raw, "fixed", set(SETTINGS)).items():
@@ -199,40 +193,41 @@ def _parse_settings(check: Checker, raw: dict, training: bool) -> tuple[dict, di
         fixed.pop(name, None)
     if not search and training:
         check.fail("search", "no setting is searched; add at least one, e.g. learning_rate: {loguniform: [1e-5, 1e-4]}")
-    per_family = {}
-    for family, settings in check.section(raw, "per_family", set(FAMILIES)).items():
-        block = check.section({family: settings}, family, set(SETTINGS))
-        per_family[family] = {n: check.distribution(f"per_family.{family}.{n}", n, s) for n, s in block.items()}
-        for decided in ("model", "adapter"):  # they decide which per_family (per_adapter) ranges apply
-            if decided in per_family[family]:
-                check.fail(f"per_family.{family}.{decided}", "it decides which ranges apply; search it under 'search'")
+    per_family = _parse_ranges(check, raw, "per_family", FAMILIES)
+    per_adapter = _parse_ranges(check, raw, "per_adapter", ADAPTERS)
+    for name in per_adapter.get("none", {}):
+        if name in LORA_SETTINGS:
+            check.fail(f"per_adapter.none.{name}", "only LoRA trials use it; move it under per_adapter.lora")
     if "model" not in search and "model" not in fixed:
         check.fail("search", "no model: set fixed.model or search model: {choice: [...]}")
-    for where, block in (("search", search), *((f"per_family.{f}", b) for f, b in per_family.items())):
+    ranges = [("search", search)]
+    for section, per in (("per_family", per_family), ("per_adapter", per_adapter)):
+        ranges += [(f"{section}.{name}", block) for name, block in per.items()]
+    for where, block in ranges:
         if "num_train_epochs" in block:
             check.fail(
                 f"{where}.num_train_epochs",
                 "has no effect: the scheduler sets every trial's budget (scheduler.max_budget); remove it from the search",
             )
-    return fixed, search, per_family
+    return fixed, search, per_family, per_adapter
 
 
-def _parse_per_adapter(check: Checker, raw: dict) -> dict:
-    """``per_adapter``: ranges sampled once a trial's adapter is (a LoRA trial's learning rate, its rank)."""
-    per_adapter = {}
-    for adapter, settings in check.section(raw, "per_adapter", set(ADAPTERS)).items():
-        where = f"per_adapter.{adapter}"
-        block = check.section({where: settings}, where, set(SETTINGS) - {"adapter", "model"})
-        per_adapter[adapter] = {n: check.distribution(f"{where}.{n}", n, s) for n, s in block.items()}
-        for name in per_adapter[adapter]:
-            if name in LORA_SETTINGS and adapter != "lora":
-                check.fail(f"{where}.{name}", "only LoRA trials use it; move it under per_adapter.lora")
-    return per_adapter
+def _parse_ranges(check: Checker, raw: dict, section: str, names) -> dict[str, dict]:
+    """``per_family`` or ``per_adapter``: ranges sampled once a trial's model family (its adapter) is known."""
+    parsed = {}
+    for name, settings in check.section(raw, section, set(names)).items():
+        where = f"{section}.{name}"
+        block = check.section({where: settings}, where, set(SETTINGS))
+        parsed[name] = {n: check.distribution(f"{where}.{n}", n, s) for n, s in block.items()}
+        for decided in ("model", "adapter"):  # they decide which ranges apply
+            if decided in parsed[name]:
+                check.fail(f"{where}.{decided}", "it decides which ranges apply; search it under 'search'")
+    return parsed
 
 
 def _check_lora_settings(check: Checker, raw: dict, fixed: dict, search: dict, per_family: dict, per_adapter: dict):
     """LoRA's settings only where a trial can be LoRA, and target modules that the models have."""
-    adapters = set(search["adapter"].args) if "adapter" in search else {fixed["adapter"]}
+    adapters = adapters_of(search, fixed)
     user_fixed = raw.get("fixed") or {}
     blocks = [("fixed", user_fixed), ("search", search)]
     blocks += [(f"per_family.{family}", block) for family, block in per_family.items()]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tune_dialsum.adapters import is_adapter
+from tune_dialsum.adapters import refuse_training_from
 from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.contract import RECIPE_FILE
 from tune_dialsum.data.formats import check_dialogue_format, format_dialogue
@@ -142,11 +142,7 @@ class DialogueSummarizationTrainer:
         tensorboard: bool = True,
         data_dir: str | None = None,
     ) -> None:
-        if is_adapter(Path(model_name).expanduser()):  # its checkpoints would hold the untouched adapter alone
-            raise UsageError(
-                f"model {model_name!r} is a LoRA adapter, not a model to train from: export the experiment "
-                "without --adapter-only (the adapter merged into its base) and train that"
-            )
+        refuse_training_from(model_name)
         self.model_name = model_name
         self.tensorboard = tensorboard
         self.output_dir = str(output_dir)

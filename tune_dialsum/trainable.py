@@ -26,6 +26,7 @@ from tune_dialsum.contract import (
     REPORTED_SCORES,
     TRAINER_STATE_FILE,
     TRIAL_CONFIG_FILE,
+    budget_trained,
 )
 from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.retry import NotRetryable, TrialDiverged, is_retryable, not_retryable_marker, record_not_retryable
@@ -172,7 +173,7 @@ def _evaluate_every_samples(interval: int, samples_per_step: int):
 def _trained(checkpoint_dir: str, unit: str, samples_per_step: int) -> float:
     """How far a checkpoint had trained, in the scheduler's budget unit."""
     state = json.loads((Path(checkpoint_dir) / TRAINER_STATE_FILE).read_text())
-    return {"steps": state["global_step"], "samples": state["global_step"] * samples_per_step}.get(unit, state["epoch"])
+    return budget_trained(unit, state["global_step"], state["epoch"], samples_per_step)
 
 
 def _restore_checkpoint(checkpoint, output_dir: Path) -> str | None:
