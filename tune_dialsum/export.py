@@ -186,6 +186,13 @@ def refuse_replacing(out: str, force: bool, is_export: bool) -> None:
         )
 
 
+def refuse_replacing_directory(out_dir: Path, force: bool) -> None:
+    """:func:`refuse_replacing` for a local ``out_dir``, where it exists."""
+    if out_dir.exists():
+        is_export = out_dir.is_dir() and ((out_dir / TUNING_FILE).is_file() or not any(out_dir.iterdir()))
+        refuse_replacing(str(out_dir), force, is_export)
+
+
 def export_checkpoint(
     record: CheckpointRecord,
     out_dir: str | Path,
@@ -207,9 +214,7 @@ def export_checkpoint(
     was scored with); ``scores`` what was measured before the export (as :func:`record_scores` takes).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        is_export = out_dir.is_dir() and ((out_dir / TUNING_FILE).is_file() or not any(out_dir.iterdir()))
-        refuse_replacing(str(out_dir), force, is_export)
+    refuse_replacing_directory(out_dir, force)
     config = record.snapshot.get("config", {})
     tuning = {
         "experiment": record.snapshot.get("experiment"),
@@ -299,6 +304,11 @@ def export_experiment(
     from tune_dialsum.contract import default_mode
     from tune_dialsum.locations import is_uri, join, reachable, upload
 
+    # before the experiment is read (a bucket's, perhaps): a refusal costs nothing
+    if not is_uri(out):
+        refuse_replacing_directory(Path(out), force)
+    elif reachable(out) is None:  # written here, then uploaded
+        refuse_replacing(out, force, reachable(join(out, TUNING_FILE)) is None)
     experiment = Experiment.load(experiment_dir)
     metric = metric or experiment.metric
     mode = experiment.space.mode if metric == experiment.metric else default_mode(metric)
@@ -322,8 +332,6 @@ def export_experiment(
     )
     if not is_uri(out):
         return record, str(export_checkpoint(record, out, force=force, **written)), metric
-    if reachable(out) is None:  # written here, then uploaded
-        refuse_replacing(out, force, reachable(join(out, TUNING_FILE)) is None)
     with tempfile.TemporaryDirectory() as scratch:
         upload(export_checkpoint(record, Path(scratch) / "model", **written), out)
     return record, out, metric
