@@ -200,10 +200,7 @@ def _parse_settings(check: Checker, raw: dict, training: bool) -> tuple[dict, di
             check.fail(f"per_adapter.none.{name}", "only LoRA trials use it; move it under per_adapter.lora")
     if "model" not in search and "model" not in fixed:
         check.fail("search", "no model: set fixed.model or search model: {choice: [...]}")
-    ranges = [("search", search)]
-    for section, per in (("per_family", per_family), ("per_adapter", per_adapter)):
-        ranges += [(f"{section}.{name}", block) for name, block in per.items()]
-    for where, block in ranges:
+    for where, block in _labelled_ranges(search, per_family, per_adapter):
         if "num_train_epochs" in block:
             check.fail(
                 f"{where}.num_train_epochs",
@@ -225,13 +222,19 @@ def _parse_ranges(check: Checker, raw: dict, section: str, names) -> dict[str, d
     return parsed
 
 
+def _labelled_ranges(search: dict, per_family: dict, per_adapter: dict) -> list[tuple[str, dict]]:
+    """Every block of ranges with the key an error names it by: search, per_family.FAMILY, per_adapter.ADAPTER."""
+    ranges = [("search", search)]
+    for section, per in (("per_family", per_family), ("per_adapter", per_adapter)):
+        ranges += [(f"{section}.{name}", block) for name, block in per.items()]
+    return ranges
+
+
 def _check_lora_settings(check: Checker, raw: dict, fixed: dict, search: dict, per_family: dict, per_adapter: dict):
     """LoRA's settings only where a trial can be LoRA, and target modules that the models have."""
     adapters = adapters_of(search, fixed)
     user_fixed = raw.get("fixed") or {}
-    blocks = [("fixed", user_fixed), ("search", search)]
-    blocks += [(f"per_family.{family}", block) for family, block in per_family.items()]
-    blocks += [(f"per_adapter.{adapter}", block) for adapter, block in per_adapter.items()]
+    blocks = [("fixed", user_fixed), *_labelled_ranges(search, per_family, per_adapter)]
     for where, block in blocks:
         for name in LORA_SETTINGS:
             if name in block and "lora" not in adapters:
