@@ -22,6 +22,11 @@ SHARED_DATA = Path(os.environ.get("TUNE_DIALSUM_SHARED_DATA", REPO.parent / "sha
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every Ray this test session starts keeps its session files, and its ray_current_cluster, in a
+# directory of its own: Ray's ray.init() joins the cluster that file names, so without this a
+# test's local Ray could join a ray.cluster_utils cluster of another test run on the same machine.
+SESSION_RAY_TMPDIR = tempfile.mkdtemp(prefix="tds-ray-", dir="/tmp")
+os.environ["RAY_TMPDIR"] = SESSION_RAY_TMPDIR
 
 
 def corpus_dir(name: str) -> Path:
@@ -281,7 +286,7 @@ def shared_gpu_search(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Pa
     code = f"""
 import os, ray
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
 from tune_dialsum.space import load_space
 from tune_dialsum.outcome import format_summary
 from tune_dialsum.search import run_search
@@ -311,3 +316,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tiny_search" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_unconfigure(config):
+    """The session's Ray directory goes with the session (Ray has shut down by now)."""
+    shutil.rmtree(SESSION_RAY_TMPDIR, ignore_errors=True)
