@@ -162,6 +162,10 @@ BAD_SPACES = {
         MINIMAL.replace("model: tiny:bart", "model: tiny:bart\n  mixed_precision: fp8"),
         r"fixed.mixed_precision: unknown precision 'fp8'; use one of auto, bf16, fp16, no",
     ),
+    "unknown batch order": (
+        MINIMAL.replace("model: tiny:bart", "model: tiny:bart\n  batch_order: sorted"),
+        r"fixed.batch_order: unknown batch order 'sorted'; use one of length_grouped, random",
+    ),
     "trust_remote_code not a bool": (
         MINIMAL + "trust_remote_code: 'yes'\n",
         r"trust_remote_code: expected true or false",

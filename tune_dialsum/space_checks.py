@@ -10,6 +10,7 @@ from tune_dialsum.data.formats import DIALOGUE_FORMATS
 from tune_dialsum.errors import SpaceError
 from tune_dialsum.models import FAMILIES
 from tune_dialsum.space_model import (
+    BATCH_ORDERS,
     DECODING_SETTINGS,
     DISTRIBUTIONS,
     MIXED_PRECISION,
@@ -79,6 +80,8 @@ class Checker:
                 self.fail(key, f"unknown precision {value!r}; use one of {', '.join(MIXED_PRECISION)}")
             if name == "dialogue_format" and value not in DIALOGUE_FORMATS:
                 self.fail(key, f"unknown dialogue format {value!r}; use one of {', '.join(DIALOGUE_FORMATS)}")
+            if name == "batch_order" and value not in BATCH_ORDERS:
+                self.fail(key, f"unknown batch order {value!r}; use one of {', '.join(BATCH_ORDERS)}")
             if name == "adapter" and value not in ADAPTERS:
                 self.fail(key, f"unknown adapter {value!r}; use one of {', '.join(ADAPTERS)}")
             if name == "lora_target_modules" and not target_module_names(value):

@@ -39,6 +39,11 @@ class TrialSettings:
     max_target_length: int = key(128, "summary tokens kept in training", int, positive=True)
     batch_size: int | None = key(None, "examples per device per step; none: the model family's", int, positive=True)
     gradient_accumulation_steps: int = key(1, "steps whose gradients add up to one update", int, positive=True)
+    batch_order: str = key(
+        "length_grouped",
+        "length_grouped (batches of similar length, in random order: less padding) or random (batches drawn at random)",
+        str,
+    )
     num_train_epochs: float = key(
         3.0, "epochs to train (in a search, the scheduler's max_budget stops a trial first)", float, positive=True
     )

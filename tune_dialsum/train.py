@@ -260,8 +260,9 @@ class DialogueSummarizationTrainer:
                     warmup_steps = value
                 else:
                     overrides[new] = value
-        if overrides.pop("group_by_length", False):
-            overrides["train_sampling_strategy"] = "group_by_length"
+        batch_order = overrides.pop("batch_order", TrialSettings.batch_order)
+        if "group_by_length" in overrides:  # transformers 4's flag
+            batch_order = "length_grouped" if overrides.pop("group_by_length") else "random"
         overrides.pop("logging_dir", None)  # logs always go to output_dir/logs (see train())
         ratio = 0 < float(warmup_steps) < 1
         settings = TrialSettings(
@@ -272,6 +273,7 @@ class DialogueSummarizationTrainer:
             max_target_length=self.max_target_length,
             batch_size=batch_size,
             gradient_accumulation_steps=int(gradient_accumulation_steps),
+            batch_order=batch_order,
             num_train_epochs=float(num_train_epochs),
             warmup_steps=0 if ratio else int(warmup_steps),
             warmup_ratio=float(warmup_steps) if ratio else None,
@@ -314,8 +316,9 @@ class DialogueSummarizationTrainer:
             generation_num_beams=settings.generation_num_beams,
             gradient_checkpointing=settings.gradient_checkpointing,
             label_smoothing_factor=settings.label_smoothing,
-            # Batches of similar length waste less compute on padding.
-            train_sampling_strategy="group_by_length",
+            # Batches of similar length waste less compute on padding; DialogueSeq2SeqTrainer visits them
+            # in random order (batching.py).
+            train_sampling_strategy="group_by_length" if settings.batch_order == "length_grouped" else "random",
             report_to="none",  # TensorBoard is attached in train() with our own log directory
             disable_tqdm=True,
             dataloader_pin_memory=_cuda_available(),
@@ -329,7 +332,9 @@ class DialogueSummarizationTrainer:
 
     def build_trainer(self, dataset_dict, training_args=None, callbacks=None):
         """The transformers Seq2SeqTrainer that ``train`` runs, for callers that drive it themselves."""
-        from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
+        from transformers import DataCollatorForSeq2Seq
+
+        from tune_dialsum.batching import DialogueSeq2SeqTrainer
 
         training_args = training_args or self.get_training_arguments()
         collator = DataCollatorForSeq2Seq(
@@ -339,7 +344,7 @@ class DialogueSummarizationTrainer:
             pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None,
         )
         callbacks = [_save_recipe_callback(self.recipe), *(callbacks or []), *self._tensorboard()]
-        return Seq2SeqTrainer(
+        return DialogueSeq2SeqTrainer(
             model=self.model,
             args=training_args,
             train_dataset=dataset_dict["train"],
