@@ -3,13 +3,11 @@
 Each run trains the bench model (``--family``, ``--d-model``, ``--layers``; the bed's data) through the
 trainer a trial uses (``DialogueSummarizationTrainer.for_settings``) for ``--steps`` steps, then scores it
 greedy on every test row (``metrics.rouge_per_example``). Runs go 2 at a time, one CPU thread each, as
-a search's trials do. The orders:
+a search's trials do. The orders are the values of the ``batch_order`` setting:
 
-- ``length_grouped``: batches of similar length in random order (``batching.py``; the default);
-- ``random``: transformers' random sampler (what ``Trainer`` does by default, and the peer of
-  ``vs_transformers.py``);
-- ``sorted_sweeps``: transformers' own ``group_by_length`` (``LengthGroupedSampler``), whose
-  mega-batches run longest first: what the trainer did until 2026-12-06.
+- ``random``: transformers' random sampler (the default, and what the peer of ``vs_transformers.py`` does);
+- ``length_grouped``: transformers' ``group_by_length`` (``LengthGroupedSampler``): batches of similar
+  length, from mega-batches that each run longest first; what the trainer always did until 2026-12-06.
 
 Every (learning rate, seed) runs every order, so the orders are compared in pairs: the last lines give,
 for each order against ``random``, the mean paired difference with a 95% bootstrap interval over the
@@ -30,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-ORDERS = ("length_grouped", "random", "sorted_sweeps")
+ORDERS = ("random", "length_grouped")
 
 
 def one_run(job: dict) -> dict:
@@ -44,14 +42,7 @@ def one_run(job: dict) -> dict:
     from tune_dialsum.space_schema import TrialSettings
     from tune_dialsum.train import DialogueSummarizationTrainer
 
-    if job["order"] == "sorted_sweeps":  # transformers' sampler, as the trainer had it before batching.py
-        from transformers import Seq2SeqTrainer
-
-        from tune_dialsum.batching import DialogueSeq2SeqTrainer
-
-        DialogueSeq2SeqTrainer._get_train_sampler = Seq2SeqTrainer._get_train_sampler
-    order = "random" if job["order"] == "random" else "length_grouped"
-    settings = TrialSettings(**job["settings"], batch_order=order)
+    settings = TrialSettings(**job["settings"], batch_order=job["order"])
     splits = DialogueDataLoader(job["data"]).load_splits()
     trainer = DialogueSummarizationTrainer.for_settings(settings, job["out"], tensorboard=False, data_dir=job["data"])
     datasets = trainer.load_and_prepare_data(splits["train"], val_df=splits["validation"].head(8))
@@ -124,7 +115,7 @@ def main() -> None:
         for order in args.orders
     ]
     runs = []
-    # maxtasksperchild=1: each run a fresh process (sorted_sweeps patches the trainer class)
+    # maxtasksperchild=1: each run in a fresh process, whatever ran before it
     with multiprocessing.get_context("spawn").Pool(2, maxtasksperchild=1) as pool:
         for job, result in zip(jobs, pool.imap(one_run, jobs), strict=True):
             run = {key: job[key] for key in ("order", "learning_rate", "seed")} | result

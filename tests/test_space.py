@@ -164,7 +164,7 @@ BAD_SPACES = {
     ),
     "unknown batch order": (
         MINIMAL.replace("model: tiny:bart", "model: tiny:bart\n  batch_order: sorted"),
-        r"fixed.batch_order: unknown batch order 'sorted'; use one of length_grouped, random",
+        r"fixed.batch_order: unknown batch order 'sorted'; use one of random, length_grouped",
     ),
     "trust_remote_code not a bool": (
         MINIMAL + "trust_remote_code: 'yes'\n",

@@ -9,6 +9,7 @@ from tests.conftest import BUNDLED_DATA
 from tune_dialsum import DialogueDataLoader, DialogueSummarizationTrainer, train_model_from_dataframes
 from tune_dialsum.contract import RECIPE_FILE
 from tune_dialsum.errors import UsageError
+from tune_dialsum.space_schema import TrialSettings
 
 FAST = dict(learning_rate=2e-3, warmup_steps=10, batch_size=16, logging_steps=10, generation_num_beams=1)
 
@@ -104,6 +105,28 @@ def test_training_arguments_map_names_transformers_5_removed(tiny_models, tmp_pa
     assert trainer.prefix == "summarize: "
 
 
+@pytest.mark.parametrize(
+    ("batch_order", "sampler"), [("random", "RandomSampler"), ("length_grouped", "LengthGroupedSampler")]
+)
+def test_the_batch_order_setting_reaches_the_trainers_sampler(
+    tiny_models, bundled_splits, tmp_path, batch_order, sampler
+):
+    settings = TrialSettings(model=str(tiny_models["t5"]), batch_size=8, batch_order=batch_order)
+    trainer = DialogueSummarizationTrainer.for_settings(settings, str(tmp_path), tensorboard=False)
+    train = bundled_splits["train"].head(64)
+    hf_trainer = trainer.build_trainer(
+        trainer.load_and_prepare_data(train, val_df=train.head(4)), trainer.training_arguments(settings)
+    )
+    assert type(hf_trainer._get_train_sampler()).__name__ == sampler
+
+
+def test_the_guides_group_by_length_flag_maps_onto_the_batch_order(tiny_models, tmp_path):
+    trainer = DialogueSummarizationTrainer(str(tiny_models["t5"]), str(tmp_path))
+    assert trainer.get_training_arguments().train_sampling_strategy == "random"  # the default
+    assert trainer.get_training_arguments(group_by_length=False).train_sampling_strategy == "random"
+    assert trainer.get_training_arguments(batch_order="length_grouped").train_sampling_strategy == "group_by_length"
+
+
 def test_memory_levers_reach_the_training_arguments(tiny_models, tmp_path):
     trainer = DialogueSummarizationTrainer(str(tiny_models["t5"]), str(tmp_path))
     args = trainer.get_training_arguments(gradient_checkpointing=True, mixed_precision="bf16")
@@ -114,8 +137,6 @@ def test_memory_levers_reach_the_training_arguments(tiny_models, tmp_path):
 
 
 def test_one_settings_record_maps_onto_the_training_arguments_with_the_familys_defaults(tiny_models, tmp_path):
-    from tune_dialsum.space_schema import TrialSettings
-
     trainer = DialogueSummarizationTrainer(str(tiny_models["t5"]), str(tmp_path))
     asked = TrialSettings.from_config({"model": "tiny:t5", "label_smoothing": 0.1, "warmup_ratio": 0.2, "other": 1})
     trained_with = asked.for_family(trainer.family)  # what a trial records

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 SETTINGS: dict[str, type] = {f.name: f.metadata["kind"] for f in fields(TrialSettings)}
 DEFAULT_SETTINGS = {f.name: f.default for f in fields(TrialSettings) if f.default is not None}
 MIXED_PRECISION = ("auto", "bf16", "fp16", "no")  # auto: bf16 where the GPU has it, else fp16; none on CPU
-BATCH_ORDERS = ("length_grouped", "random")  # how training batches are drawn (batching.py)
+BATCH_ORDERS = ("random", "length_grouped")  # how training batches are drawn (train.py says why random)
 # ``generate()`` settings the decoding stage searches, with their types.
 DECODING_SETTINGS: dict[str, type] = {
     "num_beams": int,

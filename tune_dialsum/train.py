@@ -316,8 +316,9 @@ class DialogueSummarizationTrainer:
             generation_num_beams=settings.generation_num_beams,
             gradient_checkpointing=settings.gradient_checkpointing,
             label_smoothing_factor=settings.label_smoothing,
-            # Batches of similar length waste less compute on padding; DialogueSeq2SeqTrainer visits them
-            # in random order (batching.py).
+            # Batches of similar length pad less (0.79x the training time on the bundled bed) but made worse
+            # summaries there (-0.008 test ROUGE-L against random batches, 12 of 16 runs; BENCHMARKS.md, "Batch
+            # order"), whether transformers' mega-batches run longest first or are visited in random order.
             train_sampling_strategy="group_by_length" if settings.batch_order == "length_grouped" else "random",
             report_to="none",  # TensorBoard is attached in train() with our own log directory
             disable_tqdm=True,
@@ -332,9 +333,7 @@ class DialogueSummarizationTrainer:
 
     def build_trainer(self, dataset_dict, training_args=None, callbacks=None):
         """The transformers Seq2SeqTrainer that ``train`` runs, for callers that drive it themselves."""
-        from transformers import DataCollatorForSeq2Seq
-
-        from tune_dialsum.batching import DialogueSeq2SeqTrainer
+        from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
         training_args = training_args or self.get_training_arguments()
         collator = DataCollatorForSeq2Seq(
@@ -344,7 +343,7 @@ class DialogueSummarizationTrainer:
             pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None,
         )
         callbacks = [_save_recipe_callback(self.recipe), *(callbacks or []), *self._tensorboard()]
-        return DialogueSeq2SeqTrainer(
+        return Seq2SeqTrainer(
             model=self.model,
             args=training_args,
             train_dataset=dataset_dict["train"],
