@@ -139,9 +139,12 @@ def mechanics_data(test_split: bool = True) -> Path:
 
 
 def mechanics_sets() -> list[str]:
-    """``--set`` items that point the demo space at :func:`mechanics_data`, with a decoding stage of 2 trials."""
+    """``--set`` items that point the demo space at :func:`mechanics_data`, with a decoding stage of 2 trials,
+    and length-grouped batches: these tests look at what a search does, not at how well its model writes,
+    and such batches train in 0.79x the time of random ones (BENCHMARKS.md, "Batch order")."""
     return [
         f"data.path={mechanics_data()}",
+        "fixed.batch_order=length_grouped",
         "data.max_eval_samples=16",
         "decoding.num_samples=2",
         "decoding.max_eval_samples=16",
