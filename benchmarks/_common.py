@@ -145,6 +145,21 @@ def search_space(data_dir: Path, model_dir: Path, storage: Path, name: str, args
     return space
 
 
+def one_model_settings(args, model_dir: Path) -> dict:
+    """The settings of one model trained on the bed outside a search (lora.py, batch_order.py): the
+    lengths, warm-up and weight decay of the search space's fixed part, and ``--batch-size``, ``--dialogue-format``."""
+    bundled = args.bed == "bundled"
+    return {
+        "model": str(model_dir),
+        "max_input_length": 192 if bundled else 256,
+        "max_target_length": 48 if bundled else 64,
+        "batch_size": args.batch_size,
+        "dialogue_format": args.dialogue_format,
+        "warmup_steps": 20,
+        "weight_decay": 0.01,
+    }
+
+
 def run(space_dict: dict):
     """Run one search in this process; returns (outcome, wall seconds)."""
     import logging

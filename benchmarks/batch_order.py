@@ -89,16 +89,7 @@ def main() -> None:
     args = p.parse_args()
     args.max_budget = 0  # the bed's own defaults for the rest
     data_dir, model_dir = _common.bed(args)
-    bundled = args.bed == "bundled"
-    base = {
-        "model": str(model_dir),
-        "max_input_length": 192 if bundled else 256,
-        "max_target_length": 48 if bundled else 64,
-        "batch_size": args.batch_size,
-        "dialogue_format": args.dialogue_format,
-        "warmup_steps": 20,
-        "weight_decay": 0.01,
-    }
+    base = _common.one_model_settings(args, model_dir)
     scratch = Path(tempfile.mkdtemp(prefix="tune_dialsum_batch_order_"))
     jobs = [
         {

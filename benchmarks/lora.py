@@ -137,15 +137,8 @@ def main() -> None:
     args.max_budget = 0  # the bed's own defaults for the rest
     data_dir, model_dir = _common.bed(args)
     budget = args.budget or (6400 if args.bed == "bundled" else 4000)
-    bundled = args.bed == "bundled"
     base = {
-        "model": str(model_dir),
-        "max_input_length": 192 if bundled else 256,
-        "max_target_length": 48 if bundled else 64,
-        "batch_size": args.batch_size,
-        "dialogue_format": args.dialogue_format,
-        "warmup_steps": 20,
-        "weight_decay": 0.01,
+        **_common.one_model_settings(args, model_dir),
         "generation_num_beams": 1,
         "lora_r": args.lora_r,
         "lora_alpha": 2.0 * args.lora_r,
