@@ -12,6 +12,9 @@ ASHA scheduler on both sides (transformers' Ray backend samples at random; ours 
   exported without the refit is measured too, and its time is the search's minus the refit's;
 - as before, the time from each search's start until it first reaches the best subset ROUGE-L both reach.
 
+Both sides search the same space unless ``--search-format``: then ours also searches how a dialogue is
+written (``dialogue_format``), which a user of tune_dialsum has and the peer's user does not.
+
 The last line prints, over the seeds, how often our delivered test ROUGE-L is at least the peer's and the
 median ratio of our time to a model over theirs (the issue's target: >= the peer's in 4 of 5 seeds at
 <= 0.6 of its time).
@@ -174,8 +177,9 @@ def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
     """Both searches with ``args.seed``: each side's delivered model, its time and test score; the time to
     the common best subset score."""
     space = _common.search_space(data_dir, model_dir, storage, f"vs-transformers-{args.seed}-{int(time.time())}", args)
-    space["fixed"]["dialogue_format"] = "standard"  # transformers' search cannot change the data format
-    del space["search"]["dialogue_format"]
+    if not args.search_format:  # the same space on both sides: transformers' search cannot change the data format
+        space["fixed"]["dialogue_format"] = "standard"
+        del space["search"]["dialogue_format"]
     if args.bed == "bundled":  # see run_transformers: batch 16 on both sides
         space["fixed"]["batch_size"] = 16
         del space["search"]["batch_size"]
@@ -277,6 +281,12 @@ def main() -> None:
     p = _common.comparison_parser(__doc__.splitlines()[0])
     p.add_argument("--refit", action="store_true", help="ours with selection.refit: true (and without, measured)")
     p.add_argument("--rung-metric", default=None, help="ours with this scheduler.rung_metric (default: the space's)")
+    p.add_argument(
+        "--search-format",
+        action="store_true",
+        help="ours searches the dialogue format too (standard, turns, compact), as the bundled spaces do; the peer "
+        "keeps standard: its search cannot change how a dialogue is written",
+    )
     p.add_argument("--json", type=Path, default=None, help="write every seed's row here")
     args = p.parse_args()
 
