@@ -8,6 +8,7 @@ import pytest
 from tests.conftest import run_cli, trial_results
 from tune_dialsum import export
 from tune_dialsum.checkpoints import best_checkpoint, find_checkpoints
+from tune_dialsum.contract import BEST_MODEL_DIR
 from tune_dialsum.errors import ExportError, UsageError
 from tune_dialsum.export import export_checkpoint
 
@@ -207,8 +208,13 @@ def test_export_command_on_a_real_experiment(tiny_search, tmp_path):
     out = tmp_path / "exported"
     completed = run_cli("export", str(experiment_dir), "--out", str(out))
     assert completed.returncode == 0, completed.stderr
+    # what the search chose (selection.json: not always the best subset score, see selection.py), as its own export has it
+    exported = json.loads((out / "tuning.json").read_text())
+    searched = json.loads((experiment_dir / BEST_MODEL_DIR / "tuning.json").read_text())
+    assert (exported["trial_id"], exported["step"]) == (searched["trial_id"], searched["step"])
     all_scores = [row["rougeL"] for rows in trial_results(experiment_dir).values() for row in rows]
-    assert json.loads((out / "tuning.json").read_text())["scores"]["rougeL"] == pytest.approx(max(all_scores))
+    assert exported["scores"]["rougeL"] == pytest.approx(searched["scores"]["rougeL"])
+    assert any(exported["scores"]["rougeL"] == pytest.approx(score) for score in all_scores)  # a score a trial reported
     again = run_cli("export", str(experiment_dir), "--out", str(out))
     assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
     onto_the_experiment = run_cli("export", str(experiment_dir), "--out", str(experiment_dir), "--force")
