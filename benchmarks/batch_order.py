@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import random
 import statistics
 import sys
 import tempfile
@@ -60,17 +59,21 @@ def one_run(job: dict) -> dict:
 
 
 def paired(runs: list[dict], order: str, against: str = "random") -> dict:
-    """``order`` against ``against`` over the (learning rate, seed) pairs both ran."""
+    """``order`` against ``against`` over the (learning rate, seed) pairs both ran: the paired bootstrap
+    the search reports differences with (``metrics.paired_difference``), over pairs instead of examples."""
+    from tune_dialsum.metrics import paired_difference
+
     by_key = {(r["order"], r["learning_rate"], r["seed"]): r for r in runs}
     keys = sorted({(lr, s) for o, lr, s in by_key if o == order and (against, lr, s) in by_key})
-    diffs = [by_key[(order, *k)]["test_rougeL"] - by_key[(against, *k)]["test_rougeL"] for k in keys]
+    ours = [by_key[(order, *k)]["test_rougeL"] for k in keys]
+    theirs = [by_key[(against, *k)]["test_rougeL"] for k in keys]
     ratios = [by_key[(order, *k)]["train_seconds"] / by_key[(against, *k)]["train_seconds"] for k in keys]
-    draw = random.Random(0)
-    means = sorted(statistics.fmean(draw.choices(diffs, k=len(diffs))) for _ in range(2000))
+    difference = paired_difference(ours, theirs)
+    diffs = [a - b for a, b in zip(ours, theirs, strict=True)]
     return {
         "pairs": len(diffs),
-        "mean_difference": statistics.fmean(diffs),
-        "interval": [means[49], means[1949]],
+        "mean_difference": difference.mean,
+        "interval": [difference.low, difference.high],
         "range": [min(diffs), max(diffs)],
         "wins": sum(d > 0 for d in diffs),
         "time_ratio": statistics.median(ratios),

@@ -22,6 +22,14 @@ from tune_dialsum.space_schema import SchedulerSection
 
 logger = logging.getLogger(__name__)
 
+# Settings that take one of a few names: what an error calls the value, and the names.
+ENUMERATED = {
+    "mixed_precision": ("precision", MIXED_PRECISION),
+    "dialogue_format": ("dialogue format", DIALOGUE_FORMATS),
+    "batch_order": ("batch order", BATCH_ORDERS),
+    "adapter": ("adapter", ADAPTERS),
+}
+
 # A trial's total and a worker's share name the same resource: setting one replaces the other.
 OTHER_SPELLING = {
     f"{kind}_per_{a}": f"{kind}_per_{b}"
@@ -76,14 +84,9 @@ class Checker:
         if kind is str:
             if not isinstance(value, str) or not value:
                 self.fail(key, f"expected a non-empty string but got {value!r}")
-            if name == "mixed_precision" and value not in MIXED_PRECISION:
-                self.fail(key, f"unknown precision {value!r}; use one of {', '.join(MIXED_PRECISION)}")
-            if name == "dialogue_format" and value not in DIALOGUE_FORMATS:
-                self.fail(key, f"unknown dialogue format {value!r}; use one of {', '.join(DIALOGUE_FORMATS)}")
-            if name == "batch_order" and value not in BATCH_ORDERS:
-                self.fail(key, f"unknown batch order {value!r}; use one of {', '.join(BATCH_ORDERS)}")
-            if name == "adapter" and value not in ADAPTERS:
-                self.fail(key, f"unknown adapter {value!r}; use one of {', '.join(ADAPTERS)}")
+            if name in ENUMERATED and value not in ENUMERATED[name][1]:
+                what, names = ENUMERATED[name]
+                self.fail(key, f"unknown {what} {value!r}; use one of {', '.join(names)}")
             if name == "lora_target_modules" and not target_module_names(value):
                 self.fail(key, f"expected module names such as q_proj,v_proj (or all-linear) but got {value!r}")
             if name == "model" and value.startswith("tiny:") and value[5:] not in FAMILIES:

@@ -317,8 +317,8 @@ class DialogueSummarizationTrainer:
             gradient_checkpointing=settings.gradient_checkpointing,
             label_smoothing_factor=settings.label_smoothing,
             # Batches of similar length pad less (0.79x the training time on the bundled bed) but made worse
-            # summaries there (-0.008 test ROUGE-L against random batches, 12 of 16 runs; BENCHMARKS.md, "Batch
-            # order"), whether transformers' mega-batches run longest first or are visited in random order.
+            # summaries there: -0.011 test ROUGE-L against random batches (worse in 13 of 16 runs), and -0.008
+            # visited in random order (12 of 16; BENCHMARKS.md, "Batch order").
             train_sampling_strategy="group_by_length" if settings.batch_order == "length_grouped" else "random",
             report_to="none",  # TensorBoard is attached in train() with our own log directory
             disable_tqdm=True,
