@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,8 +27,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Every Ray this test session starts keeps its session files, and its ray_current_cluster, in a
 # directory of its own: Ray's ray.init() joins the cluster that file names, so without this a
 # test's local Ray could join a ray.cluster_utils cluster of another test run on the same machine.
-SESSION_RAY_TMPDIR = tempfile.mkdtemp(prefix="tds-ray-", dir="/tmp")
-os.environ["RAY_TMPDIR"] = SESSION_RAY_TMPDIR
+# (A test module that imports this file as tests.conftest runs this again: it finds the directory made.)
+SESSION_RAY_TMPDIR = os.environ.get("TDS_SESSION_RAY_TMPDIR") or tempfile.mkdtemp(prefix="tds-ray-", dir="/tmp")
+os.environ["RAY_TMPDIR"] = os.environ["TDS_SESSION_RAY_TMPDIR"] = SESSION_RAY_TMPDIR
 
 
 def corpus_dir(name: str) -> Path:
@@ -225,18 +228,60 @@ def in_private_network(command: list[str]) -> list[str]:
     return ["unshare", "-n", "sh", "-c", f'{PRIVATE_NETWORK} && exec "$@"', "sh", *command]
 
 
-@pytest.fixture(scope="session")
-def tiny_search(tmp_path_factory):
-    """The offline demo search, run once for every test that needs a finished experiment.
+@dataclass
+class DemoRun:
+    """The offline demo search, running in a process of its own (see :func:`start_demo`)."""
 
-    It runs as a user runs it: ``python -m tune_dialsum search`` with nothing set in the
-    environment for Ray (no RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER), under a watcher that records every
-    address its process tree listens on, with Ray's session directory moved into the test's
-    directory (RAY_TMPDIR) so that everything the search leaves on disk can be looked at. Where a
-    private network namespace can be made, it runs in one (see PRIVATE_NETWORK); LISTENING_FILE
-    then holds what it bound. Returns (completed process, experiment directory).
-    """
-    root = tmp_path_factory.mktemp("demo")
+    process: subprocess.Popen
+    command: list[str]
+    root: Path  # the demo's storage, Ray session directory (a link), listening record and output
+    ray_tmp: Path
+    isolated: bool
+    threads_before: int | None = None  # torch's threads in this process while the demo runs beside it
+    completed: subprocess.CompletedProcess | None = None
+
+    def finish(self, timeout: int = 900) -> subprocess.CompletedProcess:
+        """Wait for it to end (once), and give this process its threads back."""
+        if self.completed is None:
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.stop()
+            finally:
+                self._restore_threads()
+            out, err = (self.root / "stdout.txt").read_text(), (self.root / "stderr.txt").read_text()
+            self.completed = subprocess.CompletedProcess(self.command, self.process.returncode, out, err)
+        return self.completed
+
+    def _restore_threads(self) -> None:
+        if self.threads_before:
+            import torch
+
+            torch.set_num_threads(self.threads_before)
+            self.threads_before = None
+
+    def stop(self) -> None:
+        """End it and whatever it started (its process group: it runs in a session of its own)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+_demo: list[DemoRun] = []  # the session's demo search, once started
+
+
+def start_demo() -> DemoRun:
+    """Start the offline demo search as a user runs it: ``python -m tune_dialsum search`` with nothing set
+    in the environment for Ray (no RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER), under a watcher that records every
+    address its process tree listens on, with Ray's session directory moved into the demo's directory
+    (RAY_TMPDIR) so that everything the search leaves on disk can be looked at. Where a private network
+    namespace can be made, it runs in one (see PRIVATE_NETWORK); LISTENING_FILE then holds what it bound."""
+    root = Path(tempfile.mkdtemp(prefix="tds-demo-", dir="/tmp"))
     storage, listening = root / "ray_results", root / LISTENING_FILE
     ray_tmp = short_ray_tmpdir()
     (root / "ray_tmp").symlink_to(ray_tmp)
@@ -246,19 +291,32 @@ def tiny_search(tmp_path_factory):
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "TUNE_DIALSUM_CACHE": str(root / "cache")}
     if isolated:  # the user's path; outside a private namespace the variable stays, to keep off the network
         env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-    completed = subprocess.run(
-        in_private_network(command) if isolated else command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
-    if not isolated:
-        listening.unlink(missing_ok=True)  # bound in this machine's namespace: not a test of anything
+    command = in_private_network(command) if isolated else command
+    with open(root / "stdout.txt", "w") as out, open(root / "stderr.txt", "w") as err:
+        process = subprocess.Popen(
+            command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True
+        )
+    return DemoRun(process, command, root, ray_tmp, isolated)
+
+
+@pytest.fixture(scope="session")
+def tiny_search():
+    """The offline demo search (:func:`start_demo`), run once for every test that needs a finished experiment.
+
+    It starts as soon as the session knows a test reads it (pytest_collection_finish), and runs while the
+    tests that start no search do (they come first: pytest_collection_modifyitems). Returns (completed
+    process, experiment directory).
+    """
+    if not _demo:  # the tests were not known when collection ended (a plugin reordered or added them)
+        _demo.append(start_demo())
+    demo = _demo[0]
+    completed = demo.finish()
+    if completed.returncode is None or completed.returncode < 0:
+        pytest.fail(f"the demo search did not end by itself (return code {completed.returncode}): {demo.root}")
+    if not demo.isolated:
+        (demo.root / LISTENING_FILE).unlink(missing_ok=True)  # bound in this machine's namespace: not a test
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    yield completed, storage / "tiny-demo"
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    return completed, demo.root / "ray_results" / "tiny-demo"
 
 
 # Ten short trials, one logical GPU each of two, full fine-tuning and LoRA ones mixed: no decoding stage, no test split.
@@ -314,11 +372,51 @@ def demo_root(experiment_dir: Path) -> Path:
     return experiment_dir.parent.parent
 
 
+def _reads_demo(item) -> bool:
+    return "tiny_search" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(config, items):
-    """A test that reads the shared demo search runs a real search: it is ``slow`` (not in ``make check``)."""
+    """A test that reads the shared demo search runs a real search: it is ``slow`` (not in ``make check``).
+
+    The tests that start no search run first, while the demo search runs beside them; then those that
+    read it; then the other searches, alone on the machine (some of them time what they wait for).
+    """
     for item in items:
-        if "tiny_search" in getattr(item, "fixturenames", ()):
+        if _reads_demo(item):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: 1 if _reads_demo(item) else 2 if item.get_closest_marker("slow") else 0)
+
+
+def pytest_collection_finish(session):
+    """Start the demo search once the tests are known, if one of them reads it."""
+    config = session.config
+    if config.option.collectonly or (session.testsfailed and not config.option.continue_on_collection_errors):
+        return  # nothing will run
+    if any(_reads_demo(item) for item in session.items) and not _demo:
+        _demo.append(start_demo())
+        # Its two trials take both cores: the tests beside it train on one thread, not two that would
+        # spin-wait for a core (torch's default here; given back once the demo has ended)
+        import torch
+
+        _demo[0].threads_before = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+
+def pytest_runtest_setup(item):
+    """The other searches run alone: a demo still running (its readers skipped, or reordered) ends first."""
+    if _demo and item.get_closest_marker("slow") and not _reads_demo(item):
+        _demo[0].finish()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The demo's files go with a passing session; after a failure they stay, for a look (the path is said)."""
+    for demo in _demo:
+        if exitstatus == 0:
+            demo.remove()
+        else:
+            demo.stop()
+            print(f"\nthe demo search's files are kept in {demo.root} (Ray's session directory: {demo.ray_tmp})")
 
 
 def pytest_unconfigure(config):

@@ -35,30 +35,6 @@ def test_tiny_model_loads_with_plain_from_pretrained_trains_and_generates(tiny_m
     assert isinstance(tokenizer.decode(generated[0], skip_special_tokens=True), str)
 
 
-def test_tiny_model_trains_a_few_hundred_steps_quickly(tiny_models, bundled_splits):
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_models["bart"]))
-    model = AutoModelForSeq2SeqLM.from_pretrained(str(tiny_models["bart"]))
-    frame = bundled_splits["train"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    start = time.perf_counter()
-    for step in range(200):
-        rows = frame.iloc[(step * 8) % 2392 : (step * 8) % 2392 + 8]
-        batch = tokenizer(
-            list(rows["dialogue"]),
-            text_target=list(rows["summary"]),
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=256,
-        )
-        batch["labels"][batch["labels"] == tokenizer.pad_token_id] = -100
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    # "well under a minute" for a few hundred steps; generous for a loaded CI machine
-    assert time.perf_counter() - start < 60
-
-
 def test_families_carry_the_guides_defaults():
     assert (FAMILIES["bart"].learning_rate, FAMILIES["t5"].learning_rate, FAMILIES["pegasus"].learning_rate) == (
         2e-5,
