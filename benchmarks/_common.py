@@ -189,6 +189,17 @@ def versions() -> dict[str, str]:
     return {name: version(name) for name in ("torch", "transformers", "ray", "optuna", "tune_dialsum")}
 
 
+def recorded_with(args, **details) -> dict:
+    """What a results file records of its run: the command, machine, versions and bed, and ``details``."""
+    return {
+        "command": " ".join(sys.argv),
+        "machine": machine(),
+        "versions": versions(),
+        "bed": args.bed,
+        **details,
+    }
+
+
 def comparison_parser(description: str) -> argparse.ArgumentParser:
     """The flags of a real side-by-side comparison repeated over seeds."""
     p = parser(description)

@@ -108,7 +108,7 @@ def main() -> None:
         for lr in args.learning_rates
         for order in args.orders
     ]
-    runs = []
+    runs, meta = [], _common.recorded_with(args, steps=args.steps)
     # maxtasksperchild=1: each run in a fresh process, whatever ran before it
     with multiprocessing.get_context("spawn").Pool(2, maxtasksperchild=1) as pool:
         for job, result in zip(jobs, pool.imap(one_run, jobs), strict=True):
@@ -116,7 +116,7 @@ def main() -> None:
             runs.append(run)
             print(json.dumps(run), flush=True)
             if args.json:
-                args.json.write_text(json.dumps({"meta": _meta(args), "runs": runs}, indent=1))
+                args.json.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     for order in [o for o in args.orders if o != "random" and "random" in args.orders]:
         c = paired(runs, order)
         print(
@@ -125,16 +125,6 @@ def main() -> None:
             f"{c['pairs']}; training time {c['time_ratio']:.2f}x random's (median)"
         )
     print(f"machine: {_common.machine()}")
-
-
-def _meta(args) -> dict:
-    return {
-        "command": " ".join(sys.argv),
-        "machine": _common.machine(),
-        "versions": _common.versions(),
-        "bed": args.bed,
-        "steps": args.steps,
-    }
 
 
 if __name__ == "__main__":

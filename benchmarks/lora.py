@@ -143,7 +143,7 @@ def main() -> None:
         "lora_r": args.lora_r,
         "lora_alpha": 2.0 * args.lora_r,
     }
-    runs = []
+    runs, meta = [], _common.recorded_with(args, budget=budget, eval_size=args.eval_size)
     scratch = Path(tempfile.mkdtemp(prefix="tune_dialsum_lora_"))
     spawn = multiprocessing.get_context("spawn")
     for seed in range(args.seeds):
@@ -163,7 +163,7 @@ def main() -> None:
             runs.append(run)
             print(json.dumps(run), flush=True)
             if args.json:
-                args.json.write_text(json.dumps({"meta": _meta(args, budget), "runs": runs}, indent=1))
+                args.json.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     for variant in args.variants:
         mine = [r for r in runs if r["variant"] == variant]
         print(
@@ -183,17 +183,6 @@ def main() -> None:
             f"{_median(mine, 'best_rougeL') - _median(full, 'best_rougeL'):+.4f}"
         )
     print(f"machine: {_common.machine()}")
-
-
-def _meta(args, budget: int) -> dict:
-    return {
-        "command": " ".join(sys.argv),
-        "machine": _common.machine(),
-        "versions": _common.versions(),
-        "bed": args.bed,
-        "budget": budget,
-        "eval_size": args.eval_size,
-    }
 
 
 if __name__ == "__main__":

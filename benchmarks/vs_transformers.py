@@ -65,7 +65,7 @@ def _retrain(make_trainer, hyperparameters: dict, model_dir: str) -> None:
     trainer.processing_class.save_pretrained(model_dir)
 
 
-def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space) -> tuple[Path, float]:
+def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space) -> tuple[Path, float, Path, dict]:
     """transformers' own search over what ``space`` (ours, parsed) searches, as alike as it allows:
     the same learning-rate range, lengths, budget, evaluations and ASHA rungs."""
     import ray
