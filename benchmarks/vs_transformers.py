@@ -1,7 +1,8 @@
 """tune_dialsum search against transformers' own Trainer.hyperparameter_search(backend="ray").
 
-Same data, model, learning-rate / batch-size / warm-up space (learning rate only on ``--bed bundled``), trial count, budget, concurrency and an
-ASHA scheduler on both sides (transformers' Ray backend samples at random; ours uses TPE). Measured:
+Same data, model, learning-rate / batch-size / warm-up space (no warm-up on ``--bed bundled``; ``--batch-sizes``
+with one value fixes the batch size), trial count, budget (in examples on the bundled bed: see ``_trial_budget``),
+concurrency and an ASHA scheduler on both sides (transformers' Ray backend samples at random; ours uses TPE). Measured:
 
 - what users get: each side's **time to a usable model** and that model's **test ROUGE-L** on every test
   row, scored by the same code (``scoring.score_model``, greedy as each model's generation config
@@ -23,6 +24,7 @@ median ratio of our time to a model over theirs (the issue's target: >= the peer
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import sys
@@ -53,16 +55,46 @@ def time_to(timeline, target: float) -> float:
 
 
 def _retrain(make_trainer, hyperparameters: dict, model_dir: str) -> None:
-    """``best_run.hyperparameters`` set on the trainer's arguments, trained again, saved (transformers' docs).
+    """``best_run.hyperparameters`` set in the training arguments, a trainer built with them, trained, saved.
 
-    The trainer is built here, in the worker: accelerate's state is per process, and a trainer
-    unpickled into another process finds none."""
-    trainer = make_trainer()
-    for name, value in hyperparameters.items():
-        setattr(trainer.args, name, value)
+    transformers' example sets them on an existing trainer's ``args`` (``setattr(trainer.args, n, v)``),
+    while its text says to set them before the Trainer is created; only the latter trains the chosen batch
+    size: a Trainer reads ``per_device_train_batch_size`` when it is built (``_train_batch_size``), and
+    only a search trial reads it again. The trainer is built here, in the worker: accelerate's state is
+    per process, and a trainer unpickled into another process finds none."""
+    trainer = make_trainer(hyperparameters)
     trainer.train()
     trainer.save_model(model_dir)
     trainer.processing_class.save_pretrained(model_dir)
+
+
+def _trial_budget(scheduler, batch: int, batch_searched: bool, train_rows: int) -> dict:
+    """The peer's trial budget and evaluation points, as TrainingArguments, equal to ours.
+
+    transformers counts a budget in steps or epochs, never in examples. Where ours counts steps (the
+    DialogSum bed) so does the peer. Where ours counts examples (the bundled bed) and the batch size is
+    fixed, its steps are our examples / batch. Where the batch size is searched too, a step budget would
+    give a batch-8 trial half the examples of a batch-16 one (or the batch-16 trial twice the work): the
+    peer's user counts epochs instead and evaluates at fractions of the run (``eval_steps`` below 1 is a
+    ratio of the run's steps), so every batch size trains our examples and reports at our rungs.
+    """
+    if scheduler.budget_unit == "samples" and batch_searched:
+        every = scheduler.eval_interval / scheduler.max_budget
+        return {
+            "max_steps": -1,
+            "num_train_epochs": scheduler.max_budget / train_rows,
+            "eval_steps": every,
+            "save_steps": every,
+            "logging_steps": every,
+        }
+    per_step = batch if scheduler.budget_unit == "samples" else 1
+    step = scheduler.eval_interval // per_step
+    return {
+        "max_steps": scheduler.max_budget // per_step,
+        "eval_steps": step,
+        "save_steps": step,
+        "logging_steps": step,
+    }
 
 
 def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space) -> tuple[Path, float, Path, dict]:
@@ -85,11 +117,8 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
     )
     splits = DialogueDataLoader(data_dir).load_splits()
     datasets = ours.load_and_prepare_data(splits["train"], val_df=splits["validation"].head(args.eval_size))
-    # transformers counts a trial's budget in steps whatever its batch size: where ours counts examples
-    # (the bundled bed) both sides train one fixed batch size, so its steps are our examples / batch
     batch = fixed.get("batch_size", 8)
-    per_step = batch if scheduler.budget_unit == "samples" else 1
-    max_steps, step = scheduler.max_budget // per_step, scheduler.eval_interval // per_step
+    budget = _trial_budget(scheduler, batch, "batch_size" in space.search, len(datasets["train"]))
     hp_space = {"learning_rate": tune.loguniform(*space.search["learning_rate"].bounds)}
     if "batch_size" in space.search:
         hp_space["per_device_train_batch_size"] = tune.choice(list(space.search["batch_size"].args))
@@ -98,14 +127,11 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
         hp_space["warmup_steps"] = tune.randint(low, high + 1)
     training_args = Seq2SeqTrainingArguments(
         output_dir=str(storage / "hf-scratch"),
-        max_steps=max_steps,
         per_device_train_batch_size=batch,
         warmup_steps=fixed.get("warmup_steps", 0),
         eval_strategy="steps",
-        eval_steps=step,
         save_strategy="steps",
-        save_steps=step,
-        logging_steps=step,
+        **budget,
         predict_with_generate=True,
         generation_num_beams=1,
         generation_max_length=fixed["max_target_length"],
@@ -117,10 +143,10 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
         seed=args.seed,
     )
 
-    def make_trainer():
+    def make_trainer(hyperparameters: dict | None = None):
         return Seq2SeqTrainer(
             model_init=lambda *_: AutoModelForSeq2SeqLM.from_pretrained(str(model_dir)),
-            args=training_args,
+            args=dataclasses.replace(training_args, **(hyperparameters or {})),
             train_dataset=datasets["train"],
             eval_dataset=datasets["validation"],
             processing_class=ours.tokenizer,
@@ -133,8 +159,8 @@ def run_transformers(data_dir: Path, model_dir: Path, storage: Path, args, space
     # a user has not, so its user waits for that too
     start = time.time()
     ray.init(include_dashboard=False, log_to_driver=False)
-    rungs = dict(
-        max_t=max_steps // step,
+    rungs = dict(  # in reports (Ray's training_iteration): one per evaluation, as ours
+        max_t=scheduler.max_budget // scheduler.eval_interval,
         grace_period=max(1, scheduler.grace_period // scheduler.eval_interval),
         reduction_factor=scheduler.reduction_factor,
     )
@@ -183,9 +209,11 @@ def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
     if not args.search_format:  # the same space on both sides: transformers' search cannot change the data format
         space["fixed"]["dialogue_format"] = "standard"
         del space["search"]["dialogue_format"]
-    if args.bed == "bundled":  # see run_transformers: batch 16 on both sides
-        space["fixed"]["batch_size"] = 16
+    if len(args.batch_sizes) == 1:  # on both sides
+        space["fixed"]["batch_size"] = args.batch_sizes[0]
         del space["search"]["batch_size"]
+    else:
+        space["search"]["batch_size"] = {"choice": args.batch_sizes}
     if args.refit:
         space["selection"] = {"refit": True}
     if args.rung_metric:
@@ -296,6 +324,13 @@ def main() -> None:
         action="store_true",
         help="ours searches the dialogue format too (standard, turns, compact), as the bundled spaces do; the peer "
         "keeps standard: its search cannot change how a dialogue is written",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[8, 16],
+        help="the batch sizes both sides search (one: both train it; the bundled runs before 2026-12-07 fixed 16)",
     )
     p.add_argument("--json", type=Path, default=None, help="write every seed's row here")
     args = p.parse_args()

@@ -127,6 +127,15 @@ def test_the_guides_group_by_length_flag_maps_onto_the_batch_order(tiny_models, 
     assert trainer.get_training_arguments(batch_order="length_grouped").train_sampling_strategy == "group_by_length"
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"), [("batch_order", "sorted"), ("mixed_precision", "fp32"), ("mixed_precision", True)]
+)
+def test_an_unknown_named_setting_is_refused_instead_of_training_with_another(tiny_models, tmp_path, setting, value):
+    trainer = DialogueSummarizationTrainer(str(tiny_models["t5"]), str(tmp_path))
+    with pytest.raises(UsageError, match=rf"^{setting}={value!r} is not one of .*; pass one of them$"):
+        trainer.get_training_arguments(**{setting: value})
+
+
 def test_memory_levers_reach_the_training_arguments(tiny_models, tmp_path):
     trainer = DialogueSummarizationTrainer(str(tiny_models["t5"]), str(tmp_path))
     args = trainer.get_training_arguments(gradient_checkpointing=True, mixed_precision="bf16")

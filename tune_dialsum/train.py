@@ -29,6 +29,7 @@ from tune_dialsum.data.splits import hold_out
 from tune_dialsum.errors import UsageError
 from tune_dialsum.metrics import RougeMetric, compute_rouge, is_degenerate
 from tune_dialsum.models import family_of, load_model_and_tokenizer
+from tune_dialsum.space_model import BATCH_ORDERS, MIXED_PRECISION
 from tune_dialsum.space_schema import TrialSettings
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,16 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _check_named_choices(settings: TrialSettings) -> None:
+    """A setting that takes one of a few names, checked where the API meets the caller: an unknown name
+    would otherwise train quietly with another (``batch_order`` random, ``mixed_precision`` bf16).
+    Space files are checked earlier, with the file and key in the message (space_checks.py)."""
+    for name, allowed in (("batch_order", BATCH_ORDERS), ("mixed_precision", MIXED_PRECISION)):
+        value = getattr(settings, name)
+        if value not in allowed:
+            raise UsageError(f"{name}={value!r} is not one of {', '.join(allowed)}; pass one of them")
 
 
 def precision_flags(choice: str = "auto") -> dict[str, bool]:
@@ -298,6 +309,7 @@ class DialogueSummarizationTrainer:
         """
         from transformers import Seq2SeqTrainingArguments
 
+        _check_named_choices(settings)
         settings = settings.for_family(self.family)
         arguments = dict(
             output_dir=self.output_dir,
