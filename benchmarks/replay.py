@@ -268,6 +268,7 @@ def variants(budget: int) -> dict[str, dict]:
             "scheduler.grace_period": 2 * eighth,
             "scheduler.eval_interval": eighth,
         },
+        "ours, first rung at half the budget": {"scheduler.grace_period": budget // 2},
         "ours, reduction factor 2": {"scheduler.reduction_factor": 2},
         "ours, reduction factor 4": {"scheduler.reduction_factor": 4},
         "ours, TPE start-up 3, reduction factor 4": {"trials.startup_trials": 3, "scheduler.reduction_factor": 4},

@@ -80,6 +80,8 @@ def _trial_budget(scheduler, batch: int, batch_searched: bool, train_rows: int) 
     """
     if scheduler.budget_unit == "samples" and batch_searched:
         every = scheduler.eval_interval / scheduler.max_budget
+        if every >= 1:  # transformers reads 1 as "every step", not as the whole run
+            sys.exit("a trial that evaluates once cannot be compared here: --max-budget above scheduler.eval_interval")
         return {
             "max_steps": -1,
             "num_train_epochs": scheduler.max_budget / train_rows,
@@ -330,7 +332,7 @@ def main() -> None:
         type=int,
         nargs="+",
         default=[8, 16],
-        help="the batch sizes both sides search (one: both train it; the bundled runs before 2026-12-07 fixed 16)",
+        help="the batch sizes both sides search (one: both train it; bundled runs before commit a2ba0f6 fixed 16)",
     )
     p.add_argument("--json", type=Path, default=None, help="write every seed's row here")
     args = p.parse_args()

@@ -141,6 +141,7 @@ def test_memory_levers_reach_the_training_arguments(tiny_models, tmp_path):
     args = trainer.get_training_arguments(gradient_checkpointing=True, mixed_precision="bf16")
     assert args.gradient_checkpointing and args.bf16 and not args.fp16
     assert not trainer.get_training_arguments(mixed_precision="no").bf16
+    assert not trainer.get_training_arguments(mixed_precision=False).bf16  # as a space file's `no`
     with pytest.raises(UsageError, match="mixed_precision fp16 needs a CUDA GPU.*use auto, bf16 or no"):
         trainer.get_training_arguments(mixed_precision="fp16")  # this machine has no GPU
 

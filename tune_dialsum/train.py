@@ -275,6 +275,8 @@ class DialogueSummarizationTrainer:
         if "group_by_length" in overrides:  # transformers 4's flag
             batch_order = "length_grouped" if overrides.pop("group_by_length") else "random"
         overrides.pop("logging_dir", None)  # logs always go to output_dir/logs (see train())
+        if mixed_precision is False:  # as in a space file, where YAML reads a bare `no` as false
+            mixed_precision = "no"
         ratio = 0 < float(warmup_steps) < 1
         settings = TrialSettings(
             model=self.model_name,
