@@ -9,7 +9,7 @@ concurrency and an ASHA scheduler on both sides (transformers' Ray backend sampl
   says), with its 95% bootstrap interval and the paired difference. Both clocks start before Ray does.
   Ours: the search as ``search`` runs it, until its exported model is written (the search then scores it on
   test; that whole wall time is recorded too). The peer's: its search, then the next step transformers' docs
-  give its users, a retrain with ``best_run.hyperparameters`` (``setattr(trainer.args, k, v)``, ``train()``);
+  give its users, a retrain with ``best_run.hyperparameters`` (a Trainer built with them, ``train()``: see ``_retrain``);
 - with ``--refit``, ours with ``selection.refit: true``; the test score of the checkpoint it would have
   exported without the refit is measured too, and its time is the search's minus the refit's;
 - as before, the time from each search's start until it first reaches the best subset ROUGE-L both reach.
@@ -68,6 +68,15 @@ def _retrain(make_trainer, hyperparameters: dict, model_dir: str) -> None:
     trainer.processing_class.save_pretrained(model_dir)
 
 
+def _counts_epochs(scheduler, batch_searched: bool) -> bool:
+    """Whether the peer's budget is in epochs (see ``_trial_budget``); exits where it cannot match ours."""
+    if scheduler.budget_unit != "samples" or not batch_searched:
+        return False
+    if scheduler.eval_interval >= scheduler.max_budget:  # transformers reads a ratio of 1 as "every step"
+        sys.exit("a trial that evaluates once cannot be compared here: --max-budget above scheduler.eval_interval")
+    return True
+
+
 def _trial_budget(scheduler, batch: int, batch_searched: bool, train_rows: int) -> dict:
     """The peer's trial budget and evaluation points, as TrainingArguments, equal to ours.
 
@@ -78,10 +87,8 @@ def _trial_budget(scheduler, batch: int, batch_searched: bool, train_rows: int) 
     peer's user counts epochs instead and evaluates at fractions of the run (``eval_steps`` below 1 is a
     ratio of the run's steps), so every batch size trains our examples and reports at our rungs.
     """
-    if scheduler.budget_unit == "samples" and batch_searched:
+    if _counts_epochs(scheduler, batch_searched):
         every = scheduler.eval_interval / scheduler.max_budget
-        if every >= 1:  # transformers reads 1 as "every step", not as the whole run
-            sys.exit("a trial that evaluates once cannot be compared here: --max-budget above scheduler.eval_interval")
         return {
             "max_steps": -1,
             "num_train_epochs": scheduler.max_budget / train_rows,
@@ -223,6 +230,7 @@ def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
     from tune_dialsum.space import parse_space
 
     parsed = parse_space(space, source="<vs_transformers>")
+    _counts_epochs(parsed.scheduler, "batch_size" in parsed.search)  # before our search, not after it
     start = time.time()
     outcome, ours_wall = _common.run(space)
     ours = best_so_far_timeline(outcome.experiment_dir, "rougeL", start)

@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 import math
 
-from tune_dialsum.adapters import ADAPTERS, target_module_names
-from tune_dialsum.data.formats import DIALOGUE_FORMATS
+from tune_dialsum.adapters import target_module_names
 from tune_dialsum.errors import SpaceError
 from tune_dialsum.models import FAMILIES
 from tune_dialsum.space_model import (
-    BATCH_ORDERS,
     DECODING_SETTINGS,
     DISTRIBUTIONS,
-    MIXED_PRECISION,
+    ENUMERATED,
     POSITIVE_SETTINGS,
     SETTINGS,
     Distribution,
@@ -21,14 +19,6 @@ from tune_dialsum.space_model import (
 from tune_dialsum.space_schema import SchedulerSection
 
 logger = logging.getLogger(__name__)
-
-# Settings that take one of a few names: what an error calls the value, and the names.
-ENUMERATED = {
-    "mixed_precision": ("precision", MIXED_PRECISION),
-    "dialogue_format": ("dialogue format", DIALOGUE_FORMATS),
-    "batch_order": ("batch order", BATCH_ORDERS),
-    "adapter": ("adapter", ADAPTERS),
-}
 
 # A trial's total and a worker's share name the same resource: setting one replaces the other.
 OTHER_SPELLING = {

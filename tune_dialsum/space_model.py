@@ -10,7 +10,8 @@ import logging
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from tune_dialsum.adapters import LORA_SETTINGS
+from tune_dialsum.adapters import ADAPTERS, LORA_SETTINGS
+from tune_dialsum.data.formats import DIALOGUE_FORMATS
 from tune_dialsum.models import family_of
 from tune_dialsum.space_schema import (
     SECTIONS,
@@ -35,6 +36,13 @@ SETTINGS: dict[str, type] = {f.name: f.metadata["kind"] for f in fields(TrialSet
 DEFAULT_SETTINGS = {f.name: f.default for f in fields(TrialSettings) if f.default is not None}
 MIXED_PRECISION = ("auto", "bf16", "fp16", "no")  # auto: bf16 where the GPU has it, else fp16; none on CPU
 BATCH_ORDERS = ("random", "length_grouped")  # how training batches are drawn (train.py says why random)
+# Settings that take one of a few names: what an error calls the value, and the names.
+ENUMERATED = {
+    "mixed_precision": ("precision", MIXED_PRECISION),
+    "dialogue_format": ("dialogue format", DIALOGUE_FORMATS),
+    "batch_order": ("batch order", BATCH_ORDERS),
+    "adapter": ("adapter", ADAPTERS),
+}
 # ``generate()`` settings the decoding stage searches, with their types.
 DECODING_SETTINGS: dict[str, type] = {
     "num_beams": int,

@@ -29,7 +29,7 @@ from tune_dialsum.data.splits import hold_out
 from tune_dialsum.errors import UsageError
 from tune_dialsum.metrics import RougeMetric, compute_rouge, is_degenerate
 from tune_dialsum.models import family_of, load_model_and_tokenizer
-from tune_dialsum.space_model import BATCH_ORDERS, MIXED_PRECISION
+from tune_dialsum.space_model import ENUMERATED
 from tune_dialsum.space_schema import TrialSettings
 
 logger = logging.getLogger(__name__)
@@ -92,8 +92,8 @@ def _check_named_choices(settings: TrialSettings) -> None:
     """A setting that takes one of a few names, checked where the API meets the caller: an unknown name
     would otherwise train quietly with another (``batch_order`` random, ``mixed_precision`` bf16).
     Space files are checked earlier, with the file and key in the message (space_checks.py)."""
-    for name, allowed in (("batch_order", BATCH_ORDERS), ("mixed_precision", MIXED_PRECISION)):
-        value = getattr(settings, name)
+    for name in ("batch_order", "mixed_precision"):  # dialogue_format: checked as the data is formatted
+        value, allowed = getattr(settings, name), ENUMERATED[name][1]
         if value not in allowed:
             raise UsageError(f"{name}={value!r} is not one of {', '.join(allowed)}; pass one of them")
 
