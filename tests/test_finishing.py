@@ -149,7 +149,7 @@ def test_a_time_budget_ends_the_trials_and_still_chooses_and_exports(
         (experiment / f"trial_{trial}" / "result.json").write_text(json.dumps(report) + "\n")
     rescored = []
 
-    def rescore(top, locations, settings, resources):
+    def rescore(top, locations, settings, resources, started=None):
         rescored.append([r.trial_id for r in top])
         return [
             selection.Candidate(r, r.scores["rougeL"], {"rougeL": r.scores["rougeL"], "examples": 3}, []) for r in top

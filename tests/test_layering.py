@@ -50,7 +50,7 @@ LAYERS = [
     # readers of an experiment: its checkpoints, its recorded choices, its scores
     ["checkpoints", "choices", "scoring", "analysis"],
     # the stages after the trials, in the order each may use the ones before it
-    ["selection", "export", "decoding", "tune_decoding", "refit", "report"],
+    ["selection", "early_rescoring", "export", "decoding", "tune_decoding", "refit", "report"],
     ["outcome", "finish"],
     ["tuner", "search", "dashboard"],
     ["cli", "__main__"],

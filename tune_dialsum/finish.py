@@ -27,6 +27,7 @@ from tune_dialsum.checkpoints import (
     trial_decoding,
 )
 from tune_dialsum.contract import BEST_MODEL_DIR, DECODING_DB, DECODING_FILE, REFIT_DIR, TERMINATED, TUNING_FILE
+from tune_dialsum.early_rescoring import EarlyRescoring
 from tune_dialsum.errors import SearchError, one_line
 from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.export import MODEL_CARD, export_checkpoint, record_scores
@@ -38,16 +39,32 @@ logger = logging.getLogger(__name__)
 
 
 def summarize(
-    results, space: SearchSpace, context: ExperimentContext, store: ExperimentStore, out_of_time: bool = False
+    results,
+    space: SearchSpace,
+    context: ExperimentContext,
+    store: ExperimentStore,
+    out_of_time: bool = False,
+    early: EarlyRescoring | None = None,
 ) -> SearchOutcome:
     """Classify every trial (outcome.py), then choose, export and trim (:class:`Finish`).
 
     ``results`` are this run's; trials of earlier runs of the experiment (a search continued with
     more trials) are read from their directories. ``out_of_time``: ``trials.time_budget_s`` ended the
     run, so trials it stopped have ended (as if stopped early) and those it never started never will.
+    ``early``: the re-scoring tasks started while the last trials trained.
     """
     outcome = classify(results, space, context, store, out_of_time)
-    return Finish(outcome, space, context, store).run()
+    return Finish(outcome, space, context, store, early=early).run()
+
+
+def rescores(space: SearchSpace, context: ExperimentContext) -> bool:
+    """Whether a finished search re-scores its best checkpoints on all of validation.
+
+    ROUGE is re-scored by decoding; a loss objective is not (the subset's loss is what ranks). A refit
+    is compared with the chosen checkpoint on all of validation, so it needs the re-scoring.
+    """
+    subset = context.data.max_eval_samples is not None or space.selection.refit
+    return subset and space.metric != "eval_loss"
 
 
 @dataclass
@@ -57,6 +74,7 @@ class Finish:
     context: ExperimentContext
     store: ExperimentStore
     records: list = field(default_factory=list)  # checkpoints.CheckpointRecord: every checkpoint kept
+    early: EarlyRescoring | None = None  # re-scoring tasks started while the last trials trained
 
     @property
     def finished(self) -> bool:
@@ -83,10 +101,7 @@ class Finish:
         score it on test."""
         outcome, space = self.outcome, self.space
         chosen = best_checkpoint(self.records, space.metric, space.mode)
-        # ROUGE is re-scored by decoding; a loss objective is not (the subset's loss is what ranks)
-        # (a refit is compared with the chosen checkpoint on all of validation, so it needs the re-scoring)
-        subset = self.context.data.max_eval_samples is not None or space.selection.refit
-        rescoring = subset and self.finished and space.metric != "eval_loss"
+        rescoring = rescores(space, self.context) and self.finished
         if rescoring:
             chosen = self._rescore()
             if space.selection.refit:
@@ -108,7 +123,8 @@ class Finish:
         top = selection.top_by_subset(self.records, space.metric, space.mode, space.selection.top_k)
         try:
             locations = [store.where(r.path) for r in top]
-            outcome.candidates = selection.rescore(top, locations, self.context, space.resources)
+            started = self.early.take(top) if self.early else None
+            outcome.candidates = selection.rescore(top, locations, self.context, space.resources, started=started)
         except Exception as err:  # noqa: BLE001 (a model that cannot be scored must not cost the search its export)
             outcome.stage_failures["re-scoring"] = one_line(err)
             logger.warning("re-scoring failed (%s); exporting the best by the ranking score", one_line(err))

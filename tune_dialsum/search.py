@@ -28,9 +28,10 @@ from tune_dialsum.contract import (
     TRIAL_DIR_PREFIX,
 )
 from tune_dialsum.data_parallel import release_placement_groups
+from tune_dialsum.early_rescoring import EarlyRescoring
 from tune_dialsum.errors import UsageError
 from tune_dialsum.experiment_context import ExperimentContext, experiment_context
-from tune_dialsum.finish import summarize
+from tune_dialsum.finish import rescores, summarize
 from tune_dialsum.lock import experiment_lock
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
 from tune_dialsum.outcome import SearchOutcome, format_summary
@@ -174,10 +175,14 @@ def _run_locked(
             results = _timed_fit(tuner, fits)
             store.pull(checkpoint_files=())  # for a URI: the trial directories the restored run wrote
         more = space.trials.num_samples - (len(recorded_trial_ids(store.local)) if resume else 0)
+        early = None
         if more > 0 and not interrupted(results, context):
             # a new search, or more trials for a finished one: Optuna's study holds every earlier trial
             callbacks = [_trial_runs(tracked, context)] if tracked else []
             callbacks += [_study_push(store)] if store.remote else []
+            if rescores(space, context) and not resume and not store.remote:
+                early = EarlyRescoring(space, context, store.local, more)
+                callbacks.append(early.callback())
             results += _timed_fit(build_tuner(space, context, store, more, resume, callbacks, at_once), fits)
         store.push_study(store.local / OPTUNA_DB)
         if space.resources.data_parallel:  # what trials stopped between reports still hold, and what they staged
@@ -188,7 +193,9 @@ def _run_locked(
         # (a Ctrl-C ends a run before its budget)
         budget = space.trials.time_budget_s
         out_of_time = budget is not None and any(seconds >= budget - 1 for seconds in fits)
-        outcome = summarize(results, space, context, store, out_of_time=out_of_time)
+        outcome = summarize(results, space, context, store, out_of_time=out_of_time, early=early)
+        if early is not None:
+            early.cancel()  # what the re-scoring did not take (all of it, where the search was interrupted)
         outcome.at_once = at_once
         outcome.workers_per_trial = space.resources.workers_per_trial
         outcome.scratch_bytes = session_scratch_bytes() if started_ray else None

@@ -44,6 +44,7 @@ class Candidate:
     full: dict  # every score on the whole validation split (with "intervals" and "degenerate")
     per_example: list[float] = field(default_factory=list, repr=False)  # the objective per validation example
     versus_leader: Difference | None = None  # leader minus this one, paired over the same examples
+    scored_during_trials: bool = False  # on a slot the last trials left free (early_rescoring.py)
 
     @property
     def degenerate(self) -> bool:
@@ -65,6 +66,7 @@ class Candidate:
             "eval_loss": None if math.isnan(self.loss) else self.loss,
             "degenerate": self.degenerate,
             "difference_from_leader": self.versus_leader.as_list() if self.versus_leader else None,
+            "scored_during_trials": self.scored_during_trials,
         }
 
 
@@ -76,27 +78,42 @@ def top_by_subset(records: list[CheckpointRecord], metric: str, mode: str, k: in
 
 
 def rescore(
-    candidates: list[CheckpointRecord], locations: list[str], context: ExperimentContext, resources: ResourcesSection
+    candidates: list[CheckpointRecord],
+    locations: list[str],
+    context: ExperimentContext,
+    resources: ResourcesSection,
+    started: dict | None = None,
 ) -> list[Candidate]:
-    """Each candidate's scores on the whole validation split, decoded as its trial was scored; in parallel."""
+    """Each candidate's scores on the whole validation split, decoded as its trial was scored; in parallel.
+
+    ``started``: scoring tasks already under way for some checkpoints, by path (early_rescoring.py); a
+    candidate among them is not scored again, unless its task failed.
+    """
     tasks = scoring_tasks(resources)
+    started = started or {}
     handles = [
-        tasks.submit(
-            score_model,
-            location,
-            context,
-            "validation",
-            trial_decoding(record.snapshot.get("config", {})),
-            per_example=True,
-        )
+        started.get(record.path) or score_task(tasks, record, location, context)
         for record, location in zip(candidates, locations, strict=True)
     ]
     key = score_key(context.objective.metric)
     scored = []
-    for record, full in zip(candidates, [tasks.result(h) for h in handles], strict=True):
+    for record, location, handle in zip(candidates, locations, handles, strict=True):
+        early = handle is started.get(record.path)
+        try:
+            full = tasks.result(handle)
+        except Exception:  # noqa: BLE001 (scored while its trial's neighbours trained: scored again, as any other)
+            if not early:
+                raise
+            full, early = tasks.result(score_task(tasks, record, location, context)), False
         each = full.pop("per_example")
-        scored.append(Candidate(record, record.scores[key], full, each.get(key, [])))
+        scored.append(Candidate(record, record.scores[key], full, each.get(key, []), scored_during_trials=early))
     return scored
+
+
+def score_task(tasks, record: CheckpointRecord, location: str, context: ExperimentContext):
+    """A task scoring ``record`` on the whole validation split, decoded as its trial was scored."""
+    decoding = trial_decoding(record.snapshot.get("config", {}))
+    return tasks.submit(score_model, location, context, "validation", decoding, per_example=True)
 
 
 def ranked(candidates: list[Candidate], metric: str, mode: str) -> list[Candidate]:
