@@ -123,3 +123,24 @@ def test_a_checkpoint_whose_early_scoring_failed_is_scored_again(experiment):
         a1: False,
         str(root / "trial_b" / "checkpoint_000001"): True,
     }
+
+
+def test_an_error_while_scoring_early_does_not_reach_tune(experiment, monkeypatch, caplog):
+    """A Tune callback that raises ends the search: the callback warns once and leaves the re-scoring for later."""
+    import tune_dialsum.early_rescoring as early_rescoring
+
+    root, space = experiment
+    calls = []
+
+    def broken(_experiment_dir):
+        calls.append(1)
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(early_rescoring, "find_checkpoints", broken)
+    with executor.installed(_RecordingTasks()):
+        early = EarlyRescoring(space, experiment_context(space), root, num_samples=1)
+        callback = early.callback()
+        callback.on_trial_complete(0, [_Trial("TERMINATED")], None)
+        callback.on_checkpoint(0, [_Trial("TERMINATED")], None, None)
+    assert calls == [1] and early.failed and early.started == {}
+    assert "re-scoring during the trials stopped (disk gone); it runs after them" in caplog.text

@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 
 from tune_dialsum.checkpoints import CheckpointRecord, find_checkpoints
+from tune_dialsum.errors import one_line
 from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.scoring import scoring_tasks
 from tune_dialsum.selection import score_task, top_by_subset
@@ -39,6 +40,7 @@ class EarlyRescoring:
         self.num_samples = num_samples  # the trials this run starts
         self.tasks = scoring_tasks(space.resources)
         self.started: dict[Path, object] = {}
+        self.failed = False  # an error while submitting: what is left is scored after the trials
 
     def on_progress(self, trials: list) -> None:
         """Called as trials report and end: once all have started, score the current top checkpoints."""
@@ -75,9 +77,18 @@ class EarlyRescoring:
 
         class ScoreOnFreeSlots(Callback):
             def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-                early.on_progress(trials)
+                self._progress(trials)
 
             def on_trial_complete(self, iteration, trials, trial, **info):
-                early.on_progress(trials)
+                self._progress(trials)
+
+            def _progress(self, trials):
+                if early.failed:
+                    return
+                try:
+                    early.on_progress(trials)
+                except Exception as err:  # noqa: BLE001 (an error here would end Tune's run: the re-scoring waits instead)
+                    early.failed = True
+                    logger.warning("re-scoring during the trials stopped (%s); it runs after them", one_line(err))
 
         return ScoreOnFreeSlots()
