@@ -1,12 +1,16 @@
 """Re-scoring on the slots the last trials leave free (early_rescoring.py), without Ray.
 
-The scoring tasks are recorded by a fake executor: what is tested is when they start, which
-checkpoints they score, and that the re-scoring after the trials uses them instead of scoring again.
+The scoring tasks are recorded by a fake executor, and the Tune callback is called as Tune calls it
+(keywords): what is tested is when tasks start, which checkpoints they score, and that the
+re-scoring after the trials uses them instead of scoring again, only where they scored the candidate.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -26,7 +30,7 @@ class _Handle:
 
 
 class _RecordingTasks:
-    """Scores each model at the ROUGE-L its trial reported (read from its path), and records what it did."""
+    """Scores each model at 0.5 + its checkpoint index / 100, and records what it did."""
 
     def __init__(self, failing: set[str] = frozenset()):
         self.submitted: list[str] = []
@@ -40,7 +44,7 @@ class _RecordingTasks:
 
     def result(self, handle: _Handle) -> dict:
         if handle.fails:
-            self.failing = self.failing - {handle.path}  # the checkpoint was being written: scored again, it works
+            self.failing = self.failing - {handle.path}  # the next task on it works
             raise RuntimeError("ray::score_model() failed: no such file")
         score = 0.5 + int(handle.path.rsplit("checkpoint_", 1)[1]) / 100
         return {"rougeL": score, "examples": 3, "per_example": {"rougeL": [score] * 3}, "intervals": {}}
@@ -52,6 +56,10 @@ class _RecordingTasks:
 @dataclass
 class _Trial:
     status: str
+
+
+def _path(root: Path, trial: str, index: int) -> str:
+    return str(root / f"trial_{trial}" / f"checkpoint_{index:06d}")
 
 
 @pytest.fixture
@@ -69,20 +77,42 @@ def experiment(tmp_path, tiny_models):
     return root, space
 
 
-def test_scoring_starts_only_once_every_trial_has_started(experiment):
+def _reported(callback, root: Path, trials: list, *checkpoints: tuple[str, int]) -> None:
+    """Tune received these checkpoints (as its controller calls the callback)."""
+    for trial, index in checkpoints:
+        checkpoint = SimpleNamespace(path=_path(root, trial, index))
+        callback.on_checkpoint(iteration=1, trials=trials, trial=None, checkpoint=checkpoint)
+
+
+def _received_all(early: EarlyRescoring, root: Path) -> None:
+    """Tune has received every checkpoint on disk (the callback has seen each, earlier)."""
+    early.reported |= set(root.glob("*/checkpoint_*"))
+
+
+def test_scoring_starts_once_every_trial_has_started_on_checkpoints_tune_received(experiment):
     root, space = experiment
     tasks = _RecordingTasks()
     with executor.installed(tasks):
         early = EarlyRescoring(space, experiment_context(space), root, num_samples=3)
-        early.on_progress([_Trial("RUNNING"), _Trial("TERMINATED")])  # a third trial is still to come
-        early.on_progress([_Trial("RUNNING"), _Trial("TERMINATED"), _Trial("PENDING")])  # it waits for a slot
+        callback = early.callback()
+        _received_all(early, root)
+        _reported(callback, root, [_Trial("RUNNING"), _Trial("TERMINATED")], ("a", 1))  # a third trial is to come
+        _reported(callback, root, [_Trial("RUNNING"), _Trial("TERMINATED"), _Trial("PENDING")])  # it waits for a slot
         assert tasks.submitted == []
-        early.on_progress([_Trial("RUNNING"), _Trial("TERMINATED"), _Trial("RUNNING")])
-        early.on_progress([_Trial("TERMINATED"), _Trial("TERMINATED"), _Trial("RUNNING")])  # nothing new to score
-    assert sorted(tasks.submitted) == [
-        str(root / "trial_a" / "checkpoint_000001"),
-        str(root / "trial_b" / "checkpoint_000001"),
-    ]
+        everyone = [_Trial("RUNNING"), _Trial("TERMINATED"), _Trial("RUNNING")]
+        callback.on_trial_complete(iteration=2, trials=everyone, trial=None)
+        callback.on_trial_complete(iteration=3, trials=everyone, trial=None)  # nothing new to score
+    assert sorted(tasks.submitted) == [_path(root, "a", 1), _path(root, "b", 1)]
+
+
+def test_a_checkpoint_tune_has_not_received_is_not_scored(experiment):
+    """One on disk before Tune has it may still be being copied there."""
+    root, space = experiment
+    tasks = _RecordingTasks()
+    with executor.installed(tasks):
+        callback = EarlyRescoring(space, experiment_context(space), root, num_samples=1).callback()
+        _reported(callback, root, [_Trial("RUNNING")], ("b", 1), ("c", 1))  # a@1, the best, not received yet
+    assert sorted(tasks.submitted) == [_path(root, "b", 1), _path(root, "c", 1)]
 
 
 def test_the_rescoring_uses_what_was_scored_early_and_cancels_what_is_no_longer_a_candidate(experiment, tiny_models):
@@ -91,38 +121,60 @@ def test_the_rescoring_uses_what_was_scored_early_and_cancels_what_is_no_longer_
     context = experiment_context(space)
     with executor.installed(tasks):
         early = EarlyRescoring(space, context, root, num_samples=1)
-        early.on_progress([_Trial("RUNNING")])  # a@1 and b@1 lead
+        callback = early.callback()
+        _received_all(early, root)
+        callback.on_trial_complete(iteration=1, trials=[_Trial("RUNNING")], trial=None)  # a@1 and b@1 lead
         _fake_checkpoint(root, "c", 2, 200, 0.7, tiny_models["bart"])  # the last trial overtakes b
-        early.on_progress([_Trial("RUNNING")])
-        top = selection.top_by_subset(find_checkpoints(root), space.metric, space.mode, space.selection.top_k)
-        started = early.take(top)
-        candidates = selection.rescore(top, [str(r.path) for r in top], context, space.resources, started=started)
-    c2, a1, b1 = (str(root / f"trial_{t}" / f"checkpoint_00000{i}") for t, i in (("c", 2), ("a", 1), ("b", 1)))
-    assert sorted(tasks.submitted) == sorted([a1, b1, c2])  # each scored once
-    assert tasks.cancelled == [b1]  # b@1 fell out of the top 2
-    assert [(str(c.record.path), c.full["rougeL"], c.scored_during_trials) for c in candidates] == [
-        (c2, 0.52, True),
-        (a1, 0.51, True),
-    ]
-
-
-def test_a_checkpoint_whose_early_scoring_failed_is_scored_again(experiment):
-    root, space = experiment
-    a1 = str(root / "trial_a" / "checkpoint_000001")
-    tasks = _RecordingTasks(failing={a1})
-    context = experiment_context(space)
-    with executor.installed(tasks):
-        early = EarlyRescoring(space, context, root, num_samples=1)
-        early.on_progress([_Trial("RUNNING")])
+        _reported(callback, root, [_Trial("RUNNING")], ("c", 2))
+        assert tasks.cancelled == [_path(root, "b", 1)]  # b@1 fell out of the top 2: its slot is freed at once
         top = selection.top_by_subset(find_checkpoints(root), space.metric, space.mode, space.selection.top_k)
         candidates = selection.rescore(
             top, [str(r.path) for r in top], context, space.resources, started=early.take(top)
         )
-    assert tasks.submitted.count(a1) == 2
+    assert sorted(tasks.submitted) == sorted([_path(root, "a", 1), _path(root, "b", 1), _path(root, "c", 2)])
+    assert [(str(c.record.path), c.full["rougeL"], c.scored_during_trials) for c in candidates] == [
+        (_path(root, "c", 2), 0.52, True),
+        (_path(root, "a", 1), 0.51, True),
+    ]
+
+
+def test_a_checkpoint_rewritten_at_the_same_path_is_scored_again(experiment):
+    """A trial retried after a crash writes its next checkpoint where it wrote one Tune never received."""
+    root, space = experiment
+    tasks = _RecordingTasks()
+    context = experiment_context(space)
+    with executor.installed(tasks):
+        early = EarlyRescoring(space, context, root, num_samples=1)
+        _received_all(early, root)
+        early.callback().on_trial_complete(iteration=1, trials=[_Trial("RUNNING")], trial=None)
+        state = Path(_path(root, "a", 1)) / "trainer_state.json"
+        history = [{"step": 250, "eval_loss": 0.9, "eval_rougeL": 0.66, "eval_rouge1": 0.66}]
+        state.write_text(json.dumps({"global_step": 250, "log_history": history}))
+        top = selection.top_by_subset(find_checkpoints(root), space.metric, space.mode, space.selection.top_k)
+        candidates = selection.rescore(
+            top, [str(r.path) for r in top], context, space.resources, started=early.take(top)
+        )
+    assert tasks.submitted.count(_path(root, "a", 1)) == 2 and tasks.cancelled == [_path(root, "a", 1)]
     assert {str(c.record.path): c.scored_during_trials for c in candidates} == {
-        a1: False,
-        str(root / "trial_b" / "checkpoint_000001"): True,
+        _path(root, "a", 1): False,
+        _path(root, "b", 1): True,
     }
+
+
+def test_a_checkpoint_whose_early_scoring_failed_is_scored_again(experiment):
+    root, space = experiment
+    tasks = _RecordingTasks(failing={_path(root, "a", 1)})
+    context = experiment_context(space)
+    with executor.installed(tasks):
+        early = EarlyRescoring(space, context, root, num_samples=1)
+        _received_all(early, root)
+        early.callback().on_trial_complete(iteration=1, trials=[_Trial("RUNNING")], trial=None)
+        top = selection.top_by_subset(find_checkpoints(root), space.metric, space.mode, space.selection.top_k)
+        candidates = selection.rescore(
+            top, [str(r.path) for r in top], context, space.resources, started=early.take(top)
+        )
+    assert tasks.submitted.count(_path(root, "a", 1)) == 2
+    assert [(c.full["rougeL"], c.scored_during_trials) for c in candidates] == [(0.51, False), (0.51, True)]
 
 
 def test_an_error_while_scoring_early_does_not_reach_tune(experiment, monkeypatch, caplog):
@@ -140,7 +192,23 @@ def test_an_error_while_scoring_early_does_not_reach_tune(experiment, monkeypatc
     with executor.installed(_RecordingTasks()):
         early = EarlyRescoring(space, experiment_context(space), root, num_samples=1)
         callback = early.callback()
-        callback.on_trial_complete(0, [_Trial("TERMINATED")], None)
-        callback.on_checkpoint(0, [_Trial("TERMINATED")], None, None)
+        callback.on_trial_complete(iteration=1, trials=[_Trial("TERMINATED")], trial=None)
+        _reported(callback, root, [_Trial("TERMINATED")], ("a", 1))
     assert calls == [1] and early.failed and early.started == {}
     assert "re-scoring during the trials stopped (disk gone); it runs after them" in caplog.text
+
+
+def test_a_resumed_search_gets_a_callback_that_does_nothing(experiment):
+    """Tune pickles its callbacks with the experiment (tuner.pkl) and a resumed run calls them again."""
+    from ray import cloudpickle
+    from ray.tune import Callback
+
+    root, space = experiment
+    tasks = _RecordingTasks()
+    with executor.installed(tasks):
+        restored = cloudpickle.loads(
+            cloudpickle.dumps(EarlyRescoring(space, experiment_context(space), root, 1).callback())
+        )
+        assert type(restored) is Callback
+        _reported(restored, root, [_Trial("RUNNING")], ("a", 1), ("b", 1))
+    assert tasks.submitted == []

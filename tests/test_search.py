@@ -82,6 +82,8 @@ def test_the_export_is_the_best_of_the_top_checkpoints_on_all_of_validation(tiny
     selection = json.loads((experiment_dir / "selection.json").read_text())
     candidates = selection["candidates"]
     assert len(candidates) == 3  # selection.top_k
+    # once all 8 trials had started, the best so far were scored beside the last ones (early_rescoring.py)
+    assert any(c["scored_during_trials"] for c in candidates)
     subset_scores = sorted(
         (row["rougeL"] for rows in trial_results(experiment_dir).values() for row in rows), reverse=True
     )

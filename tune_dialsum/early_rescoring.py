@@ -2,19 +2,21 @@
 
 At the end of a search the last trials often train alone: ASHA lets one or two trials run to the
 full budget after every other has stopped, and no trial is left to take the freed slots (in the
-8-trial searches of the bundled bed, one of two cores stood idle for the last 22-24 s). The search
+8-trial searches of the bundled bed, one of two cores stood idle for the last 5 to 24 s). The search
 then re-scores its ``selection.top_k`` best checkpoints on all of validation (selection.py), in
 processes that must first import torch and the model's code (about 5 of the 8 s it took there).
 
 So once every trial of a run has started, the checkpoints that are the ``top_k`` best by subset
-score at that moment are scored as they appear, as the same tasks the re-scoring submits (a task
-waits for a free slot: no trial is left to need it). The re-scoring then uses each result whose
-checkpoint is still a candidate, scores only the others (on workers that imported torch already),
-and cancels the rest. The choice is the one a re-scoring after the trials would make: the same
-candidates, scored by the same function.
+score at that moment, among those Tune has received, are scored as they appear, by the same tasks
+the re-scoring submits (a task waits for a free slot; only a trial retried after a crash may then
+wait for one, a few seconds). After the trials the re-scoring takes each result whose checkpoint is
+still a candidate, unchanged, scores only the others and cancels the rest: the candidates and their
+scores are the ones a re-scoring after the trials gives. (The tasks run beside the last trials, so
+those trials' timing, and with it which of two reports first, can differ from a search without them.)
 
 Only where trials write to a local directory (a URI store's checkpoints reach this machine only
-after the trials), and only in a run that starts its trials anew (not a resumed one).
+after the trials), in a run that starts its trials anew (not a resumed one) and with one process per
+trial (Tune counts a data-parallel trial as running before its workers have their slots).
 """
 
 from __future__ import annotations
@@ -33,39 +35,51 @@ logger = logging.getLogger(__name__)
 
 
 class EarlyRescoring:
-    """The scoring tasks started during the trials, by checkpoint path."""
+    """The scoring tasks started during the trials, by checkpoint path, with the record each one scored."""
 
     def __init__(self, space: SearchSpace, context: ExperimentContext, experiment_dir: Path, num_samples: int):
         self.space, self.context, self.experiment_dir = space, context, experiment_dir
         self.num_samples = num_samples  # the trials this run starts
         self.tasks = scoring_tasks(space.resources)
-        self.started: dict[Path, object] = {}
+        # checkpoints Tune has received: one found on disk before that may still be being copied there
+        self.reported: set[Path] = set()
+        self.started: dict[Path, tuple[CheckpointRecord, object]] = {}
         self.failed = False  # an error while submitting: what is left is scored after the trials
 
     def on_progress(self, trials: list) -> None:
-        """Called as trials report and end: once all have started, score the current top checkpoints."""
+        """Called as trials report and end: once all have started, score the current top checkpoints
+        (and cancel what fell out of them)."""
         if len(trials) < self.num_samples or any(t.status == "PENDING" for t in trials):
             return  # a slot that frees up now goes to a trial
         space = self.space
-        for record in top_by_subset(
-            find_checkpoints(self.experiment_dir), space.metric, space.mode, space.selection.top_k
-        ):
-            if record.path not in self.started:
-                self.started[record.path] = score_task(self.tasks, record, str(record.path), self.context)
+        reported = [r for r in find_checkpoints(self.experiment_dir) if r.path in self.reported]
+        top = {r.path: r for r in top_by_subset(reported, space.metric, space.mode, space.selection.top_k)}
+        for path in [p for p in self.started if p not in top]:
+            self.tasks.cancel(self.started.pop(path)[1])
+        for path, record in top.items():
+            if path not in self.started:
+                self.started[path] = (record, score_task(self.tasks, record, str(path), self.context))
 
     def take(self, candidates: list[CheckpointRecord]) -> dict[Path, object]:
-        """The tasks started for ``candidates``; every other one is cancelled."""
-        wanted = {r.path for r in candidates}
-        taken = {path: handle for path, handle in self.started.items() if path in wanted}
-        self.started = {path: handle for path, handle in self.started.items() if path not in wanted}
+        """The tasks started for ``candidates`` as they are now; every other one is cancelled.
+
+        A task is taken only where it scored the very record that is a candidate: a trial retried after a
+        crash writes its next checkpoint at the path of one it wrote before Tune received it.
+        """
+        taken = {}
+        for candidate in candidates:
+            record, handle = self.started.get(candidate.path, (None, None))
+            if record == candidate:
+                taken[candidate.path] = handle
+                del self.started[candidate.path]
         self.cancel()
         if taken:
-            logger.info("%d of %d candidates were re-scored while the last trials trained", len(taken), len(wanted))
+            logger.info("%d of %d candidates were submitted for scoring during the trials", len(taken), len(candidates))
         return taken
 
     def cancel(self) -> None:
         """Cancel the tasks not taken (an interrupted search re-scores nothing)."""
-        for handle in self.started.values():
+        for _, handle in self.started.values():
             self.tasks.cancel(handle)
         self.started = {}
 
@@ -77,6 +91,7 @@ class EarlyRescoring:
 
         class ScoreOnFreeSlots(Callback):
             def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+                early.reported.add(Path(checkpoint.path))
                 self._progress(trials)
 
             def on_trial_complete(self, iteration, trials, trial, **info):
@@ -90,5 +105,10 @@ class EarlyRescoring:
                 except Exception as err:  # noqa: BLE001 (an error here would end Tune's run: the re-scoring waits instead)
                     early.failed = True
                     logger.warning("re-scoring during the trials stopped (%s); it runs after them", one_line(err))
+
+            def __reduce__(self):
+                # Tune pickles its callbacks with the experiment (tuner.pkl): a resumed run gets a callback
+                # that does nothing, not one submitting tasks that no re-scoring takes
+                return Callback, ()
 
         return ScoreOnFreeSlots()

@@ -180,7 +180,8 @@ def _run_locked(
             # a new search, or more trials for a finished one: Optuna's study holds every earlier trial
             callbacks = [_trial_runs(tracked, context)] if tracked else []
             callbacks += [_study_push(store)] if store.remote else []
-            if rescores(space, context) and not resume and not store.remote:
+            # not for data-parallel trials: Tune counts one RUNNING before its workers have their slots
+            if rescores(space, context) and not (resume or store.remote or space.resources.data_parallel):
                 early = EarlyRescoring(space, context, store.local, more)
                 callbacks.append(early.callback())
             results += _timed_fit(build_tuner(space, context, store, more, resume, callbacks, at_once), fits)
@@ -193,9 +194,11 @@ def _run_locked(
         # (a Ctrl-C ends a run before its budget)
         budget = space.trials.time_budget_s
         out_of_time = budget is not None and any(seconds >= budget - 1 for seconds in fits)
-        outcome = summarize(results, space, context, store, out_of_time=out_of_time, early=early)
-        if early is not None:
-            early.cancel()  # what the re-scoring did not take (all of it, where the search was interrupted)
+        try:
+            outcome = summarize(results, space, context, store, out_of_time=out_of_time, early=early)
+        finally:
+            if early is not None:
+                early.cancel()  # what the re-scoring did not take (all of it, where the search was interrupted)
         outcome.at_once = at_once
         outcome.workers_per_trial = space.resources.workers_per_trial
         outcome.scratch_bytes = session_scratch_bytes() if started_ray else None

@@ -91,22 +91,24 @@ def rescore(
     """
     tasks = scoring_tasks(resources)
     started = started or {}
+    early = [record.path in started for record in candidates]
     handles = [
-        started.get(record.path) or score_task(tasks, record, location, context)
-        for record, location in zip(candidates, locations, strict=True)
+        started[record.path] if from_early else score_task(tasks, record, location, context)
+        for record, location, from_early in zip(candidates, locations, early, strict=True)
     ]
+    fulls: list[dict | None] = [None] * len(candidates)
+    for i, (record, location) in enumerate(zip(candidates, locations, strict=True)):
+        if early[i]:
+            try:
+                fulls[i] = tasks.result(handles[i])
+            except Exception:  # noqa: BLE001 (scored while the last trials trained: scored again, beside the rest)
+                handles[i], early[i] = score_task(tasks, record, location, context), False
     key = score_key(context.objective.metric)
     scored = []
-    for record, location, handle in zip(candidates, locations, handles, strict=True):
-        early = handle is started.get(record.path)
-        try:
-            full = tasks.result(handle)
-        except Exception:  # noqa: BLE001 (scored while its trial's neighbours trained: scored again, as any other)
-            if not early:
-                raise
-            full, early = tasks.result(score_task(tasks, record, location, context)), False
+    for i, record in enumerate(candidates):
+        full = fulls[i] if fulls[i] is not None else tasks.result(handles[i])
         each = full.pop("per_example")
-        scored.append(Candidate(record, record.scores[key], full, each.get(key, []), scored_during_trials=early))
+        scored.append(Candidate(record, record.scores[key], full, each.get(key, []), scored_during_trials=early[i]))
     return scored
 
 
