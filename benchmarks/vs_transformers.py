@@ -51,6 +51,17 @@ def best_so_far_timeline(experiment_dir: Path, metric_key: str, start: float) ->
     return timeline
 
 
+def last_trial_alone_s(experiment_dir: Path) -> float:
+    """Seconds from the end of the second-last trial to the end of the last: the tail in which a slot has no
+    trial left to take it (what the re-scoring during the trials can use), from the trials' ``result.json``."""
+    ends = sorted(
+        json.loads(lines[-1])["timestamp"]
+        for lines in (f.read_text().splitlines() for f in experiment_dir.glob("*/result.json"))
+        if lines
+    )
+    return ends[-1] - ends[-2] if len(ends) > 1 else 0.0
+
+
 def time_to(timeline, target: float) -> float:
     return next(t for t, best in timeline if best >= target - 1e-12)
 
@@ -275,6 +286,10 @@ def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
         "ours_chosen": {**_searched(outcome.best.snapshot.get("config", {}), parsed), "step": outcome.best.step},
         "theirs_chosen": hf_timing["hyperparameters"],
         "refit": None,
+        # how much of our re-scoring ran beside the last trials (early_rescoring.py), and how long they ran alone
+        "scored_during_trials": sum(c.scored_during_trials for c in outcome.candidates),
+        "candidates": len(outcome.candidates),
+        "last_trial_alone_s": last_trial_alone_s(outcome.experiment_dir),
     }
     if chosen_dir is not None:
         row["refit"] = {
@@ -288,6 +303,11 @@ def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
         f"{_interval(ours_test)} in {ours_model_s:.0f} s; transformers (search + retrain) {theirs_test['rougeL']:.4f} "
         f"{_interval(theirs_test)} in {hf_timing['model_s']:.0f} s; ours - theirs {versus.mean:+.4f} "
         f"[{versus.low:+.4f}, {versus.high:+.4f}]",
+        flush=True,
+    )
+    print(
+        f"seed {args.seed}: {row['scored_during_trials']} of {row['candidates']} candidates scored beside the last "
+        f"trials; the last trial trained alone for {row['last_trial_alone_s']:.0f} s",
         flush=True,
     )
     if row["refit"]:

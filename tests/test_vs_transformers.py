@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,3 +52,13 @@ def test_a_single_evaluation_is_refused_rather_than_one_at_every_step():
     once = SimpleNamespace(budget_unit="samples", max_budget=1600, eval_interval=1600)
     with pytest.raises(SystemExit, match="evaluates once"):
         vs_transformers._trial_budget(once, 8, True, TRAIN_ROWS)
+
+
+def test_the_tail_is_the_time_the_last_trial_trains_alone(tmp_path):
+    for trial, ends in (("a", [10.0, 30.0]), ("b", [12.0, 41.5]), ("c", [20.0])):
+        (tmp_path / f"trial_{trial}").mkdir()
+        rows = [json.dumps({"timestamp": t, "rougeL": 0.5}) for t in ends]
+        (tmp_path / f"trial_{trial}" / "result.json").write_text("\n".join(rows) + "\n")
+    (tmp_path / "trial_d").mkdir()
+    (tmp_path / "trial_d" / "result.json").write_text("")  # a trial that never reported
+    assert vs_transformers.last_trial_alone_s(tmp_path) == pytest.approx(11.5)
