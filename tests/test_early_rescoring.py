@@ -93,7 +93,7 @@ def test_scoring_starts_once_every_trial_has_started_on_checkpoints_tune_receive
     root, space = experiment
     tasks = _RecordingTasks()
     with executor.installed(tasks):
-        early = EarlyRescoring(space, experiment_context(space), root, num_samples=3)
+        early = EarlyRescoring(space, experiment_context(space), num_samples=3)
         callback = early.callback()
         _received_all(early, root)
         _reported(callback, root, [_Trial("RUNNING"), _Trial("TERMINATED")], ("a", 1))  # a third trial is to come
@@ -110,7 +110,7 @@ def test_a_checkpoint_tune_has_not_received_is_not_scored(experiment):
     root, space = experiment
     tasks = _RecordingTasks()
     with executor.installed(tasks):
-        callback = EarlyRescoring(space, experiment_context(space), root, num_samples=1).callback()
+        callback = EarlyRescoring(space, experiment_context(space), num_samples=1).callback()
         _reported(callback, root, [_Trial("RUNNING")], ("b", 1), ("c", 1))  # a@1, the best, not received yet
     assert sorted(tasks.submitted) == [_path(root, "b", 1), _path(root, "c", 1)]
 
@@ -120,7 +120,7 @@ def test_the_rescoring_uses_what_was_scored_early_and_cancels_what_is_no_longer_
     tasks = _RecordingTasks()
     context = experiment_context(space)
     with executor.installed(tasks):
-        early = EarlyRescoring(space, context, root, num_samples=1)
+        early = EarlyRescoring(space, context, num_samples=1)
         callback = early.callback()
         _received_all(early, root)
         callback.on_trial_complete(iteration=1, trials=[_Trial("RUNNING")], trial=None)  # a@1 and b@1 lead
@@ -144,7 +144,7 @@ def test_a_checkpoint_rewritten_at_the_same_path_is_scored_again(experiment):
     tasks = _RecordingTasks()
     context = experiment_context(space)
     with executor.installed(tasks):
-        early = EarlyRescoring(space, context, root, num_samples=1)
+        early = EarlyRescoring(space, context, num_samples=1)
         _received_all(early, root)
         early.callback().on_trial_complete(iteration=1, trials=[_Trial("RUNNING")], trial=None)
         state = Path(_path(root, "a", 1)) / "trainer_state.json"
@@ -166,7 +166,7 @@ def test_a_checkpoint_whose_early_scoring_failed_is_scored_again(experiment):
     tasks = _RecordingTasks(failing={_path(root, "a", 1)})
     context = experiment_context(space)
     with executor.installed(tasks):
-        early = EarlyRescoring(space, context, root, num_samples=1)
+        early = EarlyRescoring(space, context, num_samples=1)
         _received_all(early, root)
         early.callback().on_trial_complete(iteration=1, trials=[_Trial("RUNNING")], trial=None)
         top = selection.top_by_subset(find_checkpoints(root), space.metric, space.mode, space.selection.top_k)
@@ -184,13 +184,13 @@ def test_an_error_while_scoring_early_does_not_reach_tune(experiment, monkeypatc
     root, space = experiment
     calls = []
 
-    def broken(_experiment_dir):
+    def broken(_checkpoint):
         calls.append(1)
         raise OSError("disk gone")
 
-    monkeypatch.setattr(early_rescoring, "find_checkpoints", broken)
+    monkeypatch.setattr(early_rescoring, "read_checkpoint", broken)
     with executor.installed(_RecordingTasks()):
-        early = EarlyRescoring(space, experiment_context(space), root, num_samples=1)
+        early = EarlyRescoring(space, experiment_context(space), num_samples=1)
         callback = early.callback()
         callback.on_trial_complete(iteration=1, trials=[_Trial("TERMINATED")], trial=None)
         _reported(callback, root, [_Trial("TERMINATED")], ("a", 1))
@@ -206,9 +206,7 @@ def test_a_resumed_search_gets_a_callback_that_does_nothing(experiment):
     root, space = experiment
     tasks = _RecordingTasks()
     with executor.installed(tasks):
-        restored = cloudpickle.loads(
-            cloudpickle.dumps(EarlyRescoring(space, experiment_context(space), root, 1).callback())
-        )
+        restored = cloudpickle.loads(cloudpickle.dumps(EarlyRescoring(space, experiment_context(space), 1).callback()))
         assert type(restored) is Callback
         _reported(restored, root, [_Trial("RUNNING")], ("a", 1), ("b", 1))
     assert tasks.submitted == []

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tune_dialsum.checkpoints import CheckpointRecord, find_checkpoints
+from tune_dialsum.checkpoints import CheckpointRecord, read_checkpoint
 from tune_dialsum.errors import one_line
 from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.scoring import scoring_tasks
@@ -37,8 +37,8 @@ logger = logging.getLogger(__name__)
 class EarlyRescoring:
     """The scoring tasks started during the trials, by checkpoint path, with the record each one scored."""
 
-    def __init__(self, space: SearchSpace, context: ExperimentContext, experiment_dir: Path, num_samples: int):
-        self.space, self.context, self.experiment_dir = space, context, experiment_dir
+    def __init__(self, space: SearchSpace, context: ExperimentContext, num_samples: int):
+        self.space, self.context = space, context
         self.num_samples = num_samples  # the trials this run starts
         self.tasks = scoring_tasks(space.resources)
         # checkpoints Tune has received: one found on disk before that may still be being copied there
@@ -52,7 +52,9 @@ class EarlyRescoring:
         if len(trials) < self.num_samples or any(t.status == "PENDING" for t in trials):
             return  # a slot that frees up now goes to a trial
         space = self.space
-        reported = [r for r in find_checkpoints(self.experiment_dir) if r.path in self.reported]
+        # read only what Tune received (one it has deleted since, num_to_keep, reads as None), not every
+        # checkpoint of the experiment at every report; in path order, as find_checkpoints lists them
+        reported = [r for r in map(read_checkpoint, sorted(self.reported)) if r is not None]
         top = {r.path: r for r in top_by_subset(reported, space.metric, space.mode, space.selection.top_k)}
         for path in [p for p in self.started if p not in top]:
             self.tasks.cancel(self.started.pop(path)[1])

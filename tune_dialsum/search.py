@@ -182,7 +182,7 @@ def _run_locked(
             callbacks += [_study_push(store)] if store.remote else []
             # not for data-parallel trials: Tune counts one RUNNING before its workers have their slots
             if rescores(space, context) and not (resume or store.remote or space.resources.data_parallel):
-                early = EarlyRescoring(space, context, store.local, more)
+                early = EarlyRescoring(space, context, more)
                 callbacks.append(early.callback())
             results += _timed_fit(build_tuner(space, context, store, more, resume, callbacks, at_once), fits)
         store.push_study(store.local / OPTUNA_DB)
