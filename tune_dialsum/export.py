@@ -136,7 +136,8 @@ def _model_card(tuning: dict) -> str:
         if tuning.get("selection_within_noise"):
             sections[-1] += (
                 "\n\nChosen within noise: the best re-scored checkpoint beat another by less than their paired 95% "
-                "interval; the lower validation loss (where the losses share a scale), then the later checkpoint, decided."
+                "interval; between trials the better validation score decided, between checkpoints of one trial the "
+                "lower validation loss, then the later checkpoint."
             )
     sections.append(
         f"## Validation scores during the search, used for ranking ({tuning['fidelity']})\n\n"

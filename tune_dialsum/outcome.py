@@ -254,7 +254,8 @@ def format_summary(outcome: SearchOutcome) -> str:
             if outcome.chosen_within_noise:
                 lines.append(
                     f"Chosen within noise: the best {outcome.metric} on validation beats another candidate by less "
-                    "than its paired 95% interval, so the lower eval_loss (where the losses share a scale), then the later checkpoint, decided."
+                    "than its paired 95% interval: between trials the better validation score decided, between checkpoints "
+                    "of one trial the lower eval_loss, then the later checkpoint."
                 )
         if outcome.refit is not None:
             lines.append(_refit_line(outcome))
