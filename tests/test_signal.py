@@ -249,3 +249,31 @@ def test_a_loss_rung_metric_over_searched_models_is_warned_about(caplog):
         source="<t>",
     )
     assert "compares validation losses, but model is searched" in caplog.text
+
+
+def test_the_tie_rule_study_counts_which_signal_picked_the_better_test_score():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from tie_rule import tie_pairs
+
+    rng = random.Random(7)
+    base = _noisy(rng, 0.5)
+
+    def model(gain: float, loss: float, test: float) -> dict:
+        each = _plus(rng, base, gain)
+        return {"per_example": each, "validation": sum(each) / len(each), "loss": loss, "test": test}
+
+    models = {
+        (0, "lr=3e-3", 400): model(0.004, loss=0.60, test=0.72),  # better score, higher loss, better test
+        (0, "lr=9e-3", 400): model(0.0, loss=0.55, test=0.70),
+        (0, "lr=9e-3", 300): model(0.001, loss=0.58, test=0.69),  # the same trial, earlier
+        (1, "lr=3e-3", 400): model(0.0, loss=0.50, test=0.71),  # another seed: never paired with seed 0
+        (0, "lr=1e-3", 400): model(0.2, loss=0.90, test=0.75),  # far beyond the noise: no tie
+    }
+    pairs = tie_pairs(models)
+    two, one = pairs["two trials"], pairs["one trial"]
+    assert len(two) == 2 and len(one) == 1
+    assert all(row["seed"] == 0 for row in two + one)
+    first = next(row for row in two if row["score_gain"] == pytest.approx(0.72 - 0.70))
+    assert first["loss_gain"] == pytest.approx(0.70 - 0.72) and not first["agree"]
