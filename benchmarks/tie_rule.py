@@ -31,8 +31,10 @@ def candidate_checkpoints(experiment_dir: Path, min_samples: int):
     from tune_dialsum.checkpoints import find_checkpoints
 
     for record in find_checkpoints(experiment_dir):
-        if record.budget("samples") >= min_samples:
-            config = record.snapshot.get("config", {})
+        if record.budget("samples") >= min_samples and record.scores.get("loss") is not None:
+            config = dict(record.snapshot.get("config", {}))
+            config["model"] = Path(str(config.get("model", ""))).name  # the same model wherever the bed was built
+            # (a setting a later version added, such as batch_order, makes an earlier search's trial another model)
             yield tuple(sorted((k, v) for k, v in config.items() if isinstance(v, (int, float, str)))), record
 
 

@@ -101,6 +101,25 @@ def test_between_trials_within_noise_the_better_score_decides_not_the_loss():
     assert choose(candidates, "rougeL", "max") is better
 
 
+def test_degenerate_checkpoints_come_last_even_where_one_stands_for_its_trial():
+    rng = random.Random(8)
+    base = _noisy(rng, 0.4)
+    constant = _candidate("a", 400, [x + 0.2 for x in base], loss=1.0, degenerate=True)  # all of trial a
+    best_of_b = _candidate("b", 400, [x + 0.1 for x in base], loss=2.0)
+    worse_of_b = _candidate("b", 100, base, loss=3.0)  # beyond the noise of b's best
+    # the decoding stage studies the first k of this order: a degenerate one must not push a real one out
+    assert ranked([constant, worse_of_b, best_of_b], "rougeL", "max") == [best_of_b, worse_of_b, constant]
+
+
+def test_where_lower_is_better_the_lower_score_decides_between_trials():
+    rng = random.Random(9)
+    base = _noisy(rng, 0.4)
+    lower = _candidate("a", 400, base, loss=0.7)
+    higher_lower_loss = _candidate("b", 400, _plus(rng, base, 0.004), loss=0.5)
+    order = ranked([higher_lower_loss, lower], "rougeL", "min")
+    assert higher_lower_loss.versus_leader.within_noise and order == [lower, higher_lower_loss]
+
+
 def test_a_difference_beyond_the_noise_decides_whatever_the_loss():
     rng = random.Random(2)
     base = _noisy(rng, 0.3)

@@ -136,8 +136,8 @@ def _model_card(tuning: dict) -> str:
         if tuning.get("selection_within_noise"):
             sections[-1] += (
                 "\n\nChosen within noise: the best re-scored checkpoint beat another by less than their paired 95% "
-                "interval; between trials the better validation score decided, between checkpoints of one trial the "
-                "lower validation loss, then the later checkpoint."
+                "interval; within a trial the lower validation loss, then the later checkpoint, stood for it, and "
+                "between trials the better validation score of those decided."
             )
     sections.append(
         f"## Validation scores during the search, used for ranking ({tuning['fidelity']})\n\n"

@@ -254,8 +254,8 @@ def format_summary(outcome: SearchOutcome) -> str:
             if outcome.chosen_within_noise:
                 lines.append(
                     f"Chosen within noise: the best {outcome.metric} on validation beats another candidate by less "
-                    "than its paired 95% interval: between trials the better validation score decided, between checkpoints "
-                    "of one trial the lower eval_loss, then the later checkpoint."
+                    "than its paired 95% interval: within a trial the lower eval_loss, then the later checkpoint, "
+                    "stood for it, and between trials the better validation score of those decided."
                 )
         if outcome.refit is not None:
             lines.append(_refit_line(outcome))

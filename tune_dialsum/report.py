@@ -242,8 +242,9 @@ def _selection_html(experiment_dir: Path) -> str:
         if column in rows:
             rows[column] = rows[column].map(lambda v: "" if v is None else ", ".join(f"{x:+.4f}" for x in v))
     noise = (
-        "<p>Chosen within noise: the leader's paired 95% interval against another candidate held 0, so the lower "
-        "eval_loss (where the losses share a scale), then the later checkpoint, decided.</p>"
+        "<p>Chosen within noise: the leader's paired 95% interval against another candidate held 0; within a "
+        "trial the lower eval_loss, then the later checkpoint, stood for it, and between trials the better "
+        "validation score of those decided.</p>"
         if chosen.get("within_noise")
         else ""
     )

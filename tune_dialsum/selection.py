@@ -124,7 +124,7 @@ def score_task(tasks, record: CheckpointRecord, location: str, context: Experime
 
 def ranked(candidates: list[Candidate], metric: str, mode: str) -> list[Candidate]:
     """The candidates in the order they would be exported: the checkpoint that stands for each trial, by
-    score, then the others by score (the rule in this module's docstring).
+    score, then the others by score, degenerate ones last (the rule in this module's docstring).
 
     Sets each one's ``versus_leader``, the paired difference from the best by full-validation score.
     """
@@ -140,7 +140,12 @@ def ranked(candidates: list[Candidate], metric: str, mode: str) -> list[Candidat
     if leader.degenerate:  # nothing summarizes: ROUGE cannot rank them, the loss can
         return sorted(by_score, key=lambda c: (_loss_or_inf(c), -_trained(c)))
     standing = {id(_standing(by_score, trial_id, sign)) for trial_id in {c.record.trial_id for c in by_score}}
-    return [c for c in by_score if id(c) in standing] + [c for c in by_score if id(c) not in standing]
+    summarizing = [c for c in by_score if not c.degenerate]
+    return (
+        [c for c in summarizing if id(c) in standing]
+        + [c for c in summarizing if id(c) not in standing]
+        + [c for c in by_score if c.degenerate]
+    )
 
 
 def _standing(by_score: list[Candidate], trial_id: str, sign: int) -> Candidate:
@@ -198,8 +203,8 @@ def write_selection(
                 "mode": mode,
                 "chosen": chosen.as_dict(metric),
                 "within_noise": within_noise(candidates),
-                "rule": "best full-validation score between trials; within one trial's paired 95% interval, lower "
-                "eval_loss, then later step; degenerate output last",
+                "rule": "each trial stands as its best full-validation checkpoint or, within that one's paired 95% "
+                "interval, its lower eval_loss, then later step; the best of those scores; degenerate output last",
                 "candidates": [c.as_dict(metric) for c in candidates],
             },
             indent=2,
