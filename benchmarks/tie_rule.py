@@ -97,6 +97,11 @@ def tie_pairs(models: dict) -> dict[str, list[dict]]:
     return pairs
 
 
+def picked_better(rows: list[dict]) -> tuple[int, int]:
+    """In how many pairs (the better validation score, the lower loss) had the better test score."""
+    return sum(r["score_gain"] > 0 for r in rows), sum(r["loss_gain"] > 0 for r in rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -113,11 +118,11 @@ def main() -> None:
         if not rows:
             print(f"{kind}: no pair within noise")
             continue
-        n = len(rows)
+        by_score, by_loss = picked_better(rows)
         print(
-            f"{kind}: {n} pairs within noise on validation; the better validation score had the better test score "
-            f"in {sum(r['score_gain'] > 0 for r in rows)} (mean test gain {statistics.mean(r['score_gain'] for r in rows):+.4f}), "
-            f"the lower loss in {sum(r['loss_gain'] > 0 for r in rows)} ({statistics.mean(r['loss_gain'] for r in rows):+.4f}); "
+            f"{kind}: {len(rows)} pairs within noise on validation; the better validation score had the better test "
+            f"score in {by_score} (mean test gain {statistics.mean(r['score_gain'] for r in rows):+.4f}), "
+            f"the lower loss in {by_loss} ({statistics.mean(r['loss_gain'] for r in rows):+.4f}); "
             f"the two signals agree in {sum(r['agree'] for r in rows)}"
         )
     if args.json:
@@ -127,14 +132,16 @@ def main() -> None:
     two = pairs["two trials"]
     for seed in sorted({r["seed"] for r in two}):
         rows = [r for r in two if r["seed"] == seed]
+        by_score, by_loss = picked_better(rows)
         print(
             f"seed {seed}: {len(rows)} pairs of two trials; the better validation score picked the better test score "
-            f"in {sum(r['score_gain'] > 0 for r in rows)}, the lower loss in {sum(r['loss_gain'] > 0 for r in rows)}"
+            f"in {by_score}, the lower loss in {by_loss}"
         )
     if two:
+        by_score, by_loss = picked_better(two)
         print(
-            f"two trials: better validation score {sum(r['score_gain'] > 0 for r in two) / len(two):.2f}, "
-            f"lower loss {sum(r['loss_gain'] > 0 for r in two) / len(two):.2f} of pairs picked the better test score"
+            f"two trials: better validation score {by_score / len(two):.2f}, "
+            f"lower loss {by_loss / len(two):.2f} of pairs picked the better test score"
         )
 
 

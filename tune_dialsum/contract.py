@@ -42,6 +42,14 @@ def score_key(metric: str) -> str:
 RUNG_METRICS = ("objective", "eval_loss", "auto")
 RUNG_SCORE = "rung_score"  # the reported key ASHA ranks on where rung_metric is not the objective (higher: better)
 
+# What the summary, the model card and the report say where the export was chosen within noise (selection.py's rule).
+CHOSEN_WITHIN_NOISE = (
+    "Chosen within noise: the best on validation beat another candidate by less than their paired 95% interval; "
+    "within a trial the lower validation loss, then the later checkpoint, stood for it, and between trials the "
+    "better validation score of those decided."
+)
+
+
 # -- budgets --------------------------------------------------------------------------------------
 BUDGET_UNITS = ("samples", "steps", "epochs")
 # The result key that measures a trial's training budget, per budget unit.

@@ -21,7 +21,7 @@ from tune_dialsum.checkpoints import (
     find_record,
     trial_decoding,
 )
-from tune_dialsum.contract import ROUGE_KEYS, TUNING_FILE
+from tune_dialsum.contract import CHOSEN_WITHIN_NOISE, ROUGE_KEYS, TUNING_FILE
 from tune_dialsum.errors import UsageError
 from tune_dialsum.generation import apply_to_config
 from tune_dialsum.models import check_model_available
@@ -134,11 +134,7 @@ def _model_card(tuning: dict) -> str:
             f"## Validation scores, used for selection (all {full['examples']} examples)\n\n{_score_table(full)}"
         )
         if tuning.get("selection_within_noise"):
-            sections[-1] += (
-                "\n\nChosen within noise: the best re-scored checkpoint beat another by less than their paired 95% "
-                "interval; within a trial the lower validation loss, then the later checkpoint, stood for it, and "
-                "between trials the better validation score of those decided."
-            )
+            sections[-1] += f"\n\n{CHOSEN_WITHIN_NOISE}"
     sections.append(
         f"## Validation scores during the search, used for ranking ({tuning['fidelity']})\n\n"
         + _score_table(tuning["scores"])

@@ -12,6 +12,7 @@ from tune_dialsum.checkpoints import (
     CHECKPOINT_METADATA,
 )
 from tune_dialsum.contract import (
+    CHOSEN_WITHIN_NOISE,
     ERROR,
     ERROR_FILE,
     PARAMS_FILE,
@@ -252,11 +253,7 @@ def format_summary(outcome: SearchOutcome) -> str:
                 f"by the ranking score: {ranked}): {_scores(full)}",
             ]
             if outcome.chosen_within_noise:
-                lines.append(
-                    f"Chosen within noise: the best {outcome.metric} on validation beats another candidate by less "
-                    "than its paired 95% interval: within a trial the lower eval_loss, then the later checkpoint, "
-                    "stood for it, and between trials the better validation score of those decided."
-                )
+                lines.append(CHOSEN_WITHIN_NOISE)
         if outcome.refit is not None:
             lines.append(_refit_line(outcome))
         elif outcome.refit_error:

@@ -18,7 +18,7 @@ import pandas as pd
 from tune_dialsum.analysis import Experiment
 from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.choices import read_decoding, read_selection
-from tune_dialsum.contract import REPORT_DIR, STOPPED
+from tune_dialsum.contract import CHOSEN_WITHIN_NOISE, REPORT_DIR, STOPPED
 from tune_dialsum.errors import one_line
 
 
@@ -241,13 +241,7 @@ def _selection_html(experiment_dir: Path) -> str:
     for column in ("interval", "difference_from_leader"):
         if column in rows:
             rows[column] = rows[column].map(lambda v: "" if v is None else ", ".join(f"{x:+.4f}" for x in v))
-    noise = (
-        "<p>Chosen within noise: the leader's paired 95% interval against another candidate held 0; within a "
-        "trial the lower eval_loss, then the later checkpoint, stood for it, and between trials the better "
-        "validation score of those decided.</p>"
-        if chosen.get("within_noise")
-        else ""
-    )
+    noise = f"<p>{html.escape(CHOSEN_WITHIN_NOISE)}</p>" if chosen.get("within_noise") else ""
     return (
         f"<h2>Selection on all of validation ({html.escape(chosen['metric'])})</h2>"
         f"<p>Chosen: trial {html.escape(str(chosen['chosen']['trial_id']))} at step {chosen['chosen']['step']}.</p>"
