@@ -23,7 +23,7 @@ import _common  # noqa: E402
 
 
 def _test_rouge_l(record, settings) -> float:
-    from tune_dialsum.checkpoints import trial_decoding
+    from tune_dialsum.generation import trial_decoding
     from tune_dialsum.scoring import score_model
 
     return score_model(str(record.path), settings, "test", trial_decoding(record.snapshot["config"]))["rougeL"]

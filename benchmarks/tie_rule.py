@@ -42,8 +42,8 @@ def score_all(experiments: list[Path], min_samples: int) -> dict:
     """Every candidate checkpoint's validation scores (per example), test score and reported loss, once each."""
     import yaml
 
-    from tune_dialsum.checkpoints import trial_decoding
     from tune_dialsum.experiment_context import experiment_context
+    from tune_dialsum.generation import trial_decoding
     from tune_dialsum.scoring import score_model
     from tune_dialsum.space import parse_space
 

@@ -267,7 +267,7 @@ def one_seed(args, data_dir: Path, model_dir: Path, storage: Path) -> dict:
     hf_dir, hf_start, hf_model, hf_timing = run_transformers(data_dir, model_dir, storage, args, parsed)
     theirs = best_so_far_timeline(hf_dir, "eval_rougeL", hf_start)
 
-    from tune_dialsum.checkpoints import trial_decoding
+    from tune_dialsum.generation import trial_decoding
     from tune_dialsum.metrics import paired_difference
 
     # greedy up to the target length on both sides: the peer's saved generation config knows nothing of it

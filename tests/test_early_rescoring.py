@@ -18,6 +18,7 @@ from tests.conftest import REPO
 from tests.test_export import _fake_checkpoint
 from tune_dialsum import executor, selection
 from tune_dialsum.checkpoints import find_checkpoints
+from tune_dialsum.contract import VALIDATION_SCORES_FILE
 from tune_dialsum.early_rescoring import EarlyRescoring
 from tune_dialsum.experiment_context import experiment_context
 from tune_dialsum.space import load_space
@@ -210,3 +211,44 @@ def test_a_resumed_search_gets_a_callback_that_does_nothing(experiment):
         assert type(restored) is Callback
         _reported(restored, root, [_Trial("RUNNING")], ("a", 1), ("b", 1))
     assert tasks.submitted == []
+
+
+def _scored_by_its_trial(root: Path, trial: str, index: int, score: float, decoding: dict) -> None:
+    """What the trainable writes into a last checkpoint it scored on all of validation itself."""
+    scores = {"rougeL": score, "examples": 3, "per_example": {"rougeL": [score] * 3}, "intervals": {}}
+    path = Path(_path(root, trial, index)) / VALIDATION_SCORES_FILE
+    path.write_text(json.dumps({"decoding": decoding, "scores": scores}))
+
+
+def test_a_checkpoint_its_trial_scored_is_not_scored_again(experiment):
+    """The trainable scores a trial's last checkpoint in its own process: no task scores it, early or late."""
+    root, space = experiment
+    context = experiment_context(space)
+    _scored_by_its_trial(root, "a", 1, 0.9, {"num_beams": 3, "max_length": 40})  # the fake trials' decoding
+    tasks = _RecordingTasks()
+    with executor.installed(tasks):
+        early = EarlyRescoring(space, context, num_samples=1)
+        _received_all(early, root)
+        early.callback().on_trial_complete(iteration=1, trials=[_Trial("RUNNING")], trial=None)
+        assert tasks.submitted == [_path(root, "b", 1)]
+        top = selection.top_by_subset(find_checkpoints(root), space.metric, space.mode, space.selection.top_k)
+        candidates = selection.rescore(
+            top, [str(r.path) for r in top], context, space.resources, started=early.take(top)
+        )
+    assert tasks.submitted == [_path(root, "b", 1)]
+    assert [(str(c.record.path), c.full["rougeL"], c.per_example, c.scored_during_trials) for c in candidates] == [
+        (_path(root, "a", 1), 0.9, [0.9] * 3, True),
+        (_path(root, "b", 1), 0.51, [0.51] * 3, True),
+    ]
+
+
+def test_scores_measured_with_another_decoding_are_not_used(experiment):
+    root, space = experiment
+    context = experiment_context(space)
+    _scored_by_its_trial(root, "a", 1, 0.9, {"num_beams": 1, "max_length": 40})
+    tasks = _RecordingTasks()
+    with executor.installed(tasks):
+        top = selection.top_by_subset(find_checkpoints(root), space.metric, space.mode, space.selection.top_k)
+        candidates = selection.rescore(top, [str(r.path) for r in top], context, space.resources)
+    assert sorted(tasks.submitted) == [_path(root, "a", 1), _path(root, "b", 1)]
+    assert [c.full["rougeL"] for c in candidates] == [0.51, 0.51]

@@ -46,9 +46,10 @@ LAYERS = [
         "tune_dialsum",
     ],
     ["retry", "worker_memory", "trial_data"],
-    ["trainable", "cluster", "optuna_search", "tracking"],
-    # readers of an experiment: its checkpoints, its recorded choices, its scores
-    ["checkpoints", "choices", "scoring", "analysis"],
+    # scoring a model on a split: the trainable scores its last checkpoint, the stages after the trials the rest
+    ["scoring", "trainable", "cluster", "optuna_search", "tracking"],
+    # readers of an experiment: its checkpoints, its recorded choices
+    ["checkpoints", "choices", "analysis"],
     # the stages after the trials, in the order each may use the ones before it
     ["selection", "early_rescoring", "export", "decoding", "tune_decoding", "refit", "report"],
     ["outcome", "finish"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -106,3 +107,60 @@ def test_a_trial_resumed_from_a_checkpoint_at_its_whole_budget_trains_and_report
     run = TrialRun({"trial_id": "t"}, publish=lambda *a: published.append(a), resume_from=tune.Checkpoint(checkpoint))
     train_one(config, context, tmp_path / "scratch", run)
     assert published == []
+
+
+def test_a_trial_scores_its_last_checkpoint_on_all_of_validation_before_reporting_it(
+    tiny_models, tmp_path, monkeypatch
+):
+    """Where the search re-scores on all of validation, the trial does it for its last checkpoint, in its own
+    process: the file is in that checkpoint when it is reported, and holds what the search would measure."""
+    import json
+    from types import SimpleNamespace
+
+    import ray
+
+    from tests.conftest import TINY, mechanics_data
+    from tune_dialsum.checkpoints import read_checkpoint, scored_in_trial
+    from tune_dialsum.contract import VALIDATION_SCORES_FILE
+    from tune_dialsum.experiment_context import experiment_context
+    from tune_dialsum.generation import trial_decoding
+    from tune_dialsum.scoring import score_model
+    from tune_dialsum.space import load_space
+    from tune_dialsum.trainable import TrialRun, train_one
+
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "node"))
+    sets = [
+        f"data.path={mechanics_data()}",
+        "data.max_eval_samples=4",
+        "scheduler.budget_unit=steps",
+        "scheduler.max_budget=4",
+        "scheduler.eval_interval=2",
+    ]
+    context = experiment_context(load_space(TINY, sets))
+    assert context.rescores_validation
+    config = {"model": str(tiny_models["bart"]), "batch_size": 8, "max_input_length": 64, "max_target_length": 16}
+    reported = []
+
+    def publish(report, checkpoint_dir):  # Tune copies the directory now: what is in it is what it keeps
+        path = tmp_path / "kept" / f"checkpoint-{report['step']}"
+        shutil.copytree(checkpoint_dir, path)
+        reported.append(path)
+
+    run = TrialRun({"trial_id": "t"}, publish=publish, scores_last_checkpoint=True)
+    train_one(config, context, tmp_path / "scratch", run)
+    assert [p.name for p in reported] == ["checkpoint-2", "checkpoint-4"]
+    assert not (reported[0] / VALIDATION_SCORES_FILE).exists()
+    record = read_checkpoint(reported[1])
+    stored = scored_in_trial(record)
+    assert json.loads((reported[1] / VALIDATION_SCORES_FILE).read_text())["decoding"] == trial_decoding(
+        record.snapshot["config"]
+    )
+    fresh = score_model(
+        str(reported[1]), context, "validation", trial_decoding(record.snapshot["config"]), per_example=True
+    )
+    assert stored["examples"] > 4  # all of validation, not the subset the rungs compare
+    assert (stored["examples"], stored["rougeL"], stored["per_example"]) == (
+        fresh["examples"],
+        fresh["rougeL"],
+        fresh["per_example"],
+    )

@@ -14,11 +14,19 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tune_dialsum.contract import REPORTED_SCORES, TRAINER_STATE_FILE, TRIAL_CONFIG_FILE, budget_trained, score_key
+from tune_dialsum.contract import (
+    REPORTED_SCORES,
+    TRAINER_STATE_FILE,
+    TRIAL_CONFIG_FILE,
+    VALIDATION_SCORES_FILE,
+    budget_trained,
+    score_key,
+)
 from tune_dialsum.errors import ExportError, UsageError
+from tune_dialsum.generation import trial_decoding
 
-# Training state that a model directory does not need.
-# What a checkpoint holds only so that its trial can go on training.
+# What a checkpoint holds that a model directory does not need: the state its trial goes on training
+# from, and what the search reads of it.
 OPTIMIZER_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt")
 TRAINING_ONLY = {
     *OPTIMIZER_STATE,
@@ -26,9 +34,11 @@ TRAINING_ONLY = {
     "training_args.bin",
     "rng_state.pth",
     TRIAL_CONFIG_FILE,
+    VALIDATION_SCORES_FILE,
 }
-# What find_checkpoints reads of a checkpoint (all that is mirrored of one kept at a URI).
-CHECKPOINT_METADATA = (TRIAL_CONFIG_FILE, TRAINER_STATE_FILE)
+# What the stages after the trials read of a checkpoint without its weights (all that is mirrored of one
+# kept at a URI).
+CHECKPOINT_METADATA = (TRIAL_CONFIG_FILE, TRAINER_STATE_FILE, VALIDATION_SCORES_FILE)
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,16 @@ def read_checkpoint(path: Path) -> CheckpointRecord | None:
     )
 
 
+def scored_in_trial(record: CheckpointRecord) -> dict | None:
+    """The scores on all of validation that ``record``'s trial measured itself (trainable.py), decoded as
+    the search would score it; None where it did not (or another decoding was used)."""
+    try:
+        stored = json.loads((record.path / VALIDATION_SCORES_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return stored["scores"] if stored.get("decoding") == trial_decoding(record.snapshot.get("config", {})) else None
+
+
 def find_checkpoints(experiment_dir: str | Path) -> list[CheckpointRecord]:
     """Every complete checkpoint of every trial under ``experiment_dir``."""
     experiment_dir = Path(experiment_dir)
@@ -70,15 +90,6 @@ def find_checkpoints(experiment_dir: str | Path) -> list[CheckpointRecord]:
         raise UsageError(f"{experiment_dir}: no such experiment directory; pass <storage-path>/<name>")
     records = (read_checkpoint(p) for p in sorted(experiment_dir.glob("*/checkpoint_*")) if p.is_dir())
     return [r for r in records if r is not None]
-
-
-def trial_decoding(config: dict) -> dict:
-    """The ``generate()`` settings a trial was scored with during training."""
-    decoding = {"num_beams": int(config.get("generation_num_beams") or 1)}
-    max_length = config.get("generation_max_length") or config.get("max_target_length")
-    if max_length:
-        decoding["max_length"] = int(max_length)
-    return decoding
 
 
 def find_record(records: list[CheckpointRecord], trial_id: str, step: int) -> CheckpointRecord | None:

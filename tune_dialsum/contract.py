@@ -95,6 +95,9 @@ DECODING_DB = "decoding.db"  # the decoding stage's Optuna study
 DECODING_FILE = "decoding.json"  # the decoding stage's trials and choice
 DECODING_SOURCE_FILE = "decoding_source.json"  # in a tune-decoding --out: the model its study decodes
 SELECTION_FILE = "selection.json"  # which checkpoints were re-scored, and the choice
+# in a trial's last checkpoint, where the search re-scores on all of validation: {"decoding": the generate()
+# settings, "scores": scoring.score_model's, per example too}, measured in the trial's own process
+VALIDATION_SCORES_FILE = "validation_scores.json"
 BEST_MODEL_DIR = "best_model"  # the export
 REFIT_DIR = "refit"  # selection.refit: the chosen settings trained anew (its model in refit/final)
 TUNING_FILE = "tuning.json"  # in an export: where it came from and how it scored

@@ -6,10 +6,11 @@ full budget after every other has stopped, and no trial is left to take the free
 then re-scores its ``selection.top_k`` best checkpoints on all of validation (selection.py), in
 processes that must first import torch and the model's code (about 5 of the 8 s it took there).
 
-So once every trial of a run has started, the checkpoints that are the ``top_k`` best by subset
-score at that moment, among those Tune has received, are scored as they appear, by the same tasks
-the re-scoring submits (a task waits for a free slot; only a trial retried after a crash may then
-wait for one, a few seconds). After the trials the re-scoring takes each result whose checkpoint is
+A trial that trains its whole budget scores its last checkpoint itself before reporting it
+(trainable.py), in its warm process. So once every trial of a run has started, the other checkpoints
+that are the ``top_k`` best by subset score at that moment, among those Tune has received, are scored
+as they appear, by the same tasks the re-scoring submits (a task waits for a free slot; only a trial
+retried after a crash may then wait for one, a few seconds). After the trials the re-scoring takes each result whose checkpoint is
 still a candidate, unchanged, scores only the others and cancels the rest: the candidates and their
 scores are the ones a re-scoring after the trials gives. (The tasks run beside the last trials, so
 those trials' timing, and with it which of two reports first, can differ from a search without them.)
@@ -24,7 +25,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tune_dialsum.checkpoints import CheckpointRecord, read_checkpoint
+from tune_dialsum.checkpoints import CheckpointRecord, read_checkpoint, scored_in_trial
 from tune_dialsum.errors import one_line
 from tune_dialsum.experiment_context import ExperimentContext
 from tune_dialsum.scoring import scoring_tasks
@@ -59,7 +60,7 @@ class EarlyRescoring:
         for path in [p for p in self.started if p not in top]:
             self.tasks.cancel(self.started.pop(path)[1])
         for path, record in top.items():
-            if path not in self.started:
+            if path not in self.started and scored_in_trial(record) is None:  # its trial scored it already
                 self.started[path] = (record, score_task(self.tasks, record, str(path), self.context))
 
     def take(self, candidates: list[CheckpointRecord]) -> dict[Path, object]:

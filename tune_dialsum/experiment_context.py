@@ -34,6 +34,9 @@ class ExperimentContext:
     cache_dir: str | None = None
     # The experiment (a directory or a URI): where a trial records an error that must not be retried.
     experiment_location: str | None = None
+    # The search re-scores its best checkpoints on all of validation (rescores_validation): a trial that
+    # trains its whole budget scores its last checkpoint there itself, in the process that is warm already.
+    rescores_validation: bool = False
 
     @property
     def time_attr(self) -> str:
@@ -59,6 +62,16 @@ class ExperimentContext:
         return f"best_{self.objective.metric}"
 
 
+def rescores_validation(space: SearchSpace) -> bool:
+    """Whether a finished search re-scores its best checkpoints on all of validation (selection.py).
+
+    ROUGE is re-scored by decoding; a loss objective is not (the subset's loss is what ranks). A refit
+    is compared with the chosen checkpoint on all of validation, so it needs the re-scoring.
+    """
+    subset = space.data.max_eval_samples is not None or space.selection.refit
+    return subset and space.metric != "eval_loss"
+
+
 def experiment_context(space: SearchSpace, store=None) -> ExperimentContext:
     """What every trial shares; tokenized data is cached in the experiment (``store``: storage.ExperimentStore),
     or per node where that is a URI."""
@@ -74,4 +87,5 @@ def experiment_context(space: SearchSpace, store=None) -> ExperimentContext:
         trust_remote_code=space.trust_remote_code,
         cache_dir=cache_dir,
         experiment_location=store.location if store is not None else None,
+        rescores_validation=rescores_validation(space),
     )

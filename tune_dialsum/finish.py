@@ -24,13 +24,13 @@ from tune_dialsum.checkpoints import (
     find_record,
     label,
     read_checkpoint,
-    trial_decoding,
 )
 from tune_dialsum.contract import BEST_MODEL_DIR, DECODING_DB, DECODING_FILE, REFIT_DIR, TERMINATED, TUNING_FILE
 from tune_dialsum.early_rescoring import EarlyRescoring
 from tune_dialsum.errors import SearchError, one_line
-from tune_dialsum.experiment_context import ExperimentContext
+from tune_dialsum.experiment_context import ExperimentContext, rescores_validation
 from tune_dialsum.export import MODEL_CARD, export_checkpoint, record_scores
+from tune_dialsum.generation import trial_decoding
 from tune_dialsum.outcome import SearchOutcome, classify
 from tune_dialsum.space import SearchSpace
 from tune_dialsum.storage import ExperimentStore
@@ -55,16 +55,6 @@ def summarize(
     """
     outcome = classify(results, space, context, store, out_of_time)
     return Finish(outcome, space, context, store, early=early).run()
-
-
-def rescores(space: SearchSpace, context: ExperimentContext) -> bool:
-    """Whether a finished search re-scores its best checkpoints on all of validation.
-
-    ROUGE is re-scored by decoding; a loss objective is not (the subset's loss is what ranks). A refit
-    is compared with the chosen checkpoint on all of validation, so it needs the re-scoring.
-    """
-    subset = context.data.max_eval_samples is not None or space.selection.refit
-    return subset and space.metric != "eval_loss"
 
 
 @dataclass
@@ -101,7 +91,7 @@ class Finish:
         score it on test."""
         outcome, space = self.outcome, self.space
         chosen = best_checkpoint(self.records, space.metric, space.mode)
-        rescoring = rescores(space, self.context) and self.finished
+        rescoring = rescores_validation(space) and self.finished
         if rescoring:
             chosen = self._rescore()
             if space.selection.refit:

@@ -14,6 +14,15 @@ from contextlib import contextmanager
 BEAM_ONLY = ("length_penalty", "early_stopping")
 
 
+def trial_decoding(config: dict) -> dict:
+    """The ``generate()`` settings a trial was scored with during training."""
+    decoding = {"num_beams": int(config.get("generation_num_beams") or 1)}
+    max_length = config.get("generation_max_length") or config.get("max_target_length")
+    if max_length:
+        decoding["max_length"] = int(max_length)
+    return decoding
+
+
 def generate_settings(training_decoding: dict, sampled: dict) -> dict:
     """The sampled settings over the training decoding, made consistent for ``generate()``."""
     settings = {**training_decoding, **sampled}

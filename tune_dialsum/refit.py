@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tune_dialsum import executor, locations
-from tune_dialsum.checkpoints import CheckpointRecord, read_checkpoint, trial_decoding
+from tune_dialsum.checkpoints import CheckpointRecord, read_checkpoint
 from tune_dialsum.contract import REFIT_DIR, score_key
 from tune_dialsum.experiment_context import ExperimentContext
+from tune_dialsum.generation import trial_decoding
 from tune_dialsum.metrics import Difference, paired_difference
 from tune_dialsum.scoring import score_model, scoring_tasks
 from tune_dialsum.selection import Candidate

@@ -30,8 +30,8 @@ from tune_dialsum.contract import (
 from tune_dialsum.data_parallel import release_placement_groups
 from tune_dialsum.early_rescoring import EarlyRescoring
 from tune_dialsum.errors import UsageError
-from tune_dialsum.experiment_context import ExperimentContext, experiment_context
-from tune_dialsum.finish import rescores, summarize
+from tune_dialsum.experiment_context import ExperimentContext, experiment_context, rescores_validation
+from tune_dialsum.finish import summarize
 from tune_dialsum.lock import experiment_lock
 from tune_dialsum.models import TINY_PREFIX, check_model_available, resolve_model_path
 from tune_dialsum.outcome import SearchOutcome, format_summary
@@ -181,7 +181,7 @@ def _run_locked(
             callbacks = [_trial_runs(tracked, context)] if tracked else []
             callbacks += [_study_push(store)] if store.remote else []
             # not for data-parallel trials: Tune counts one RUNNING before its workers have their slots
-            if rescores(space, context) and not (resume or store.remote or space.resources.data_parallel):
+            if rescores_validation(space) and not (resume or store.remote or space.resources.data_parallel):
                 early = EarlyRescoring(space, context, more)
                 callbacks.append(early.callback())
             results += _timed_fit(build_tuner(space, context, store, more, resume, callbacks, at_once), fits)

@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune_dialsum.atomic import atomic_write_text
-from tune_dialsum.checkpoints import CheckpointRecord, trial_decoding
+from tune_dialsum.checkpoints import CheckpointRecord, scored_in_trial
 from tune_dialsum.contract import SELECTION_FILE, score_key
 from tune_dialsum.experiment_context import ExperimentContext
+from tune_dialsum.generation import trial_decoding
 from tune_dialsum.metrics import Difference, paired_difference
 from tune_dialsum.scoring import score_model, scoring_tasks
 from tune_dialsum.space_schema import ResourcesSection
@@ -48,7 +49,8 @@ class Candidate:
     full: dict  # every score on the whole validation split (with "intervals" and "degenerate")
     per_example: list[float] = field(default_factory=list, repr=False)  # the objective per validation example
     versus_leader: Difference | None = None  # leader minus this one, paired over the same examples
-    scored_during_trials: bool = False  # on a slot the last trials left free (early_rescoring.py)
+    # before the trials ended: by its own trial (a last checkpoint), or on a slot the last trials left free
+    scored_during_trials: bool = False
 
     @property
     def degenerate(self) -> bool:
@@ -90,17 +92,19 @@ def rescore(
 ) -> list[Candidate]:
     """Each candidate's scores on the whole validation split, decoded as its trial was scored; in parallel.
 
+    A candidate its trial scored itself (a last checkpoint: checkpoints.scored_in_trial) is not scored again.
     ``started``: scoring tasks already under way for some checkpoints, by path (early_rescoring.py); a
     candidate among them is not scored again, unless its task failed.
     """
     tasks = scoring_tasks(resources)
     started = started or {}
-    early = [record.path in started for record in candidates]
-    handles = [
-        started[record.path] if from_early else score_task(tasks, record, location, context)
-        for record, location, from_early in zip(candidates, locations, early, strict=True)
-    ]
-    fulls: list[dict | None] = [None] * len(candidates)
+    fulls: list[dict | None] = [scored_in_trial(record) for record in candidates]
+    by_trial = [full is not None for full in fulls]
+    early = [not by_trial[i] and record.path in started for i, record in enumerate(candidates)]
+    handles = [None] * len(candidates)
+    for i, (record, location) in enumerate(zip(candidates, locations, strict=True)):
+        if not by_trial[i]:
+            handles[i] = started[record.path] if early[i] else score_task(tasks, record, location, context)
     for i, (record, location) in enumerate(zip(candidates, locations, strict=True)):
         if early[i]:
             try:
@@ -112,7 +116,9 @@ def rescore(
     for i, record in enumerate(candidates):
         full = fulls[i] if fulls[i] is not None else tasks.result(handles[i])
         each = full.pop("per_example")
-        scored.append(Candidate(record, record.scores[key], full, each.get(key, []), scored_during_trials=early[i]))
+        scored.append(
+            Candidate(record, record.scores[key], full, each.get(key, []), scored_during_trials=by_trial[i] or early[i])
+        )
     return scored
 
 

@@ -22,15 +22,20 @@ from pathlib import Path
 
 from tune_dialsum import locations
 from tune_dialsum.adapters import parameter_counts, without_unused
+from tune_dialsum.atomic import atomic_write_text
 from tune_dialsum.contract import (
     REPORTED_SCORES,
     TRAINER_STATE_FILE,
     TRIAL_CONFIG_FILE,
+    VALIDATION_SCORES_FILE,
     budget_trained,
 )
+from tune_dialsum.errors import one_line
 from tune_dialsum.experiment_context import ExperimentContext
+from tune_dialsum.generation import trial_decoding
 from tune_dialsum.retry import NotRetryable, TrialDiverged, is_retryable, not_retryable_marker, record_not_retryable
 from tune_dialsum.rungs import best_score, rung_report
+from tune_dialsum.scoring import score_model
 from tune_dialsum.space_schema import TrialSettings
 from tune_dialsum.train import DialogueSummarizationTrainer
 from tune_dialsum.trial_data import prepared_datasets
@@ -49,6 +54,8 @@ class TrialRun:
     trial: dict  # trial_id, trial_name, experiment: recorded in every checkpoint
     publish: Callable[[dict, str], None]  # (report, checkpoint directory), after each evaluation
     resume_from: object = None  # the Tune checkpoint a retried or resumed trial continues from
+    # score the last checkpoint on all of validation before reporting it (_score_last_checkpoint)
+    scores_last_checkpoint: bool = False
 
 
 def _report_to_tune_callback(
@@ -101,6 +108,8 @@ def _report_to_tune_callback(
                     **parameters,
                 }
                 (checkpoint_dir / TRIAL_CONFIG_FILE).write_text(json.dumps(snapshot, indent=2, default=str))
+                if run.scores_last_checkpoint and state.global_step >= state.max_steps and args.world_size == 1:
+                    _score_last_checkpoint(checkpoint_dir, trial_config, context)
             train_losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
             report = {
                 **self.scores,
@@ -132,6 +141,26 @@ def _report_to_tune_callback(
             run.publish(report, str(checkpoint_dir))
 
     return ReportToTune()
+
+
+def _score_last_checkpoint(checkpoint_dir: Path, trial_config: dict, context: ExperimentContext) -> None:
+    """The trial's last checkpoint scored on all of validation, into ``VALIDATION_SCORES_FILE``.
+
+    The search re-scores its best checkpoints there after the trials (selection.py), and a trial that
+    trained its whole budget is nearly always among them. Scored here, in a process that has torch, the
+    model's code and the data loaded, it costs the decoding alone; scored by the search, the last trial's
+    checkpoint waited for a new process (about 5 of the 8 s between the last report and the export on the
+    bundled bed, BENCHMARKS.md). A failure costs nothing but that: the search scores the checkpoint itself.
+    """
+    decoding = trial_decoding(trial_config)
+    try:
+        scores = score_model(str(checkpoint_dir), context, "validation", decoding, per_example=True)
+    except Exception as err:  # noqa: BLE001 (the report must go on; the re-scoring scores it instead)
+        logger.warning(
+            "scoring %s on all of validation failed (%s); the search will", checkpoint_dir.name, one_line(err)
+        )
+        return
+    atomic_write_text(checkpoint_dir / VALIDATION_SCORES_FILE, json.dumps({"decoding": decoding, "scores": scores}))
 
 
 def _gather_from_workers(item: dict) -> list[dict]:
@@ -214,7 +243,12 @@ def train_dialsum(config: dict, context: ExperimentContext) -> None:
         if context.resources.data_parallel:
             _train_data_parallel(config, context, trial, output_dir)
         else:
-            run = TrialRun(trial, publish=_report_to_tune, resume_from=tune.get_checkpoint())
+            run = TrialRun(
+                trial,
+                publish=_report_to_tune,
+                resume_from=tune.get_checkpoint(),
+                scores_last_checkpoint=context.rescores_validation,
+            )
             train_one(config, context, output_dir, run)
     except BaseException as err:  # SystemExit too: that is how Tune ends a trial its scheduler stopped
         if marker and isinstance(err, Exception) and not is_retryable(err):
