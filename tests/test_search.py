@@ -21,6 +21,7 @@ from tests.conftest import (
     trial_results,
 )
 from tune_dialsum.adapters import LORA_SETTINGS
+from tune_dialsum.checkpoints import find_checkpoints, scored_in_trial
 from tune_dialsum.space import SETTINGS
 
 pytestmark = pytest.mark.slow
@@ -85,6 +86,16 @@ def test_the_export_is_the_best_of_the_top_checkpoints_on_all_of_validation(tiny
     assert len(candidates) == 3  # selection.top_k
     # once all 8 trials had started, the best so far were scored beside the last ones (early_rescoring.py)
     assert any(c["scored_during_trials"] for c in candidates)
+    # and a trial that trained its whole budget scored its last checkpoint itself (trainable.py)
+    records = find_checkpoints(experiment_dir)
+    finished = [r for r in records if r.budget("samples") >= 6400]
+    assert finished and all(scored_in_trial(r) is not None for r in finished)
+    assert all(scored_in_trial(r) is None for r in records if r not in finished)
+    for candidate in candidates:
+        record = next(r for r in records if (r.trial_id, r.step) == (candidate["trial_id"], candidate["step"]))
+        if record in finished:
+            assert candidate["scored_during_trials"]
+            assert candidate["full_validation"] == scored_in_trial(record)["rougeL"]
     subset_scores = sorted(
         (row["rougeL"] for rows in trial_results(experiment_dir).values() for row in rows), reverse=True
     )

@@ -146,11 +146,13 @@ def _report_to_tune_callback(
 def _score_last_checkpoint(checkpoint_dir: Path, trial_config: dict, context: ExperimentContext) -> None:
     """The trial's last checkpoint scored on all of validation, into ``VALIDATION_SCORES_FILE``.
 
-    The search re-scores its best checkpoints there after the trials (selection.py), and a trial that
-    trained its whole budget is nearly always among them. Scored here, in a process that has torch, the
-    model's code and the data loaded, it costs the decoding alone; scored by the search, the last trial's
-    checkpoint waited for a new process (about 5 of the 8 s between the last report and the export on the
-    bundled bed, BENCHMARKS.md). A failure costs nothing but that: the search scores the checkpoint itself.
+    The search re-scores its best checkpoints there after the trials (selection.py), and under ASHA a
+    trial that trained its whole budget is most often among them (10 of 16 in the five bundled searches
+    of BENCHMARKS.md, 2026-12-07; each of the other 6 cost a decoding, about 2 s of a slot). Scored here,
+    in a process that has torch, the model's code and the data loaded, it costs the decoding alone;
+    scored by the search, the last trial's checkpoint waited for a new process (about 5 of the 8 s between
+    the last report and the export there). On a GPU the model is loaded a second time for it, beside the
+    one training. A failure costs nothing but that: the search scores the checkpoint itself.
     """
     decoding = trial_decoding(trial_config)
     try:
@@ -247,7 +249,9 @@ def train_dialsum(config: dict, context: ExperimentContext) -> None:
                 trial,
                 publish=_report_to_tune,
                 resume_from=tune.get_checkpoint(),
-                scores_last_checkpoint=context.rescores_validation,
+                # under ASHA the few trials that train the whole budget are most often candidates; under FIFO
+                # every trial does, and most are not: there the re-scoring scores only its candidates
+                scores_last_checkpoint=context.rescores_validation and context.scheduler.type == "asha",
             )
             train_one(config, context, output_dir, run)
     except BaseException as err:  # SystemExit too: that is how Tune ends a trial its scheduler stopped
