@@ -213,9 +213,11 @@ def test_a_resumed_search_gets_a_callback_that_does_nothing(experiment):
     assert tasks.submitted == []
 
 
-def _scored_by_its_trial(root: Path, trial: str, index: int, score: float, decoding: dict) -> None:
-    """What the trainable writes into a last checkpoint it scored on all of validation itself."""
-    scores = {"rougeL": score, "examples": 3, "per_example": {"rougeL": [score] * 3}, "intervals": {}}
+def _scored_by_its_trial(root: Path, trial: str, index: int, score: float | None, decoding: dict) -> None:
+    """What the trainable writes into a last checkpoint it scored on all of validation itself (None: it failed)."""
+    scores = None
+    if score is not None:
+        scores = {"rougeL": score, "examples": 3, "per_example": {"rougeL": [score] * 3}, "intervals": {}}
     path = Path(_path(root, trial, index)) / VALIDATION_SCORES_FILE
     path.write_text(json.dumps({"decoding": decoding, "scores": scores}))
 
@@ -252,3 +254,15 @@ def test_scores_measured_with_another_decoding_are_not_used(experiment):
         candidates = selection.rescore(top, [str(r.path) for r in top], context, space.resources)
     assert sorted(tasks.submitted) == [_path(root, "a", 1), _path(root, "b", 1)]
     assert [c.full["rougeL"] for c in candidates] == [0.51, 0.51]
+
+
+def test_a_checkpoint_its_trial_failed_to_score_is_scored_by_the_search(experiment):
+    """The file says the trial's scoring failed: a retried trial's new checkpoint must not keep an older file."""
+    root, space = experiment
+    _scored_by_its_trial(root, "a", 1, None, {"num_beams": 3, "max_length": 40})
+    tasks = _RecordingTasks()
+    with executor.installed(tasks):
+        top = selection.top_by_subset(find_checkpoints(root), space.metric, space.mode, space.selection.top_k)
+        candidates = selection.rescore(top, [str(r.path) for r in top], experiment_context(space), space.resources)
+    assert sorted(tasks.submitted) == [_path(root, "a", 1), _path(root, "b", 1)]
+    assert [c.scored_during_trials for c in candidates] == [False, False]

@@ -137,7 +137,7 @@ def test_a_trial_scores_its_last_checkpoint_on_all_of_validation_before_reportin
         "scheduler.eval_interval=2",
     ]
     context = experiment_context(load_space(TINY, sets))
-    assert context.rescores_validation
+    assert context.trials_score_last_checkpoint
     config = {"model": str(tiny_models["bart"]), "batch_size": 8, "max_input_length": 64, "max_target_length": 16}
     reported = []
 
@@ -164,3 +164,22 @@ def test_a_trial_scores_its_last_checkpoint_on_all_of_validation_before_reportin
         fresh["rougeL"],
         fresh["per_example"],
     )
+
+
+@pytest.mark.parametrize(
+    ("sets", "scores"),
+    [
+        ([], True),  # the demo: ASHA, a validation subset ranks the rungs
+        (["scheduler.type=fifo"], False),  # every trial trains its whole budget, most are not candidates
+        (["objective.metric=eval_loss", "objective.mode=min"], False),  # nothing is re-scored
+        (["resources.gpus_per_trial=0.5"], False),  # a second copy of the model beside another trial's
+        (["resources.workers_per_trial=2"], False),  # one rank would decode while the others wait
+        (["trials.time_budget_s=600"], False),  # a budget ending during the decoding would lose the report
+    ],
+)
+def test_which_searches_have_their_trials_score_their_last_checkpoint(sets, scores):
+    from tests.conftest import TINY
+    from tune_dialsum.experiment_context import experiment_context
+    from tune_dialsum.space import load_space
+
+    assert experiment_context(load_space(TINY, sets)).trials_score_last_checkpoint is scores

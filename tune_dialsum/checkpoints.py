@@ -75,12 +75,12 @@ def read_checkpoint(path: Path) -> CheckpointRecord | None:
 
 def scored_in_trial(record: CheckpointRecord) -> dict | None:
     """The scores on all of validation that ``record``'s trial measured itself (trainable.py), decoded as
-    the search would score it; None where it did not (or another decoding was used)."""
+    the search would score it; None where it did not, failed to, or used another decoding."""
     try:
         stored = json.loads((record.path / VALIDATION_SCORES_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return stored["scores"] if stored.get("decoding") == trial_decoding(record.snapshot.get("config", {})) else None
+    return stored.get("scores") if stored.get("decoding") == trial_decoding(record.snapshot.get("config", {})) else None
 
 
 def find_checkpoints(experiment_dir: str | Path) -> list[CheckpointRecord]:

@@ -34,9 +34,9 @@ class ExperimentContext:
     cache_dir: str | None = None
     # The experiment (a directory or a URI): where a trial records an error that must not be retried.
     experiment_location: str | None = None
-    # The search re-scores its best checkpoints on all of validation (rescores_validation): a trial that
-    # trains its whole budget scores its last checkpoint there itself, in the process that is warm already.
-    rescores_validation: bool = False
+    # A trial that trains its whole budget scores its last checkpoint on all of validation itself, in the
+    # process that is warm already (trials_score_last_checkpoint).
+    trials_score_last_checkpoint: bool = False
 
     @property
     def time_attr(self) -> str:
@@ -72,6 +72,24 @@ def rescores_validation(space: SearchSpace) -> bool:
     return subset and space.metric != "eval_loss"
 
 
+def trials_score_last_checkpoint(space: SearchSpace) -> bool:
+    """Whether a trial that trains its whole budget scores its last checkpoint on all of validation before
+    reporting it (trainable.py), where the search would re-score it after the trials.
+
+    Under ASHA the few trials that train the whole budget are most often candidates; under FIFO every
+    trial does, and most are not. Not where trials share a GPU (the second copy of the model could push
+    the other trial out of memory), not for data-parallel trials (one rank would decode while the others
+    wait), and not under a time budget (one that ends during the decoding would lose the last report).
+    """
+    return (
+        rescores_validation(space)
+        and space.scheduler.type == "asha"
+        and not 0 < space.resources.gpus_per_trial < 1
+        and not space.resources.data_parallel
+        and space.trials.time_budget_s is None
+    )
+
+
 def experiment_context(space: SearchSpace, store=None) -> ExperimentContext:
     """What every trial shares; tokenized data is cached in the experiment (``store``: storage.ExperimentStore),
     or per node where that is a URI."""
@@ -87,5 +105,5 @@ def experiment_context(space: SearchSpace, store=None) -> ExperimentContext:
         trust_remote_code=space.trust_remote_code,
         cache_dir=cache_dir,
         experiment_location=store.location if store is not None else None,
-        rescores_validation=rescores_validation(space),
+        trials_score_last_checkpoint=trials_score_last_checkpoint(space),
     )

@@ -19,11 +19,10 @@ from tune_dialsum.checkpoints import (
     best_checkpoint,
     find_checkpoints,
     find_record,
-    trial_decoding,
 )
 from tune_dialsum.contract import CHOSEN_WITHIN_NOISE, ROUGE_KEYS, TUNING_FILE
 from tune_dialsum.errors import UsageError
-from tune_dialsum.generation import apply_to_config
+from tune_dialsum.generation import apply_to_config, trial_decoding
 from tune_dialsum.models import check_model_available
 
 MODEL_CARD = "README.md"

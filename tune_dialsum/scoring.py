@@ -2,7 +2,8 @@
 
 Selection, the refit, the decoding stage and test scoring all score through here, as tasks
 (executor.py: Ray tasks with a trial's resources, a GPU where trials had one, several at once),
-reading each model from the store that every node reaches.
+reading each model from the store that every node reaches; and a trial that trained its whole budget
+scores its last checkpoint through here in its own process (trainable.py).
 """
 
 from __future__ import annotations

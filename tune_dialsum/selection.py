@@ -22,7 +22,8 @@ Where the data has a test split, the exported model is scored on it: that is the
 expect, and the only one reported as the model's; validation figures are labelled as used for selection.
 
 Scoring runs as Ray tasks with a trial's resources (a GPU where trials had one), several at once,
-reading each model from the store that every node reaches.
+reading each model from the store that every node reaches; a trial's last checkpoint its own trial has
+scored already (checkpoints.scored_in_trial) is not scored again.
 """
 
 from __future__ import annotations

@@ -108,8 +108,8 @@ def _report_to_tune_callback(
                     **parameters,
                 }
                 (checkpoint_dir / TRIAL_CONFIG_FILE).write_text(json.dumps(snapshot, indent=2, default=str))
-                if run.scores_last_checkpoint and state.global_step >= state.max_steps and args.world_size == 1:
-                    _score_last_checkpoint(checkpoint_dir, trial_config, context)
+                if run.scores_last_checkpoint and state.global_step >= state.max_steps:
+                    _score_last_checkpoint(checkpoint_dir, trial_config, context, kwargs.get("optimizer"))
             train_losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
             report = {
                 **self.scores,
@@ -143,7 +143,7 @@ def _report_to_tune_callback(
     return ReportToTune()
 
 
-def _score_last_checkpoint(checkpoint_dir: Path, trial_config: dict, context: ExperimentContext) -> None:
+def _score_last_checkpoint(checkpoint_dir: Path, trial_config: dict, context: ExperimentContext, optimizer) -> None:
     """The trial's last checkpoint scored on all of validation, into ``VALIDATION_SCORES_FILE``.
 
     The search re-scores its best checkpoints there after the trials (selection.py), and under ASHA a
@@ -152,8 +152,14 @@ def _score_last_checkpoint(checkpoint_dir: Path, trial_config: dict, context: Ex
     in a process that has torch, the model's code and the data loaded, it costs the decoding alone;
     scored by the search, the last trial's checkpoint waited for a new process (about 5 of the 8 s between
     the last report and the export there). On a GPU the model is loaded a second time for it, beside the
-    one training. A failure costs nothing but that: the search scores the checkpoint itself.
+    one training: the optimizer's state, saved in the checkpoint and needed no more, is let go first. A
+    failure costs nothing but that: the file says so (no scores), and the search scores the checkpoint
+    itself. (The file is written either way: a trial retried after a crash may write its checkpoint where
+    an earlier attempt wrote one, and Tune's copy would keep that attempt's file beside the new weights.)
     """
+    if optimizer is not None:
+        optimizer.state.clear()
+        release_memory()
     decoding = trial_decoding(trial_config)
     try:
         scores = score_model(str(checkpoint_dir), context, "validation", decoding, per_example=True)
@@ -161,7 +167,7 @@ def _score_last_checkpoint(checkpoint_dir: Path, trial_config: dict, context: Ex
         logger.warning(
             "scoring %s on all of validation failed (%s); the search will", checkpoint_dir.name, one_line(err)
         )
-        return
+        scores = None
     atomic_write_text(checkpoint_dir / VALIDATION_SCORES_FILE, json.dumps({"decoding": decoding, "scores": scores}))
 
 
@@ -249,9 +255,7 @@ def train_dialsum(config: dict, context: ExperimentContext) -> None:
                 trial,
                 publish=_report_to_tune,
                 resume_from=tune.get_checkpoint(),
-                # under ASHA the few trials that train the whole budget are most often candidates; under FIFO
-                # every trial does, and most are not: there the re-scoring scores only its candidates
-                scores_last_checkpoint=context.rescores_validation and context.scheduler.type == "asha",
+                scores_last_checkpoint=context.trials_score_last_checkpoint,
             )
             train_one(config, context, output_dir, run)
     except BaseException as err:  # SystemExit too: that is how Tune ends a trial its scheduler stopped
