@@ -10,10 +10,11 @@ A trial that trains its whole budget scores its last checkpoint itself before re
 (trainable.py), in its warm process. So once every trial of a run has started, the other checkpoints
 that are the ``top_k`` best by subset score at that moment, among those Tune has received, are scored
 as they appear, by the same tasks the re-scoring submits (a task waits for a free slot; only a trial
-retried after a crash may then wait for one, a few seconds). After the trials the re-scoring takes each result whose checkpoint is
-still a candidate, unchanged, scores only the others and cancels the rest: the candidates and their
-scores are the ones a re-scoring after the trials gives. (The tasks run beside the last trials, so
-those trials' timing, and with it which of two reports first, can differ from a search without them.)
+retried after a crash may then wait for one, a few seconds). After the trials the re-scoring takes
+each result whose checkpoint is still a candidate, unchanged, scores only the others and cancels the
+rest: the candidates and their scores are the ones a re-scoring after the trials gives. (The tasks
+run beside the last trials, so those trials' timing, and with it which of two reports first, can
+differ from a search without them.)
 
 Only where trials write to a local directory (a URI store's checkpoints reach this machine only
 after the trials), in a run that starts its trials anew (not a resumed one) and with one process per
