@@ -92,3 +92,15 @@ def test_imports_point_down_the_order():
             if ORDER.index(imported) > ORDER.index(name):
                 upward.append(f"{name} -> {imported}")
     assert not upward, "imports that point up the order (or close a circle): " + ", ".join(upward)
+
+
+def test_the_command_line_and_the_search_driver_load_no_rouge_scorer():
+    """rouge-score's stemmer loads all of nltk and scipy (about a second): only a process that scores pays it."""
+    import subprocess
+    import sys
+
+    code = "import sys, tune_dialsum.cli, tune_dialsum.search, tune_dialsum.selection; print(sorted(m for m in "
+    code += "('rouge_score', 'nltk', 'scipy') if m in sys.modules))"
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip() == "[]"

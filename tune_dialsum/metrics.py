@@ -17,8 +17,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rouge_score import rouge_scorer
-
 from tune_dialsum.contract import ROUGE_KEYS
 
 # A sentence ends at . ! or ? followed by whitespace; this is what nltk's punkt
@@ -37,6 +35,10 @@ def rouge_per_example(
     """ROUGE F1 of each (prediction, reference) pair."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references; they must pair up")
+    # Imported here: rouge-score's stemmer pulls in all of nltk, scipy with it (about a second), which every
+    # command, the search's driver and the intervals below would otherwise pay without scoring anything.
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=use_stemmer)
     return [
         {key: score.fmeasure for key, score in scorer.score(split_sentences(ref), split_sentences(pred)).items()}
