@@ -44,8 +44,8 @@ def edge_for(chance: float, spread: float, wins: int, seeds: int) -> float:
     low, high = 0.0, 10 * spread
     for _ in range(60):
         middle = (low + high) / 2
-        p = statistics.NormalDist(middle, spread).cdf(0) if spread else 1.0
-        low, high = (middle, high) if at_least(wins, seeds, 1 - p) < chance else (low, middle)
+        win = 1 - statistics.NormalDist(middle, spread).cdf(0)
+        low, high = (middle, high) if at_least(wins, seeds, win) < chance else (low, middle)
     return high
 
 
