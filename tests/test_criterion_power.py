@@ -27,3 +27,13 @@ def test_edge_for_inverts_the_chance_of_passing():
     assert criterion_power.edge_for(6 / 32, spread, 4, 5) == pytest.approx(0.0, abs=1e-6)
     # the edge scales with the spread
     assert criterion_power.edge_for(0.5, 2 * spread, 4, 5) == pytest.approx(2 * edge, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("df", "t", "chi2_low", "chi2_high"),
+    [(1, 12.706, 0.000982, 5.024), (4, 2.776, 0.4844, 11.143), (9, 2.262, 2.700, 19.023), (10, 2.228, 3.247, 20.483)],
+)
+def test_t_and_chi_square_quantiles_match_the_printed_tables(df, t, chi2_low, chi2_high):
+    assert criterion_power.t_quantile(0.95, df) == pytest.approx(t, abs=1e-3)
+    assert criterion_power.chi2_quantile(0.025, df) == pytest.approx(chi2_low, rel=1e-3)
+    assert criterion_power.chi2_quantile(0.975, df) == pytest.approx(chi2_high, rel=1e-3)
