@@ -38,9 +38,19 @@ def rows(path: Path) -> list[dict]:
     return data["runs"] if isinstance(data, dict) else data
 
 
+def difference(row: dict) -> float:
+    """Ours - theirs on test, one seed."""
+    return row["ours_test"] - row["theirs_test"]
+
+
 def won(row: dict) -> bool:
     """The criterion's count: our delivered model at least the peer's on test."""
-    return row["ours_test"] >= row["theirs_test"]
+    return difference(row) >= 0
+
+
+def time_ratio(row: dict) -> float:
+    """Our time to a model over the peer's, one seed."""
+    return row["ours_model_s"] / row["theirs_model_s"]
 
 
 def at_least(wins: int, seeds: int, p: float) -> float:
@@ -112,12 +122,12 @@ def print_comparisons(paths: list[Path]) -> list[dict]:
     latest = {}
     for path in paths:
         runs = sorted(rows(path), key=lambda r: r["seed"])
-        differences = [r["ours_test"] - r["theirs_test"] for r in runs]
+        differences = [difference(r) for r in runs]
         sd = f"{statistics.stdev(differences):.4f}" if len(runs) > 1 else "-"
         print(
             f"{path.stem} | {' '.join(f'{d:+.4f}' for d in differences)} | {sum(map(won, runs))} of {len(runs)} | "
             f"{statistics.mean(differences):+.4f} | {sd} | "
-            f"{statistics.median(r['ours_model_s'] / r['theirs_model_s'] for r in runs):.2f}"
+            f"{statistics.median(map(time_ratio, runs)):.2f}"
         )
         latest |= {r["seed"]: r | {"file": path.stem} for r in runs}
     return [latest[seed] for seed in sorted(latest)]
@@ -141,12 +151,12 @@ def main() -> None:
     n = len(seeds)
     if n < 2:
         raise SystemExit("error: the comparisons hold one seed; a spread needs at least two distinct seeds")
-    differences = [r["ours_test"] - r["theirs_test"] for r in seeds]
+    differences = [difference(r) for r in seeds]
     mean, spread = statistics.mean(differences), statistics.stdev(differences)
     half_width = t_quantile(CONFIDENCE, n - 1) * spread / math.sqrt(n)
     tail = (1 - CONFIDENCE) / 2
     spread_low, spread_high = (spread * math.sqrt((n - 1) / chi2_quantile(q, n - 1)) for q in (1 - tail, tail))
-    ratios = [r["ours_model_s"] / r["theirs_model_s"] for r in seeds]
+    ratios = [time_ratio(r) for r in seeds]
     print(
         f"{n} distinct seeds ({', '.join(sorted({r['file'] for r in seeds}))}): ours - theirs {mean:+.4f} "
         f"(95% t interval {mean - half_width:+.4f}..{mean + half_width:+.4f}), sd {spread:.4f} (95% "

@@ -8,6 +8,8 @@ inside functions count: deferring an import hides a circle, it does not open it.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -96,9 +98,6 @@ def test_imports_point_down_the_order():
 
 def test_the_command_line_and_the_search_driver_load_no_rouge_scorer():
     """rouge-score's stemmer loads all of nltk and scipy (about a second): only a process that scores pays it."""
-    import subprocess
-    import sys
-
     code = "import sys, tune_dialsum.cli, tune_dialsum.search, tune_dialsum.selection; print(sorted(m for m in "
     code += "('rouge_score', 'nltk', 'scipy') if m in sys.modules))"
     completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
